@@ -1,0 +1,190 @@
+"""Datasets as uint8 tensors on the training device, batched and augmented there.
+
+Each split is loaded once through torchvision into a (N, 3, 32, 32) uint8 tensor. The
+order of an epoch and its random crops and flips are a pure function of (seed, epoch),
+so a resumed run, or any rank of a distributed run, reproduces them without saved state.
+"""
+import gzip
+import os
+import shutil
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchvision import datasets
+
+from .errors import UserError
+
+# The original normalises CIFAR-100 with CIFAR-10's statistics; we keep that choice.
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+# Statistics of the 28x28 Fashion-MNIST training images, repeated over 3 channels.
+FASHION_MEAN, FASHION_STD = (0.2860,) * 3, (0.3530,) * 3
+# Where Debian's package dataset-fashion-mnist puts the gzipped idx files.
+DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
+FASHION_FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
+                 't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
+
+
+@dataclass
+class Dataset:
+    train_images: torch.Tensor  # (N, 3, 32, 32) uint8
+    train_labels: torch.Tensor  # (N,) int64
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    num_classes: int
+    mean: tuple
+    std: tuple
+    augment: bool  # random crop (padding 4) + horizontal flip on the training split
+
+
+def _hwc_to_tensor(array):
+    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+
+
+def _labels(values):
+    return torch.as_tensor(values, dtype=torch.int64)
+
+
+def _load_cifar(root, num_classes):
+    cls = datasets.CIFAR10 if num_classes == 10 else datasets.CIFAR100
+    train, test = (cls(root, train=split, download=True) for split in (True, False))
+    return Dataset(_hwc_to_tensor(train.data), _labels(train.targets),
+                   _hwc_to_tensor(test.data), _labels(test.targets),
+                   num_classes, CIFAR_MEAN, CIFAR_STD, augment=True)
+
+
+def _load_svhn(root):
+    train, extra, test = (datasets.SVHN(root, split=s, download=True)
+                          for s in ('train', 'extra', 'test'))
+    return Dataset(torch.cat([torch.from_numpy(train.data), torch.from_numpy(extra.data)]),
+                   torch.cat([_labels(train.labels), _labels(extra.labels)]),
+                   torch.from_numpy(test.data), _labels(test.labels),
+                   10, (0.5,) * 3, (0.2,) * 3, augment=False)
+
+
+def _install_debian_fashion_mnist(root):
+    """Gunzip Debian's copy into torchvision's layout (its md5 sums differ from torchvision's
+    list, so torchvision's own download would go to the network instead)."""
+    raw = os.path.join(root, 'FashionMNIST', 'raw')
+    if all(os.path.exists(os.path.join(raw, f)) for f in FASHION_FILES):
+        return
+    if not all(os.path.exists(os.path.join(DEBIAN_FASHION_MNIST, f + '.gz')) for f in FASHION_FILES):
+        return
+    os.makedirs(raw, exist_ok=True)
+    for name in FASHION_FILES:
+        tmp = os.path.join(raw, name + '.tmp')
+        with gzip.open(os.path.join(DEBIAN_FASHION_MNIST, name + '.gz'), 'rb') as src, \
+                open(tmp, 'wb') as dst:
+            shutil.copyfileobj(src, dst)
+        os.replace(tmp, os.path.join(raw, name))
+
+
+def _grey28_to_rgb32(images):
+    """(N, 28, 28) -> (N, 3, 32, 32): zero-pad 2 pixels a side, repeat over 3 channels."""
+    return F.pad(images, (2, 2, 2, 2)).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+
+
+def _load_fashion_mnist(root):
+    _install_debian_fashion_mnist(root)
+    train, test = (datasets.FashionMNIST(root, train=split, download=True) for split in (True, False))
+    return Dataset(_grey28_to_rgb32(train.data), train.targets.long(),
+                   _grey28_to_rgb32(test.data), test.targets.long(),
+                   10, FASHION_MEAN, FASHION_STD, augment=True)
+
+
+LOADERS = {
+    'cifar10': lambda root: _load_cifar(root, 10),
+    'cifar100': lambda root: _load_cifar(root, 100),
+    'svhn': _load_svhn,
+    'fashionmnist': _load_fashion_mnist,
+}
+WHERE_TO_GET = {
+    'cifar10': 'cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, '
+               'extracted (cifar-10-batches-py/)',
+    'cifar100': 'cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, '
+                'extracted (cifar-100-python/)',
+    'svhn': '{train,test,extra}_32x32.mat from http://ufldl.stanford.edu/housenumbers/',
+    'fashionmnist': 'the four idx files, gunzipped, in FashionMNIST/raw/ '
+                    '(or run: apt-get install dataset-fashion-mnist)',
+}
+
+
+def load_dataset(name, root):
+    """Load (downloading through torchvision when absent) a dataset as uint8 tensors."""
+    if name not in LOADERS:
+        raise UserError(f'unknown dataset {name!r}; choose from {", ".join(LOADERS)}')
+    try:
+        return LOADERS[name](root)
+    except Exception as e:  # torchvision raises URLError, RuntimeError, ValueError, ... here
+        reason = ' '.join(str(e).split()) or type(e).__name__
+        raise UserError(f'{name} is missing or corrupt in {root!r} and could not be downloaded '
+                        f'({reason}); put {WHERE_TO_GET[name]} into {root!r}') from None
+
+
+def epoch_plan(num_images, seed, epoch, shuffle, augment):
+    """The order of an epoch and each position's crop offsets and flip, from (seed, epoch)."""
+    generator = torch.Generator().manual_seed((seed << 20) + epoch)
+    order = torch.randperm(num_images, generator=generator) if shuffle else torch.arange(num_images)
+    if not augment:
+        return order, None, None
+    offsets = torch.randint(0, 9, (num_images, 2), generator=generator)
+    flips = torch.rand(num_images, generator=generator) < 0.5
+    return order, offsets, flips
+
+
+def crop_and_flip(images, offsets, flips, padding=4):
+    """For each uint8 image (C, H, W): crop an HxW window at `offsets` (row, col) of the image
+    zero-padded by `padding`, then mirror it left-right where `flips` is set. Returns a
+    (B, C, H, W) view laid out channels-last."""
+    batch, _, height, width = images.shape
+    padded = F.pad(images, (padding,) * 4)
+    rows = offsets[:, :1] + torch.arange(height, device=images.device)
+    cols = torch.arange(width, device=images.device).expand(batch, -1)
+    cols = offsets[:, 1:] + torch.where(flips[:, None], width - 1 - cols, cols)
+    picked = padded[torch.arange(batch, device=images.device)[:, None, None], :,
+                    rows[:, :, None], cols[:, None, :]]            # (B, H, W, C)
+    return picked.permute(0, 3, 1, 2)
+
+
+class DeviceLoader:
+    """Mini-batches of one split, built on the split's device with tensor operations.
+
+    Same pixels as torchvision's RandomCrop(32, padding=4) + RandomHorizontalFlip +
+    ToTensor + Normalize. `batch_size` is the global batch; with `world_size` > 1 each rank
+    gets its contiguous share of every global batch (the last, partial batch is kept).
+    """
+
+    def __init__(self, images, labels, mean, std, batch_size, *, shuffle, augment, seed=0,
+                 rank=0, world_size=1, memory_format=torch.contiguous_format):
+        self.images, self.labels = images, labels
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+        self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
+        self.rank, self.world_size, self.memory_format = rank, world_size, memory_format
+
+    def __len__(self):
+        return -(-len(self.labels) // self.batch_size)
+
+    def batches(self, epoch=0, start=0):
+        """Yield (images, labels) of this rank for global batches start, start+1, ..."""
+        device = self.images.device
+        plan = epoch_plan(len(self.labels), self.seed, epoch, self.shuffle, self.augment)
+        order, offsets, flips = (None if t is None else t.to(device) for t in plan)
+        for first in range(start * self.batch_size, len(order), self.batch_size):
+            positions = torch.arange(first, min(first + self.batch_size, len(order)), device=device)
+            positions = positions.tensor_split(self.world_size)[self.rank]
+            index = order[positions]
+            images = self.images[index]
+            if self.augment:
+                images = crop_and_flip(images, offsets[positions], flips[positions])
+            yield self.normalize(images), self.labels[index]
+
+    def normalize(self, images):
+        images = images.contiguous(memory_format=self.memory_format)
+        return images.float().div_(255).sub_(self.mean).div_(self.std)
+
+
+def test_loader_shard(images, labels, rank, world_size):
+    """This rank's contiguous share of a split, for evaluation that counts every image once."""
+    index = torch.arange(len(labels)).tensor_split(world_size)[rank]
+    return images[index], labels[index]

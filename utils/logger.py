@@ -1,0 +1,72 @@
+"""Run-folder outputs, rewritten from the run's history after every epoch.
+
+Because every file is regenerated from the history stored in the checkpoint, the logs of a
+resumed run are exactly those of an uninterrupted one, even after a crash between writes.
+"""
+import csv
+import io
+import json
+import os
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .checkpoint import write_text_atomic  # noqa: E402
+
+LOG, SUMMARY, PLOT, ARGS = 'log.txt', 'summary.csv', 'curves.png', 'args.json'
+
+
+def accuracy_columns(num_branches, has_ensemble):
+    names = [str(i) for i in range(1, num_branches + 1)] + (['ens'] if has_ensemble else [])
+    return names
+
+
+def write_log_txt(folder, history, names):
+    """The original's log.txt: tab-separated TAcc_i VAcc_i per branch, then TAcc_e VAcc_e."""
+    header = [f'{split}Acc_{"e" if n == "ens" else n}' for n in names for split in 'TV']
+    rows = ['\t'.join(header)]
+    for row in history:
+        rows.append('\t'.join(f'{row[f"{split}_acc_{n}"]:.6f}'
+                              for n in names for split in ('train', 'test')))
+    write_text_atomic(os.path.join(folder, LOG), '\n'.join(rows) + '\n')
+
+
+def write_summary_csv(folder, history):
+    """One row per epoch with every metric, for programs (pandas.read_csv)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[0]), lineterminator='\n')
+    writer.writeheader()
+    writer.writerows(history)
+    write_text_atomic(os.path.join(folder, SUMMARY), buffer.getvalue())
+
+
+def write_args(folder, args):
+    write_text_atomic(os.path.join(folder, ARGS), json.dumps(vars(args), indent=2) + '\n')
+
+
+def plot_curves(folder, history, names, title):
+    epochs = [row['epoch'] for row in history]
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    for n in names:
+        label = 'ensemble (ONE-E)' if n == 'ens' else f'branch {n}'
+        ax_acc.plot(epochs, [row[f'test_acc_{n}'] for row in history], label=f'test {label}')
+    ax_acc.plot(epochs, [row['train_acc_1'] for row in history], '--', label='train branch 1')
+    ax_acc.set(xlabel='epoch', ylabel='top-1 accuracy (%)', title=title)
+    ax_acc.legend(fontsize=8)
+    ax_loss.plot(epochs, [row['train_loss'] for row in history], label='train')
+    ax_loss.plot(epochs, [row['test_loss'] for row in history], label='test')
+    ax_loss.set(xlabel='epoch', ylabel='objective', title='loss')
+    ax_loss.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = os.path.join(folder, PLOT + '.tmp.png')
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, os.path.join(folder, PLOT))
+
+
+def write_run_files(folder, history, names, title):
+    write_log_txt(folder, history, names)
+    write_summary_csv(folder, history)
+    plot_curves(folder, history, names, title)

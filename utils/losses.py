@@ -1,0 +1,65 @@
+"""Training objectives. Each maps (model output, targets, epoch) to the loss to minimise."""
+import torch
+import torch.nn.functional as F
+
+from .schedule import rampup_weight
+
+
+def as_branches(output):
+    """(branch_logits (m, B, C), ensemble_logits or None) from a model's output."""
+    if isinstance(output, tuple):
+        return output
+    return output.unsqueeze(0), None
+
+
+def distillation_kl(student_logits, teacher_logits, temperature):
+    """sum over students of T^2 * KL(p_teacher || p_student), summed over the batch.
+
+    The teacher is detached: no gradient reaches it through this term.
+    """
+    log_p_teacher = F.log_softmax(teacher_logits.detach() / temperature, dim=-1)
+    log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
+    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum()
+    return kl * temperature ** 2
+
+
+class CrossEntropy:
+    """The baseline: cross-entropy of every branch's logits (a plain ResNet has one)."""
+
+    def rampup(self, epoch):
+        return 0.0
+
+    def __call__(self, output, targets, epoch, batch_size=None):
+        """Loss summed over the batch and divided by `batch_size` (default: this batch's size,
+        giving the mean; a distributed rank passes the global batch size)."""
+        logits, _ = as_branches(output)
+        return _branch_ce(logits, targets) / (batch_size or len(targets))
+
+
+class ONELoss:
+    """ONE: sum_i CE(z_i) + CE(z_e) + w(epoch) * sum_i T^2 KL(p_e || p_i), batch-averaged."""
+
+    def __init__(self, temperature=3.0, rampup_epochs=80):
+        self.temperature, self.rampup_epochs = temperature, rampup_epochs
+
+    def rampup(self, epoch):
+        return rampup_weight(epoch, self.rampup_epochs)
+
+    def __call__(self, output, targets, epoch, batch_size=None):
+        logits, ensemble = as_branches(output)
+        loss = _branch_ce(logits, targets) + F.cross_entropy(ensemble, targets, reduction='sum')
+        loss = loss + self.rampup(epoch) * distillation_kl(logits, ensemble, self.temperature)
+        return loss / (batch_size or len(targets))
+
+
+def _branch_ce(logits, targets):
+    """sum over branches and samples of CE(z_i, y); logits (m, B, C)."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.repeat(len(logits)), reduction='sum')
+
+
+def correct_counts(output, targets):
+    """Top-1 hits per branch, then of the ensemble if there is one: shape (m[+1],)."""
+    logits, ensemble = as_branches(output)
+    if ensemble is not None:
+        logits = torch.cat([logits, ensemble.unsqueeze(0)])
+    return (logits.argmax(-1) == targets).sum(1)
