@@ -5,10 +5,19 @@
 """
 import sys
 
+from utils import engine
 from utils.cli import build_parser
-from utils.engine import main
 from utils.losses import CrossEntropy
 
-if __name__ == '__main__':
+
+def objective(args):
+    return CrossEntropy()
+
+
+def main(argv=None):
     parser = build_parser(__doc__.splitlines()[0], arch='resnet')
-    sys.exit(main(parser, lambda args: CrossEntropy()))
+    return engine.main(parser, objective, argv)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

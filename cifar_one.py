@@ -5,8 +5,8 @@
 """
 import sys
 
+from utils import engine
 from utils.cli import build_parser
-from utils.engine import main
 from utils.losses import ONELoss
 
 
@@ -14,6 +14,10 @@ def objective(args):
     return ONELoss(temperature=args.temperature, rampup_epochs=args.consistency_rampup)
 
 
-if __name__ == '__main__':
+def main(argv=None):
     parser = build_parser(__doc__.splitlines()[0], arch='one_resnet', one=True)
-    sys.exit(main(parser, objective))
+    return engine.main(parser, objective, argv)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,27 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fakedata import write_fashion_mnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+@pytest.fixture(scope='session')
+def fashion_root(tmp_path_factory):
+    """A data dir holding a small generated Fashion-MNIST (512 train, 200 test images)."""
+    root = tmp_path_factory.mktemp('data')
+    write_fashion_mnist(str(root), num_train=512, num_test=200)
+    return str(root)
+
+
+def run_script(script, *flags, cwd=None, check=True, env=None):
+    """Run one of the entry scripts as a user would; returns the CompletedProcess."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, flags)],
+                          capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f'{script} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}')
+    return proc

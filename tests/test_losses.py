@@ -1,0 +1,162 @@
+"""Loss tests: the ONE objective and the baseline against direct formulas from SPEC.md."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models import one_resnet
+from utils.losses import CrossEntropy, ONELoss, correct_counts
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    """These tensors are tiny: one thread is faster, and immune to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def ce(logits, targets):
+    """Mean cross-entropy, written out: -log softmax(z)[y]."""
+    return -F.log_softmax(logits, dim=1).gather(1, targets[:, None]).squeeze(1).mean()
+
+
+def kl_times_t2(teacher, student, T):
+    """T^2 * KL(p_teacher || p_student), p = softmax(z / T), averaged over the batch."""
+    p_t, p_s = F.softmax(teacher / T, dim=1), F.softmax(student / T, dim=1)
+    return T * T * (p_t * (p_t.log() - p_s.log())).sum(1).mean()
+
+
+def ramp(epoch, R):
+    return 1.0 if R == 0 else math.exp(-5 * (1 - min(max(epoch, 0), R) / R) ** 2)
+
+
+def one_reference(logits, ensemble, targets, epoch, T, R):
+    """SPEC.md: sum_i CE(z_i) + CE(z_e) + w(epoch) * sum_i T^2 KL(p_e || p_i), p_e detached."""
+    teacher = ensemble.detach()
+    loss = sum(ce(z, targets) for z in logits) + ce(ensemble, targets)
+    return loss + ramp(epoch, R) * sum(kl_times_t2(teacher, z, T) for z in logits)
+
+
+def random_output(m=3, batch=6, classes=5, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    logits = 3 * torch.randn(m, batch, classes, generator=g, dtype=dtype)
+    ensemble = 3 * torch.randn(batch, classes, generator=g, dtype=dtype)
+    targets = torch.randint(0, classes, (batch,), generator=g)
+    return logits, ensemble, targets
+
+
+@pytest.mark.parametrize('T', [1.0, 3.0, 4.5])
+@pytest.mark.parametrize('epoch', [0, 40, 80, 200])
+def test_one_loss_value(epoch, T):
+    logits, ensemble, targets = random_output()
+    loss = ONELoss(temperature=T, rampup_epochs=80)((logits, ensemble), targets, epoch)
+    expected = one_reference(logits, ensemble, targets, epoch, T, 80)
+    torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-10)
+    # The KL part is large enough here that a wrong weight, T or reduction would show.
+    assert sum(kl_times_t2(ensemble, z, T) for z in logits) > 0.1
+
+
+@pytest.mark.parametrize('epoch', [0, 40, 80, 200])
+def test_one_loss_defaults_are_spec(epoch):
+    """T = 3 and R = 80 unless told otherwise."""
+    logits, ensemble, targets = random_output(seed=1)
+    torch.testing.assert_close(ONELoss()((logits, ensemble), targets, epoch),
+                               one_reference(logits, ensemble, targets, epoch, 3.0, 80))
+
+
+def test_one_loss_rampup_zero():
+    logits, ensemble, targets = random_output(seed=2)
+    torch.testing.assert_close(ONELoss(rampup_epochs=0)((logits, ensemble), targets, 0),
+                               one_reference(logits, ensemble, targets, 0, 3.0, 0))
+
+
+def test_one_loss_rampup_matches_schedule():
+    loss = ONELoss(rampup_epochs=80)
+    assert loss.rampup(0) == pytest.approx(math.exp(-5))
+    assert loss.rampup(80) == pytest.approx(1.0)
+    assert CrossEntropy().rampup(10) == 0
+
+
+@pytest.mark.parametrize('epoch', [0, 200])
+def test_kl_sends_no_gradient_to_ensemble(epoch):
+    """d loss / d z_e is the gradient of CE(z_e) alone; d loss / d z_i uses a constant p_e."""
+    logits, ensemble, targets = random_output(seed=3)
+    logits.requires_grad_(True)
+    ensemble.requires_grad_(True)
+    ONELoss()((logits, ensemble), targets, epoch).backward()
+
+    ens_only = ensemble.detach().clone().requires_grad_(True)
+    ce(ens_only, targets).backward()
+    torch.testing.assert_close(ensemble.grad, ens_only.grad)
+
+    branch = logits.detach().clone().requires_grad_(True)
+    one_reference(branch, ensemble.detach(), targets, epoch, 3.0, 80).backward()
+    torch.testing.assert_close(logits.grad, branch.grad)
+
+
+def test_gate_gets_gradient_from_ensemble_ce_only():
+    """Through a real model: the gate's gradient from the whole ONE loss equals its gradient
+    from CE(z_e) alone, so the KL terms do not train the gate."""
+    torch.manual_seed(0)
+    model = one_resnet(8, num_classes=5, num_branches=3)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 5, (8,))
+
+    def gate_grads(objective):
+        model.zero_grad()
+        objective(model(x)).backward()
+        return [p.grad.clone() for p in model.gate.parameters()]
+
+    full = gate_grads(lambda out: ONELoss()(out, y, 200))
+    ens = gate_grads(lambda out: F.cross_entropy(out[1], y))
+    assert any(g.abs().sum() > 0 for g in ens)
+    for a, b in zip(full, ens):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize('classes', [2, 10, 100])
+def test_cross_entropy_plain_logits(classes):
+    g = torch.Generator().manual_seed(classes)
+    logits = torch.randn(7, classes, generator=g)
+    targets = torch.randint(0, classes, (7,), generator=g)
+    torch.testing.assert_close(CrossEntropy()(logits, targets, epoch=5),
+                               F.cross_entropy(logits, targets))
+
+
+def test_cross_entropy_of_branches_ignores_ensemble():
+    logits, ensemble, targets = random_output(seed=4)
+    expected = sum(F.cross_entropy(z, targets) for z in logits)
+    torch.testing.assert_close(CrossEntropy()((logits, ensemble), targets, 0), expected)
+
+
+@pytest.mark.parametrize('loss_fn', [CrossEntropy(), ONELoss()], ids=['ce', 'one'])
+@pytest.mark.parametrize('batch_size', [6, 12, 128])
+def test_batch_size_divides_the_sum(loss_fn, batch_size):
+    """A rank passes the global batch size: the loss is then sum / batch_size."""
+    logits, ensemble, targets = random_output(seed=5)  # 6 samples
+    output = logits[0] if isinstance(loss_fn, CrossEntropy) else (logits, ensemble)
+    mean = loss_fn(output, targets, 30)
+    torch.testing.assert_close(loss_fn(output, targets, 30, batch_size=batch_size),
+                               mean * len(targets) / batch_size)
+
+
+def test_batch_size_split_sums_to_whole():
+    """Two halves of a batch, each divided by the global size, add up to the whole."""
+    logits, ensemble, targets = random_output(seed=6, batch=8)
+    loss = ONELoss()
+    whole = loss((logits, ensemble), targets, 50)
+    halves = sum(loss((logits[:, s], ensemble[s]), targets[s], 50, batch_size=8)
+                 for s in (slice(0, 3), slice(3, 8)))
+    torch.testing.assert_close(halves, whole)
+
+
+def test_correct_counts():
+    targets = torch.tensor([0, 1, 2, 1])
+    branch1 = torch.eye(3)[[0, 1, 2, 1]]          # all right
+    branch2 = torch.eye(3)[[1, 1, 0, 0]]          # only sample 1 right
+    ensemble = torch.eye(3)[[0, 2, 2, 0]]         # samples 0 and 2 right
+    counts = correct_counts((torch.stack([branch1, branch2]), ensemble), targets)
+    assert counts.tolist() == [4, 1, 2]
+    assert correct_counts(branch2, targets).tolist() == [1]

@@ -1,0 +1,202 @@
+"""End-to-end runs of the entry scripts on a small generated Fashion-MNIST, on the CPU."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import cifar_baseline
+import cifar_one
+import export_branch
+from conftest import ROOT, run_script
+from utils import engine
+
+TINY = ['-d', 'fashionmnist', '--depth', '8', '--train-batch', '64', '--test-batch', '100',
+        '--manualSeed', '7']
+
+
+def tiny(data_root, folder, *extra):
+    return TINY + ['--data-dir', data_root, '-c', str(folder), *map(str, extra)]
+
+
+def load(path):
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def without_time(history):
+    return [{k: v for k, v in row.items() if k != 'seconds'} for row in history]
+
+
+def assert_same_run(a, b):
+    """Bitwise-equal weights, optimizer state and logged metrics of two checkpoints."""
+    a, b = load(a), load(b)
+    assert a['state_dict'].keys() == b['state_dict'].keys()
+    for key in a['state_dict']:
+        assert torch.equal(a['state_dict'][key], b['state_dict'][key]), key
+    for key, state in a['optimizer']['state'].items():
+        assert torch.equal(state['momentum_buffer'], b['optimizer']['state'][key]['momentum_buffer'])
+    assert without_time(a['history']) == without_time(b['history'])
+    assert (a['epoch'], a['step'], a['best_acc']) == (b['epoch'], b['step'], b['best_acc'])
+
+
+@pytest.mark.parametrize('script, arch, columns', [
+    ('cifar_one.py', 'one_resnet', ['TAcc_1', 'VAcc_1', 'TAcc_2', 'VAcc_2', 'TAcc_3', 'VAcc_3',
+                                    'TAcc_e', 'VAcc_e']),
+    ('cifar_baseline.py', 'resnet', ['TAcc_1', 'VAcc_1']),
+])
+def test_two_epochs_through_the_cli(script, arch, columns, fashion_root, tmp_path):
+    run = tmp_path / 'run'
+    proc = run_script(script, *tiny(fashion_root, run, '--epochs', 2))
+    epoch_lines = [l for l in proc.stdout.splitlines() if l.startswith('Epoch ')]
+    assert len(epoch_lines) == 2 and 'lr 0.1 ' in epoch_lines[0] and 'w ' in epoch_lines[0]
+    assert 'Traceback' not in proc.stderr
+
+    log = (run / 'log.txt').read_text().splitlines()
+    assert log[0].split('\t') == columns and len(log) == 3
+    with open(run / 'summary.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r['epoch']) for r in rows] == [1, 2]
+    assert float(rows[0]['rampup']) == pytest.approx(
+        0.0067379 if arch == 'one_resnet' else 0.0, abs=1e-6)
+    assert float(log[2].split('\t')[1]) == pytest.approx(float(rows[1]['test_acc_1']), abs=1e-6)
+    args = json.loads((run / 'args.json').read_text())
+    assert args['arch'] == arch and args['manualSeed'] == 7 and args['epochs'] == 2
+    assert (run / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+    state = load(run / 'checkpoint.pth.tar')
+    assert (state['arch'], state['epoch'], state['step']) == (arch, 2, 0)
+    best = max(rows, key=lambda r: float(r['test_acc_1']))
+    assert load(run / 'model_best.pth.tar')['epoch'] == int(best['epoch'])
+    assert state['best_acc'] == pytest.approx(float(best['test_acc_1']))
+
+
+def test_learning_on_separable_data(fashion_root, tmp_path):
+    """The generated classes are trivially separable: ONE must learn them in a few epochs."""
+    assert cifar_one.main(tiny(fashion_root, tmp_path / 'r', '--epochs', 6, '--lr', 0.05)) == 0
+    history = load(tmp_path / 'r' / 'checkpoint.pth.tar')['history']
+    assert history[-1]['train_loss'] < 0.8 * history[0]['train_loss']
+    assert history[-1]['test_acc_ens'] > 35  # chance is 10%
+
+
+def test_resume_is_bitwise_identical(fashion_root, tmp_path):
+    straight, split = tmp_path / 'straight', tmp_path / 'split'
+    assert cifar_one.main(tiny(fashion_root, straight, '--epochs', 3)) == 0
+    assert cifar_one.main(tiny(fashion_root, split, '--epochs', 1)) == 0
+    assert cifar_one.main(tiny(fashion_root, split, '--epochs', 3, '--resume',
+                               split / 'checkpoint.pth.tar')) == 0
+    assert_same_run(straight / 'checkpoint.pth.tar', split / 'checkpoint.pth.tar')
+    assert (straight / 'log.txt').read_text() == (split / 'log.txt').read_text()
+    assert len((split / 'summary.csv').read_text().splitlines()) == 4
+
+
+def test_lr_and_rampup_follow_the_epoch_after_resume(fashion_root, tmp_path):
+    run = tmp_path / 'r'
+    flags = ['--schedule', 1, 2, '--gamma', 0.5, '--consistency_rampup', 2]
+    assert cifar_one.main(tiny(fashion_root, run, '--epochs', 2, *flags)) == 0
+    assert cifar_one.main(tiny(fashion_root, run, '--epochs', 3, '--resume', 'auto', *flags)) == 0
+    history = load(run / 'checkpoint.pth.tar')['history']
+    assert [r['lr'] for r in history] == pytest.approx([0.1, 0.05, 0.025])
+    assert [r['rampup'] for r in history] == pytest.approx([0.0067379, 0.2865048, 1.0], abs=1e-6)
+
+
+def test_sigterm_mid_epoch_saves_that_step_and_resumes_identically(fashion_root, tmp_path,
+                                                                     monkeypatch):
+    straight, stopped = tmp_path / 'straight', tmp_path / 'stopped'
+    assert cifar_one.main(tiny(fashion_root, straight, '--epochs', 2)) == 0
+
+    check = engine.Trainer.check
+
+    def signal_at_epoch2_batch3(self, meters, stop):
+        if (self.epoch, self.step) == (1, 3):
+            os.kill(os.getpid(), signal.SIGTERM)  # a real signal through the real handler
+        return check(self, meters, stop)
+
+    monkeypatch.setattr(engine.Trainer, 'check', signal_at_epoch2_batch3)
+    assert cifar_one.main(tiny(fashion_root, stopped, '--epochs', 2)) == 128 + signal.SIGTERM
+    state = load(stopped / 'checkpoint.pth.tar')
+    assert (state['epoch'], state['step']) == (1, 3)
+    monkeypatch.undo()
+    assert cifar_one.main(tiny(fashion_root, stopped, '--epochs', 2, '--resume', 'auto')) == 0
+    assert_same_run(straight / 'checkpoint.pth.tar', stopped / 'checkpoint.pth.tar')
+
+
+def test_sigterm_to_a_real_process(fashion_root, tmp_path):
+    """SIGTERM at an arbitrary moment of a real run: one line, non-zero exit, exact resume."""
+    straight, stopped = tmp_path / 'straight', tmp_path / 'stopped'
+    flags = ['--epochs', 3, '--train-subset', 512]
+    assert cifar_one.main(tiny(fashion_root, straight, *flags)) == 0
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'cifar_one.py'),
+                             *tiny(fashion_root, stopped, *flags)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None and not (stopped / 'log.txt').exists():
+        time.sleep(0.005)  # stop it once epoch 1 is logged: in epoch 2's training or evaluation
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert len(err.strip().splitlines()) == 1 and 'resume with --resume' in err
+    assert cifar_one.main(tiny(fashion_root, stopped, *flags, '--resume', 'auto')) == 0
+    assert_same_run(straight / 'checkpoint.pth.tar', stopped / 'checkpoint.pth.tar')
+
+
+def test_evaluate_prints_every_branch_mean_and_ensemble(fashion_root, tmp_path, capsys):
+    run = tmp_path / 'r'
+    assert cifar_one.main(tiny(fashion_root, run, '--epochs', 1)) == 0
+    capsys.readouterr()
+    assert cifar_one.main(tiny(fashion_root, tmp_path / 'unused', '-e', '--resume',
+                               run / 'checkpoint.pth.tar')) == 0
+    out = capsys.readouterr().out
+    row = load(run / 'checkpoint.pth.tar')['history'][-1]
+    for label, key in (('branch 1', 'test_acc_1'), ('branch 3', 'test_acc_3'),
+                       ('ensemble (ONE-E)', 'test_acc_ens'), ('mean of branches', 'test_acc_mean')):
+        line = next(l for l in out.splitlines() if l.strip().startswith(label))
+        assert float(line.split()[-1]) == pytest.approx(row[key], abs=0.005)
+    assert not (tmp_path / 'unused').exists()
+
+
+def test_exported_branch_evaluates_like_the_branch(fashion_root, tmp_path, capsys):
+    run = tmp_path / 'r'
+    assert cifar_one.main(tiny(fashion_root, run, '--epochs', 1)) == 0
+    out = tmp_path / 'branch2.pth.tar'
+    assert export_branch.main([str(run / 'checkpoint.pth.tar'), '--branch', '2', '-o', str(out)]) == 0
+    exported = load(out)
+    assert exported['arch'] == 'resnet' and 'optimizer' not in exported
+    assert sum(v.numel() for k, v in exported['state_dict'].items()
+               if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked'))) == 78042
+    capsys.readouterr()
+    assert cifar_baseline.main(tiny(fashion_root, tmp_path / 'x', '-e', '--resume', out)) == 0
+    accuracy = float(capsys.readouterr().out.splitlines()[1].split()[-1])
+    assert accuracy == pytest.approx(load(run / 'checkpoint.pth.tar')['history'][-1]['test_acc_2'],
+                                     abs=0.005)
+    # an export is for evaluation: training from it is refused, and the export is not overwritten
+    assert cifar_baseline.main(tiny(fashion_root, tmp_path / 'x', '--resume', out)) == 2
+    assert export_branch.main([str(run / 'checkpoint.pth.tar'), '--branch', '4', '-o',
+                               str(tmp_path / 'b4')]) == 2
+    assert export_branch.main([str(run / 'checkpoint.pth.tar'), '-o', str(out)]) == 2
+
+
+def test_shell_script_passes_extra_arguments_through(fashion_root, tmp_path):
+    proc = subprocess.run(['bash', os.path.join(ROOT, 'ONE_ResNet32.sh'), *tiny(fashion_root,
+                           tmp_path / 'r', '--epochs', 1, '--train-subset', 128)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                          env={**os.environ, 'PYTHON': sys.executable})
+    assert proc.returncode == 0, proc.stderr
+    args = json.loads((tmp_path / 'r' / 'args.json').read_text())
+    assert (args['depth'], args['epochs'], args['dataset']) == (8, 1, 'fashionmnist')
+    assert (args['schedule'], args['weight_decay'], args['consistency_rampup']) == ([151, 225], 1e-4, 80)
+
+
+@pytest.mark.parametrize('script', ['ONE_ResNet32.sh', 'ONE_ResNet110.sh', 'Baseline_ResNet32.sh',
+                                    'Baseline_ResNet110.sh'])
+def test_shell_scripts_hold_the_paper_settings(script):
+    text = open(os.path.join(ROOT, script)).read()
+    depth = '110' if '110' in script else '32'
+    for setting in ('--dataset cifar100', f'--depth {depth}', '--epochs 300', '--schedule 151 225',
+                    '--gamma 0.1', '--wd 1e-4', '--train-batch 128', '"$@"'):
+        assert setting in text, setting
+    assert 'gpu' not in text.split('exec', 1)[1].lower()
+    assert f'{"ONE" if script.startswith("ONE") else "baseline"}-{depth}' in text
