@@ -1,0 +1,182 @@
+"""Nothing a user trained is lost: refusals, checked loading, divergence, crashes, full disks."""
+import errno
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import cifar_baseline
+import cifar_one
+from conftest import ROOT
+from test_training import assert_same_run, tiny
+from utils import checkpoint
+from utils.checkpoint import load_checkpoint, save_atomic
+from utils.errors import UserError
+
+
+def digest(path):
+    return hashlib.sha256(open(path, 'rb').read()).hexdigest()
+
+
+@pytest.fixture(scope='module')
+def trained(fashion_root, tmp_path_factory):
+    """A one-epoch ONE run to resume, corrupt and compare against."""
+    run = tmp_path_factory.mktemp('trained')
+    assert cifar_one.main(tiny(fashion_root, run, '--epochs', 1)) == 0
+    return run
+
+
+def error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_a_run_folder_is_never_silently_overwritten(fashion_root, trained, capsys):
+    before = digest(trained / 'checkpoint.pth.tar')
+    assert cifar_one.main(tiny(fashion_root, trained, '--epochs', 1)) == 2
+    line = error_line(capsys)
+    assert 'already holds a run' in line and '--resume' in line and '--overwrite' in line
+    assert digest(trained / 'checkpoint.pth.tar') == before
+
+
+def test_resume_auto_continues_or_starts_and_overwrite_starts_over(fashion_root, tmp_path):
+    run = tmp_path / 'r'
+    assert cifar_one.main(tiny(fashion_root, run, '--epochs', 1, '--resume', 'auto')) == 0
+    assert cifar_one.main(tiny(fashion_root, run, '--epochs', 2, '--resume', 'auto')) == 0
+    assert len(load_checkpoint(run / 'checkpoint.pth.tar')['history']) == 2
+    assert cifar_one.main(tiny(fashion_root, run, '--epochs', 1, '--overwrite')) == 0
+    assert len(load_checkpoint(run / 'checkpoint.pth.tar')['history']) == 1
+    assert len((run / 'log.txt').read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize('flags, named', [
+    (['--depth', '14'], 'depth'),
+    (['--num-branches', '2'], 'num_branches'),
+    (['-d', 'cifar10'], 'dataset'),
+])
+def test_a_checkpoint_of_another_model_is_refused(fashion_root, trained, tmp_path, flags, named,
+                                                  capsys):
+    argv = tiny(fashion_root, tmp_path / 'x', '--epochs', 2, '--resume',
+                trained / 'checkpoint.pth.tar') + flags
+    assert cifar_one.main(argv) == 2
+    line = error_line(capsys)
+    assert f'mismatch: {named}' in line and 'one_resnet-8 on fashionmnist' in line
+
+
+def test_the_baseline_refuses_a_one_checkpoint(fashion_root, trained, tmp_path, capsys):
+    argv = tiny(fashion_root, tmp_path / 'x', '-e', '--resume', trained / 'checkpoint.pth.tar')
+    assert cifar_baseline.main(argv) == 2
+    assert 'mismatch: arch, num_branches' in error_line(capsys)
+
+
+def test_truncated_and_garbage_checkpoints_get_a_clear_error(trained, tmp_path):
+    data = (trained / 'checkpoint.pth.tar').read_bytes()
+    for name, content in (('truncated', data[:len(data) // 2]), ('garbage', os.urandom(4096)),
+                          ('empty', b'')):
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(UserError, match='not a readable checkpoint'):
+            load_checkpoint(path)
+    with pytest.raises(UserError, match='does not exist'):
+        load_checkpoint(tmp_path / 'missing.pth.tar')
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ('touch pwned',))
+
+
+def test_loading_never_runs_pickled_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({'format': 1, 'payload': RunsCode()}, tmp_path / 'evil.pth.tar')
+    with pytest.raises(UserError):
+        load_checkpoint(tmp_path / 'evil.pth.tar')
+    assert not (tmp_path / 'pwned').exists()
+
+
+def test_divergence_stops_and_keeps_the_last_good_files(fashion_root, trained, tmp_path, capsys):
+    run = tmp_path / 'r'
+    run.mkdir()
+    for name in ('checkpoint.pth.tar', 'model_best.pth.tar'):
+        (run / name).write_bytes((trained / name).read_bytes())
+    kept = {name: digest(run / name) for name in ('checkpoint.pth.tar', 'model_best.pth.tar')}
+    argv = tiny(fashion_root, run, '--epochs', 3, '--resume', 'auto', '--lr', '1e12')
+    assert cifar_one.main(argv) == 3
+    assert 'NaN or Inf' in error_line(capsys)
+    assert {name: digest(run / name) for name in kept} == kept
+
+
+def test_an_unwritable_checkpoint_folder_is_refused_before_training(fashion_root, tmp_path, capsys):
+    blocker = tmp_path / 'a-file'
+    blocker.write_text('not a folder')
+    assert cifar_one.main(tiny(fashion_root, blocker / 'run', '--epochs', 1)) == 2
+    assert 'cannot write to checkpoint folder' in error_line(capsys)
+
+
+def test_a_full_disk_leaves_the_previous_checkpoint(trained, tmp_path, monkeypatch):
+    path = tmp_path / 'checkpoint.pth.tar'
+    path.write_bytes((trained / 'checkpoint.pth.tar').read_bytes())
+    before = digest(path)
+
+    def disk_full(obj, f):
+        f.write(b'partial')
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint.torch, 'save', disk_full)
+    with pytest.raises(UserError, match='No space left on device.*untouched'):
+        save_atomic({'format': 1}, str(path))
+    assert digest(path) == before and os.listdir(tmp_path) == ['checkpoint.pth.tar']
+
+
+def launch(argv):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, 'cifar_one.py'), *map(str, argv)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, proc, timeout=120):
+    end = time.time() + timeout
+    while proc.poll() is None and time.time() < end:
+        if predicate():
+            return True
+        time.sleep(0.0005)
+    return False
+
+
+def test_sigkill_at_many_moments_always_leaves_a_resumable_run(fashion_root, tmp_path):
+    """Kill a real training process again and again, half the time in the middle of writing a
+    checkpoint, resume each time, and finish bitwise identical to a run never interrupted."""
+    flags = ['--epochs', 4, '--train-subset', 256, '--resume', 'auto']
+    reference, run = tmp_path / 'reference', tmp_path / 'killed'
+    assert cifar_one.main(tiny(fashion_root, reference, *flags)) == 0
+    rng = random.Random(0)
+    tries = {'during a save': 0, 'at a random moment': 0}
+    saving = [run / f'{name}.tmp' for name in ('checkpoint.pth.tar', 'model_best.pth.tar')]
+    for attempt in range(12):
+        proc = launch(tiny(fashion_root, run, *flags))
+        if attempt % 2 == 0:
+            hit = wait_for(lambda: any(p.exists() for p in saving), proc)
+            kind = 'during a save'
+        else:
+            hit = wait_for(lambda: False, proc, timeout=rng.uniform(2.0, 5.0)) or proc.poll() is None
+            kind = 'at a random moment'
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if hit and proc.returncode == -signal.SIGKILL:
+            tries[kind] += 1
+        if (run / 'checkpoint.pth.tar').exists():
+            load_checkpoint(run / 'checkpoint.pth.tar')  # loads after every kill
+    proc = launch(tiny(fashion_root, run, *flags))
+    assert proc.wait() == 0, proc.stderr.read()
+    print(f'\nfault injection: {sum(tries.values())} SIGKILLs ({tries}); the resumed run is '
+          'bitwise identical to the uninterrupted one')
+    assert tries['during a save'] >= 3 and tries['at a random moment'] >= 3
+    assert_same_run(reference / 'checkpoint.pth.tar', run / 'checkpoint.pth.tar')
+    assert_same_run(reference / 'model_best.pth.tar', run / 'model_best.pth.tar')
+    assert (reference / 'log.txt').read_text() == (run / 'log.txt').read_text()
