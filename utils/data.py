@@ -6,6 +6,7 @@ so a resumed run, or any rank of a distributed run, reproduces them without save
 """
 import gzip
 import os
+import pickle
 import shutil
 from dataclasses import dataclass
 
@@ -58,7 +59,7 @@ def _load_svhn(root):
                           for s in ('train', 'extra', 'test'))
     return Dataset(torch.cat([torch.from_numpy(train.data), torch.from_numpy(extra.data)]),
                    torch.cat([_labels(train.labels), _labels(extra.labels)]),
-                   torch.from_numpy(test.data), _labels(test.labels),
+                   torch.from_numpy(test.data).contiguous(), _labels(test.labels),
                    10, (0.5,) * 3, (0.2,) * 3, augment=False)
 
 
@@ -115,7 +116,9 @@ def load_dataset(name, root):
         raise UserError(f'unknown dataset {name!r}; choose from {", ".join(LOADERS)}')
     try:
         return LOADERS[name](root)
-    except Exception as e:  # torchvision raises URLError, RuntimeError, ValueError, ... here
+    # torchvision: URLError (an OSError) when offline, RuntimeError for missing or corrupt
+    # files; the readers: UnpicklingError, EOFError, ValueError, KeyError on garbage.
+    except (OSError, RuntimeError, ValueError, EOFError, KeyError, pickle.UnpicklingError) as e:
         reason = ' '.join(str(e).split()) or type(e).__name__
         raise UserError(f'{name} is missing or corrupt in {root!r} and could not be downloaded '
                         f'({reason}); put {WHERE_TO_GET[name]} into {root!r}') from None

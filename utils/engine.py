@@ -76,6 +76,8 @@ def check_flags(args, world):
     if args.train_batch % world.size:
         raise UserError(f'--train-batch {args.train_batch} (the global batch) does not divide '
                         f'over {world.size} ranks')
+    if args.manualSeed is not None and not 0 <= args.manualSeed < 2**32:
+        raise UserError(f'--manualSeed must be in [0, 2**32), got {args.manualSeed}')
     if args.train_subset < 0 or args.start_epoch < 0:
         raise UserError('--train-subset and --start-epoch cannot be negative')
 
@@ -106,6 +108,8 @@ def setup(args):
     world = world_from_env()
     check_flags(args, world)
     device = pick_device(args, world)
+    if args.sync_bn and world.distributed and device.type != 'cuda':
+        raise UserError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on the CPU")
     if device.type == 'cuda':
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
@@ -139,9 +143,9 @@ def load_data(args, device, world):
         data.train_images = data.train_images[:args.train_subset]
         data.train_labels = data.train_labels[:args.train_subset]
     last = len(data.train_labels) % args.train_batch
-    if 0 < last < world.size:
-        raise UserError(f'the last batch ({last} images) cannot be shared by {world.size} ranks; '
-                        'change --train-batch')
+    if 0 < last < 2 * world.size:  # BatchNorm in training needs 2 samples (the gate: per rank)
+        raise UserError(f'the last batch would hold {last} image(s) for {world.size} rank(s), '
+                        'too few for BatchNorm; change --train-batch or --train-subset')
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     train = DeviceLoader(data.train_images.to(device), data.train_labels.to(device), data.mean,
                          data.std, args.train_batch, shuffle=True, augment=data.augment,

@@ -1,0 +1,30 @@
+# `make demo`: set up .venv and run the Fashion-MNIST ONE-versus-baseline comparison.
+# `make test`: set up .venv and run the test suite (CPU, a few minutes).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test bench fashion-mnist
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+# Real Fashion-MNIST offline from Debian's package when we may install it (root); otherwise
+# torchvision downloads it into ./data on first use.
+fashion-mnist:
+	@[ -d $(FASHION_MNIST) ] || [ "$$(id -u)" != 0 ] || \
+	  (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	   (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null)) || \
+	  echo "could not install dataset-fashion-mnist; torchvision will try to download"
+
+demo: $(VENV)/.installed fashion-mnist
+	$(PY) demo_fashion_mnist.py
+
+test: $(VENV)/.installed fashion-mnist
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) benchmark.py
