@@ -17,7 +17,7 @@ from torchvision.transforms import functional as TF
 import utils.data as data
 from fakedata import write_cifar10, write_cifar100, write_fashion_mnist, write_svhn
 from utils.data import (DeviceLoader, crop_and_flip, epoch_plan, load_dataset,
-                        test_loader_shard as loader_shard)
+                        rank_share as loader_shard)
 from utils.errors import UserError
 
 # SPEC.md: CIFAR-10's statistics, used for CIFAR-100 too.
@@ -204,7 +204,7 @@ def test_ranks_share_each_batch(world_size, augment):
 
 
 @pytest.mark.parametrize('n,world_size', [(10, 1), (10, 2), (10, 3), (10, 4), (3, 4)])
-def test_test_loader_shard_counts_every_image_once(n, world_size):
+def test_rank_share_counts_every_image_once(n, world_size):
     images, labels = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8), torch.arange(n) * 10
     shards = [loader_shard(images, labels, r, world_size) for r in range(world_size)]
     assert torch.equal(torch.cat([s[0] for s in shards]), images)

@@ -12,6 +12,7 @@ import torch
 
 import cifar_baseline
 import cifar_one
+import demo_fashion_mnist
 import export_branch
 from conftest import ROOT, run_script
 from utils import engine
@@ -200,3 +201,18 @@ def test_shell_scripts_hold_the_paper_settings(script):
         assert setting in text, setting
     assert 'gpu' not in text.split('exec', 1)[1].lower()
     assert f'{"ONE" if script.startswith("ONE") else "baseline"}-{depth}' in text
+
+
+def test_demo_prints_baseline_one_and_one_e(fashion_root, tmp_path, capsys):
+    argv = ['--data-dir', fashion_root, '--out', str(tmp_path), '--depth', '8', '--epochs', '2',
+            '--train-subset', '256']
+    assert demo_fashion_mnist.main(argv) == 0
+    out = capsys.readouterr().out
+    table = dict(line.rsplit(None, 1) for line in out[out.index('top-1 (%)'):].splitlines()[1:4])
+    baseline = load(tmp_path / 'baseline-8' / 'checkpoint.pth.tar')['history'][-1]
+    one = load(tmp_path / 'one-8' / 'checkpoint.pth.tar')['history'][-1]
+    assert float(table['  baseline']) == pytest.approx(baseline['test_acc_1'], abs=0.005)
+    assert float(table['  ONE (branch 1)']) == pytest.approx(one['test_acc_1'], abs=0.005)
+    assert float(table['  ONE-E (ensemble)']) == pytest.approx(one['test_acc_ens'], abs=0.005)
+    assert (tmp_path / 'comparison.png').stat().st_size > 1000
+    assert demo_fashion_mnist.main(argv) == 0  # a second run reuses the finished runs

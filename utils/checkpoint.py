@@ -7,7 +7,6 @@ Loading uses torch.load(weights_only=True): only tensors and plain containers, n
 import os
 import pickle
 import random
-import shutil
 import zipfile
 
 import numpy as np
@@ -46,11 +45,6 @@ def _write_atomic(path, write):
 
 def save_atomic(state, path):
     _write_atomic(path, lambda f: torch.save(state, f))
-
-
-def copy_atomic(src, dst):
-    with open(src, 'rb') as source:
-        _write_atomic(dst, lambda f: shutil.copyfileobj(source, f))
 
 
 def write_text_atomic(path, text):

@@ -187,7 +187,7 @@ class DeviceLoader:
         return images.float().div_(255).sub_(self.mean).div_(self.std)
 
 
-def test_loader_shard(images, labels, rank, world_size):
+def rank_share(images, labels, rank, world_size):
     """This rank's contiguous share of a split, for evaluation that counts every image once."""
     index = torch.arange(len(labels)).tensor_split(world_size)[rank]
     return images[index], labels[index]

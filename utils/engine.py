@@ -15,10 +15,10 @@ from progress.bar import Bar
 from torch.nn.parallel import DistributedDataParallel
 
 from models import ARCHS, blocks_per_stage
-from .checkpoint import (check_identity, copy_atomic, load_checkpoint, rng_states,
-                         save_atomic, set_rng_states, FORMAT_VERSION)
-from .data import DeviceLoader, load_dataset, test_loader_shard
-from .distributed import World, destroy_process_group, init_process_group, world_from_env
+from .checkpoint import (FORMAT_VERSION, check_identity, load_checkpoint, rng_states,
+                         save_atomic, set_rng_states)
+from .data import DeviceLoader, load_dataset, rank_share
+from .distributed import destroy_process_group, init_process_group, world_from_env
 from .errors import UserError
 from .logger import ARGS, LOG, accuracy_columns, write_args, write_run_files
 from .losses import correct_counts
@@ -150,7 +150,7 @@ def load_data(args, device, world):
     train = DeviceLoader(data.train_images.to(device), data.train_labels.to(device), data.mean,
                          data.std, args.train_batch, shuffle=True, augment=data.augment,
                          rank=world.rank, world_size=world.size, memory_format=memory_format)
-    test_images, test_labels = test_loader_shard(data.test_images, data.test_labels,
+    test_images, test_labels = rank_share(data.test_images, data.test_labels,
                                                  world.rank, world.size)
     test = DeviceLoader(test_images.to(device), test_labels.to(device), data.mean, data.std,
                         args.test_batch, shuffle=False, augment=False,
@@ -158,10 +158,25 @@ def load_data(args, device, world):
     return data, train, test
 
 
-def autocast(args, device):
-    if args.amp == 'off':
+def autocast(amp, device):
+    """The mixed-precision context for --amp off|bf16|fp16."""
+    if amp == 'off':
         return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if args.amp == 'bf16' else torch.float16)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == 'bf16' else torch.float16)
+
+
+def train_step(model, objective, optimizer, scaler, images, targets, epoch, batch_size, amp):
+    """One SGD step on this rank's images. `batch_size` is the global batch over the world
+    size, so DDP's gradient average is the global batch mean. Returns (output, loss summed
+    over this rank's images), both left on the device."""
+    with autocast(amp, images.device):
+        output = model(images)
+        loss = objective(output, targets, epoch, batch_size=batch_size)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return output, loss.detach() * batch_size
 
 
 # ----------------------------------------------------------------------------- run folder
@@ -208,10 +223,10 @@ class Meters:
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
 
     def update(self, loss_sum, output, targets):
-        self.loss += loss_sum.detach()
+        self.loss += loss_sum
         self.correct += correct_counts(output, targets)
         self.count += len(targets)
-        self.nonfinite |= ~torch.isfinite(loss_sum.detach())
+        self.nonfinite |= ~torch.isfinite(loss_sum)
 
     def state(self):
         return {'loss': self.loss, 'correct': self.correct, 'count': self.count}
@@ -260,10 +275,11 @@ class StopRequest:
 # ----------------------------------------------------------------------------- evaluation
 
 @torch.inference_mode()
-def evaluate(model, loader, objective, epoch, names, world, args, device):
+def evaluate(model, loader, objective, epoch, names, world, amp='off'):
+    """Test loss and top-1 of every branch (and ensemble) over the loader's images."""
     model.eval()
-    meters = Meters(len(names), device)
-    with autocast(args, device):
+    meters = Meters(len(names), loader.images.device)
+    with autocast(amp, loader.images.device):
         for images, targets in loader.batches():
             output = model(images)
             meters.update(objective(output, targets, epoch) * len(targets), output, targets)
@@ -281,7 +297,7 @@ def evaluate_checkpoint(args, objective):
     model = build_model(args, data.num_classes, device)
     model.load_state_dict(state['state_dict'])
     names = accuracy_columns(args.num_branches, args.arch == 'one_resnet')
-    metrics = evaluate(model, test, objective, state['epoch'], names, world, args, device)
+    metrics = evaluate(model, test, objective, state['epoch'], names, world, args.amp)
     if world.is_main:
         print(f'{args.resume} (epoch {state["epoch"]}), {args.dataset} test set, '
               f'{len(data.test_labels)} images: top-1 accuracy (%)')
@@ -388,7 +404,7 @@ class Trainer:
         train = self.train_epoch(stop, lr)
         self.world.broadcast_buffers(self.model)
         test = evaluate(self.model, self.test_loader, self.objective, epoch, self.names,
-                        self.world, args, self.device)
+                        self.world, args.amp)
         row = {'epoch': epoch + 1, 'lr': lr, 'rampup': self.objective.rampup(epoch),
                'train_loss': train['loss'], 'test_loss': test['loss']}
         for key in [f'acc_{n}' for n in self.names] + ['acc_mean']:
@@ -421,18 +437,16 @@ class Trainer:
         # Reading device values stalls a GPU's queue, so on CUDA check flags every few steps.
         check_every = 25 if device.type == 'cuda' else 1
         num_batches = len(self.train_loader)
-        bar = Bar(f'Epoch {self.epoch + 1}', max=num_batches - self.step) if world.is_main else None
+        bar = Bar(f'Epoch {self.epoch + 1}', max=num_batches - self.step,
+                  suffix='%(index)d/%(max)d batches, %(elapsed_td)s, eta %(eta_td)s'
+                  ) if world.is_main else None  # shown on a terminal only
         for step, (images, targets) in enumerate(
                 self.train_loader.batches(self.epoch, self.step), self.step):
             global_size = min(args.train_batch, len(self.train_loader.labels) - step * args.train_batch)
-            with autocast(args, device):
-                output = self.train_model(images)
-                loss = self.objective(output, targets, self.epoch, batch_size=global_size / world.size)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            meters.update(loss * global_size / world.size, output, targets)
+            output, loss_sum = train_step(self.train_model, self.objective, self.optimizer,
+                                          self.scaler, images, targets, self.epoch,
+                                          global_size / world.size, args.amp)
+            meters.update(loss_sum, output, targets)
             self.step = step + 1
             if self.step % check_every == 0 or self.step == num_batches:
                 self.check(meters, stop)
