@@ -110,4 +110,4 @@ def test_compiled_training_saves_plain_weights(fashion_root, tmp_path):
     assert compiled.keys() == plain.keys()
     one_resnet8(False).load_state_dict(compiled)
     for key in plain:
-        assert torch.allclose(plain[key].float(), compiled[key].float(), rtol=1e-3, atol=1e-4), key
+        assert torch.allclose(plain[key].float(), compiled[key].float(), atol=2e-3), key  # 2 SGD steps of rounding
