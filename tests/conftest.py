@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from fakedata import write_fashion_mnist
 
@@ -25,3 +26,12 @@ def run_script(script, *flags, cwd=None, check=True, env=None):
     if check and proc.returncode != 0:
         raise AssertionError(f'{script} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}')
     return proc
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """For modules of tiny tensors: one thread is faster, and immune to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

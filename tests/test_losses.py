@@ -9,13 +9,7 @@ from models import one_resnet
 from utils.losses import CrossEntropy, ONELoss, correct_counts
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """These tensors are tiny: one thread is faster, and immune to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def ce(logits, targets):
