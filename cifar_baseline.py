@@ -5,18 +5,15 @@
 """
 import sys
 
-from utils import engine
-from utils.cli import build_parser
-from utils.losses import CrossEntropy
+from utils.startup import interrupt_exits_while_importing
 
-
-def objective(args):
-    return CrossEntropy()
+with interrupt_exits_while_importing(__name__ == '__main__'):  # Ctrl-C: one line, no traceback
+    from methods import METHODS
+    from utils import engine
 
 
 def main(argv=None):
-    parser = build_parser(__doc__.splitlines()[0], arch='resnet')
-    return engine.main(parser, objective, argv)
+    return engine.main(METHODS['baseline'], __doc__.splitlines()[0], argv)
 
 
 if __name__ == '__main__':

@@ -2,21 +2,19 @@
 
     python cifar_one.py -a one_resnet --dataset cifar100 --depth 32 --epochs 300 \
         --schedule 151 225 --gamma 0.1 --wd 1e-4 --checkpoint checkpoints/cifar100/ONE-32
+Ablations of the paper: --no-distill, --gate average, --branch-point stage1, --num-branches M.
 """
 import sys
 
-from utils import engine
-from utils.cli import build_parser
-from utils.losses import ONELoss
+from utils.startup import interrupt_exits_while_importing
 
-
-def objective(args):
-    return ONELoss(temperature=args.temperature, rampup_epochs=args.consistency_rampup)
+with interrupt_exits_while_importing(__name__ == '__main__'):  # Ctrl-C: one line, no traceback
+    from methods import METHODS
+    from utils import engine
 
 
 def main(argv=None):
-    parser = build_parser(__doc__.splitlines()[0], arch='one_resnet', one=True)
-    return engine.main(parser, objective, argv)
+    return engine.main(METHODS['one'], __doc__.splitlines()[0], argv)
 
 
 if __name__ == '__main__':

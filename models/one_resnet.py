@@ -1,23 +1,46 @@
-"""ONE: a CIFAR ResNet whose last stage is replicated into m branches, plus a gate."""
+"""ONE: a CIFAR ResNet whose upper stages are replicated into m branches, plus a gate.
+
+The paper's network shares the stem and stages 1-2 and gives each branch its own stage 3
+(`branch_point='stage3'`: the first stage a branch owns). Its ablations change two things,
+both options here: `branch_point='stage1'` makes the branches start right after the stem
+("without sharing layers"; 'stage2' lies between), and `gate='average'` replaces the
+learned gate by the plain mean of the branches ("without the gate").
+"""
 import torch
 import torch.nn as nn
 
 from .resnet import blocks_per_stage, init_weights, make_stage
 
-__all__ = ['one_resnet', 'ONEResNet', 'branch_state_dict']
+__all__ = ['one_resnet', 'ONEResNet', 'branch_state_dict', 'BRANCH_POINTS', 'GATES', 'STAGES']
+
+# The first stage each branch owns -> the stages (name, planes, stride) it owns.
+STAGES = (('layer1', 16, 1), ('layer2', 32, 2), ('layer3', 64, 2))
+BRANCH_POINTS = {'stage1': STAGES, 'stage2': STAGES[1:], 'stage3': STAGES[2:]}
+GATES = ('learned', 'average')
 
 
 class Branch(nn.Module):
-    """One branch: its own copy of stage 3, the 8x8 average pool and a classifier."""
+    """One branch: its own copy of the unshared stages, the 8x8 average pool, a classifier.
+    The stages keep the plain ResNet's names, so trunk + branch is a `resnet` state dict."""
 
-    def __init__(self, block, inplanes, blocks, num_classes):
+    def __init__(self, block, inplanes, blocks, num_classes, stages=STAGES[2:]):
         super().__init__()
-        self.layer3, channels = make_stage(block, inplanes, 64, blocks, 2)
+        self.stage_names = [name for name, _, _ in stages]
+        channels = inplanes
+        for name, planes, stride in stages:
+            stage, channels = make_stage(block, channels, planes, blocks, stride)
+            self.add_module(name, stage)
         self.avgpool = nn.AvgPool2d(8)
         self.fc = nn.Linear(channels, num_classes)
 
+    def features(self, x):
+        """The pooled features before the classifier, shape (batch, channels)."""
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+        return self.avgpool(x).flatten(1)
+
     def forward(self, x):
-        return self.fc(self.avgpool(self.layer3(x)).flatten(1))
+        return self.fc(self.features(x))
 
 
 class ONEResNet(nn.Module):
@@ -25,34 +48,51 @@ class ONEResNet(nn.Module):
     (num_branches, batch, num_classes); ensemble_logits = sum_i gate_i * branch_logits[i],
     shape (batch, num_classes)."""
 
-    def __init__(self, depth, num_classes=10, num_branches=3):
+    def __init__(self, depth, num_classes=10, num_branches=3, branch_point='stage3',
+                 gate='learned'):
         super().__init__()
         if num_branches < 1:
             raise ValueError(f'num_branches must be >= 1, got {num_branches}')
+        if branch_point not in BRANCH_POINTS or gate not in GATES:
+            raise ValueError(f'branch_point must be one of {sorted(BRANCH_POINTS)} and gate one '
+                             f'of {GATES}, got {branch_point!r}, {gate!r}')
         n, block = blocks_per_stage(depth)
         self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=True)
-        self.layer1, channels = make_stage(block, 16, 16, n, 1)
-        self.layer2, channels = make_stage(block, channels, 32, n, 2)
+        channels, owned = 16, BRANCH_POINTS[branch_point]
+        self.shared_stages = [name for name, _, _ in STAGES[:len(STAGES) - len(owned)]]
+        for name, planes, stride in STAGES[:len(STAGES) - len(owned)]:
+            stage, channels = make_stage(block, channels, planes, n, stride)
+            self.add_module(name, stage)
         self.branches = nn.ModuleList(
-            Branch(block, channels, n, num_classes) for _ in range(num_branches))
+            Branch(block, channels, n, num_classes, owned)
+            for _ in range(num_branches))
         self.gate = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_branches),
-            nn.BatchNorm1d(num_branches), nn.ReLU(inplace=True), nn.Softmax(dim=1))
+            nn.BatchNorm1d(num_branches), nn.ReLU(inplace=True), nn.Softmax(dim=1)
+        ) if gate == 'learned' else None
         init_weights(self)
 
-    def forward(self, x):
+    def trunk(self, x):
+        """The shared layers: the stem and the stages before the branch point."""
         x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer2(self.layer1(x))
+        for name in self.shared_stages:
+            x = getattr(self, name)(x)
+        return x
+
+    def forward(self, x):
+        x = self.trunk(x)
         logits = torch.stack([branch(x) for branch in self.branches])
+        if self.gate is None:
+            return logits, logits.mean(0)
         weights = self.gate(x)                                   # (batch, num_branches)
         ensemble = torch.einsum('bm,mbc->bc', weights, logits)
         return logits, ensemble
 
 
-def one_resnet(depth, num_classes=10, num_branches=3):
-    return ONEResNet(depth, num_classes, num_branches)
+def one_resnet(depth, num_classes=10, num_branches=3, branch_point='stage3', gate='learned'):
+    return ONEResNet(depth, num_classes, num_branches, branch_point, gate)
 
 
 def branch_state_dict(state_dict, branch):

@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from models import one_resnet  # noqa: E402
 from utils.data import DeviceLoader  # noqa: E402
-from utils.losses import ONELoss  # noqa: E402
+from methods.one import ONELoss  # noqa: E402
 
 
 def gradients(model):

@@ -1,7 +1,9 @@
 """Bad input: one clear line on stderr, a non-zero exit, no traceback, nothing written."""
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 import cifar_one
 from conftest import ROOT, run_script
 from test_training import tiny
+from utils import engine
 
 
 def test_the_seed_command_names_the_missing_gpu(tmp_path):
@@ -38,6 +41,26 @@ def test_the_seed_command_names_the_missing_gpu(tmp_path):
     (['--train-batch', '0'], '--train-batch must be at least 1'),
     (['--device', 'cuda'], 'no CUDA GPU is available'),
     (['--gpu-id', '0,1'], 'for several GPUs use torchrun'),
+    (['--lr', '-1'], '--lr must be a positive number, got -1.0'),
+    (['--lr', 'nan'], '--lr must be a positive number, got nan'),
+    (['--gamma', '0'], '--gamma must be a positive number, got 0.0'),
+    (['--momentum', '-0.5'], '--momentum must be a number >= 0, got -0.5'),
+    (['--wd=-1e-4'], '--weight-decay must be a number >= 0, got -0.0001'),
+    (['--nesterov', '--momentum', '0'], '--nesterov needs --momentum > 0'),
+    (['--schedule', '-1', '5'], '--schedule milestones are 0-based epochs (>= 0), got -1'),
+    (['--temperature', '0'], '--temperature must be > 0, got 0.0'),
+    (['--temperature', '-3'], '--temperature must be > 0, got -3.0'),
+    (['--consistency_rampup', '-1'], '--consistency_rampup must be >= 0 epochs, got -1.0'),
+    (['--train-batch', '1'], '--train-batch 1 gives 1 image(s) per batch to each of 1 rank(s); '
+                             'BatchNorm needs at least 2'),
+    (['--start-epoch', '1'], '--start-epoch 1 leaves nothing to train with --epochs 1'),
+    (['--train-subset', '513'], "--train-subset 513 is larger than fashionmnist's 512 training "
+                                'images'),
+    (['--init-from', 'nowhere/model_best.pth.tar'], "--init-from: checkpoint "
+                                                    "'nowhere/model_best.pth.tar' does not exist"),
+    (['--rewind'], '--rewind only applies to --resume PATH'),
+    (['--resume', 'auto', '--overwrite'], '--overwrite starts a new run and --resume continues '
+                                          'one: pass one of them'),
 ])
 def test_bad_flags(flags, message, fashion_root, tmp_path, capsys):
     if torch.cuda.is_available() and ('cuda' in flags or '--gpu-id' in flags):
@@ -59,3 +82,134 @@ def test_absent_data_that_cannot_be_downloaded_says_where_to_put_it(tmp_path):
     assert 'cifar100 is missing or corrupt' in line and 'cifar-100-python' in line
     assert str(tmp_path / 'data') in line
     assert not (tmp_path / 'run' / 'checkpoint.pth.tar').exists()
+
+
+def test_a_train_batch_refusal_leaves_nothing_that_blocks_the_retry(fashion_root, tmp_path, capsys):
+    argv = tiny(fashion_root, tmp_path / 'run', '--epochs', 1, '--train-subset', 128)
+    assert cifar_one.main(argv + ['--train-batch', '1']) == 2
+    assert 'BatchNorm needs at least 2' in capsys.readouterr().err
+    assert not (tmp_path / 'run').exists()
+    assert cifar_one.main(argv) == 0  # the same command, fixed, just works
+
+
+def test_a_run_that_failed_before_training_does_not_block_the_retry(fashion_root, tmp_path,
+                                                                    monkeypatch, capsys):
+    """A failure after the folder was taken (here simulated in the first epoch) leaves files
+    of a start that never trained: the retry replaces them and says so."""
+    def broken(self, stop, lr):
+        raise RuntimeError('simulated failure in the first batch')
+
+    argv = tiny(fashion_root, tmp_path / 'run', '--epochs', 1, '--train-subset', 128)
+    monkeypatch.setattr(engine.Trainer, 'train_epoch', broken)
+    with pytest.raises(RuntimeError, match='simulated'):
+        cifar_one.main(argv)
+    assert (tmp_path / 'run' / 'checkpoint.pth.tar').exists()
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert cifar_one.main(argv) == 0
+    assert 'replaced the files of a start that never trained' in capsys.readouterr().out
+    assert not [p for p in (tmp_path / 'run').iterdir() if p.name.startswith('previous-')]
+
+
+def test_a_directory_given_to_resume_is_called_a_directory(fashion_root, tmp_path, capsys):
+    run = tmp_path / 'run'
+    run.mkdir()
+    assert cifar_one.main(tiny(fashion_root, run, '--epochs', 1, '--resume', run)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--resume '{run}' is a directory, not a checkpoint file" in err[0]
+    assert f'pass {run}/checkpoint.pth.tar, or --resume auto -c {run}' in err[0]
+    assert os.listdir(run) == []
+
+
+def test_a_text_file_given_to_resume_is_not_a_readable_checkpoint(fashion_root, tmp_path, capsys):
+    notes = tmp_path / 'notes.txt'
+    notes.write_text('epoch 3: looked fine\n')
+    assert cifar_one.main(tiny(fashion_root, tmp_path, '--epochs', 1, '--resume', notes)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'is not a readable checkpoint' in err[0], err
+    assert os.listdir(tmp_path) == ['notes.txt']
+
+
+def identity_of_a_tiny_one_run():
+    return {'format': 1, 'method': 'one', 'arch': 'one_resnet', 'depth': 8,
+            'dataset': 'fashionmnist', 'num_branches': 3, 'distill': True, 'gate': 'learned',
+            'branch_point': 'stage3'}
+
+
+@pytest.mark.parametrize('content, message', [
+    ({'epoch': 1}, 'is damaged or incomplete: it lacks state_dict'),
+    ({'epoch': 1, 'state_dict': {}}, 'holds weights only (an export)'),
+    ({'epoch': 1, 'state_dict': {}, 'optimizer': {}, 'step': 0, 'best_acc': 0.0},
+     'is damaged or incomplete: it lacks history, meters, rng, seed, args'),
+    ({'epoch': 1, 'state_dict': {'x': torch.zeros(1)}, 'optimizer': {}, 'step': 0,
+      'best_acc': 0.0, 'history': [], 'meters': None, 'rng': {}, 'seed': 7, 'args': {}},
+     'is damaged or does not fit this run'),
+])
+def test_a_checkpoint_shaped_dict_with_missing_or_wrong_keys(fashion_root, tmp_path, content,
+                                                              message, capsys):
+    path = tmp_path / 'checkpoint.pth.tar'
+    torch.save({**identity_of_a_tiny_one_run(), **content}, path)
+    assert cifar_one.main(tiny(fashion_root, tmp_path, '--epochs', 2, '--resume', path)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert os.listdir(tmp_path) == ['checkpoint.pth.tar']
+
+
+def test_random_bytes_for_fashion_mnist_say_which_dataset_is_corrupt(tmp_path, capsys):
+    raw = tmp_path / 'data' / 'FashionMNIST' / 'raw'
+    raw.mkdir(parents=True)
+    for name in ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte',
+                 't10k-labels-idx1-ubyte'):
+        (raw / name).write_bytes(os.urandom(4096))
+    assert cifar_one.main(tiny(str(tmp_path / 'data'), tmp_path / 'run', '--epochs', 1)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'fashionmnist is missing or corrupt' in err[0], err
+    assert 'not in the expected format' in err[0]
+    assert not (tmp_path / 'run').exists()
+
+
+def test_ctrl_c_during_start_up_is_one_line(tmp_path):
+    """SIGINT to a real process at moments while Python imports torch, and while it reads the
+    data: exit 130, one line, no traceback, nothing written. (A KeyboardInterrupt inside a
+    library's import was once swallowed, once a RecursionError from a half-imported numpy.)"""
+    from fakedata import write_fashion_mnist
+    root = tmp_path / 'data'
+    write_fashion_mnist(str(root), num_train=10000, num_test=100)
+    for moment in (0.1, 0.3, 0.6, 'reading the data'):
+        run = tmp_path / str(moment).replace(' ', '-')
+        proc = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, 'cifar_one.py'), *tiny(root, run, '--epochs', 1)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's
+        try:
+            if moment == 'reading the data':
+                assert wait_until_open(proc, str(root / 'FashionMNIST' / 'raw')), 'no data read'
+            else:
+                time.sleep(moment)  # importing torch alone takes a second or more
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 130 and 'Traceback' not in err, (moment, err)
+        line, = err.strip().splitlines()
+        assert 'interrupted (Ctrl-C)' in line, (moment, line)
+        assert not run.exists(), moment
+
+
+def wait_until_open(proc, prefix, timeout=120):
+    """Whether process PROC opens a file under PREFIX (seen in /proc/PID/fd) within TIMEOUT."""
+    fds, end = f'/proc/{proc.pid}/fd', time.time() + timeout
+    while proc.poll() is None and time.time() < end:
+        try:
+            names = os.listdir(fds)
+        except OSError:
+            continue
+        for name in names:
+            try:
+                if os.readlink(os.path.join(fds, name)).startswith(prefix):
+                    return True
+            except OSError:
+                pass
+    return False

@@ -1,5 +1,8 @@
-"""torchrun with 2 CPU processes (gloo): the same scripts, the same results, one set of files."""
+"""torchrun with 2 CPU processes (gloo): the same scripts, the same results, one set of files,
+the dataset prepared once, and one line for a failure on any rank."""
+import gzip
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,14 +13,118 @@ import torch
 
 import cifar_one
 from conftest import ROOT
+from fakedata import write_fashion_mnist
 from test_training import assert_same_run, load, tiny
+from utils.data import FASHION_FILES
 
 TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']
+# OMP_NUM_THREADS set: torchrun's banner about it stays out of the output the tests read.
+# The proxy on a closed port makes every download fail at once, online or not.
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'http_proxy': 'http://127.0.0.1:9',
+       'https_proxy': 'http://127.0.0.1:9'}
 
 
-def torchrun(script, *argv, **kwargs):
+def torchrun(script, *argv, env=None, **kwargs):
     return subprocess.run([*TORCHRUN, os.path.join(ROOT, script), *map(str, argv)],
-                          capture_output=True, text=True, timeout=600, **kwargs)
+                          capture_output=True, text=True, timeout=600,
+                          env={**ENV, **(env or {})}, **kwargs)
+
+
+def assert_one_line_from_us(proc, prog, expected):
+    """A failed torchrun: one line of ours (and the exit status), no rank's traceback, only
+    torchrun's own failure summary (whose Python traceback ends in ChildFailedError)."""
+    assert proc.returncode != 0
+    ours = [l for l in proc.stderr.splitlines() if l.startswith(f'{prog}:')]
+    assert len(ours) == 1 and expected in ours[0], proc.stderr
+    assert proc.stdout == ''
+    output = proc.stdout + proc.stderr
+    assert output.count('Traceback') == 1 and '[rank' not in output, output
+    summary = output[output.index('Traceback'):]  # torchrun's, after the ranks have exited
+    assert 'ChildFailedError' in summary and 'Root Cause' in summary and ours[0] not in summary
+    return ours[0]
+
+
+def write_debian_fashion_mnist(folder):
+    """What Debian's package dataset-fashion-mnist installs: the four idx files, gzipped."""
+    source = folder.parent / 'generated'
+    write_fashion_mnist(str(source), num_train=512, num_test=200)
+    folder.mkdir()
+    for name in os.listdir(source / 'FashionMNIST' / 'raw'):
+        with open(source / 'FashionMNIST' / 'raw' / name, 'rb') as src, \
+                gzip.open(folder / f'{name}.gz', 'wb') as dst:
+            shutil.copyfileobj(src, dst)
+
+
+# cifar_one.py, recording in GUNZIP_LOG which rank opens which Debian .gz file.
+COUNTING_GUNZIPS = f"""
+import gzip, os, sys
+sys.path.insert(0, {ROOT!r})
+import cifar_one
+gunzip = gzip.open
+def counted(path, *args, **kwargs):
+    with open(os.environ['GUNZIP_LOG'], 'a') as log:
+        print(os.environ['RANK'], os.path.basename(path), file=log)
+    return gunzip(path, *args, **kwargs)
+gzip.open = counted
+sys.exit(cifar_one.main())
+"""
+
+
+def test_two_ranks_prepare_an_empty_data_dir_once_and_train(tmp_path):
+    debian, data = tmp_path / 'debian', tmp_path / 'data'
+    write_debian_fashion_mnist(debian)
+    script = tmp_path / 'counting.py'
+    script.write_text(COUNTING_GUNZIPS)
+    proc = torchrun(script, *tiny(str(data), tmp_path / 'r', '--epochs', 1),
+                    env={'ONE_DEBIAN_FASHION_MNIST': str(debian),
+                         'GUNZIP_LOG': str(tmp_path / 'gunzips')})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count('Epoch 1/1') == 1
+    # rank 0 alone gunzipped each file, once; rank 1 found them ready (no temporaries left)
+    gunzips = (tmp_path / 'gunzips').read_text().splitlines()
+    assert sorted(gunzips) == sorted(f'0 {name}.gz' for name in FASHION_FILES)
+    assert sorted(os.listdir(data / 'FashionMNIST' / 'raw')) == sorted(FASHION_FILES)
+
+
+@pytest.mark.parametrize('flag, expected', [
+    (('--depth', 9), 'error: --depth: depth must be 6n+2'),
+    (('--epochs', 'x'), "error: argument --epochs: invalid int value: 'x'"),
+])
+def test_a_bad_flag_under_torchrun_is_one_line(fashion_root, tmp_path, flag, expected):
+    proc = torchrun('cifar_one.py', *tiny(fashion_root, tmp_path / 'r', *flag))
+    assert_one_line_from_us(proc, 'cifar_one.py', expected)
+
+
+def test_missing_data_under_torchrun_is_one_line(tmp_path):
+    proc = torchrun('cifar_one.py', *tiny(str(tmp_path / 'empty'), tmp_path / 'r'),
+                    env={'ONE_DEBIAN_FASHION_MNIST': str(tmp_path / 'no-debian-here')})
+    assert_one_line_from_us(proc, 'cifar_one.py', 'error: fashionmnist is missing or corrupt')
+
+
+# cifar_one.py, where rank 1 alone fails (as if only its node lacked a file or a GPU).
+RANK_1_FAILS = f"""
+import os, sys
+sys.path.insert(0, {ROOT!r})
+import cifar_one
+from utils import engine
+from utils.errors import UserError
+build_model = engine.build_model
+def fails_on_rank_1(*args, **kwargs):
+    if os.environ['RANK'] == '1':
+        raise UserError('rank 1 cannot build its model')
+    return build_model(*args, **kwargs)
+engine.build_model = fails_on_rank_1
+sys.exit(cifar_one.main())
+"""
+
+
+def test_a_failure_of_one_rank_alone_is_one_line_from_rank_0(fashion_root, tmp_path):
+    script = tmp_path / 'rank1_fails.py'
+    script.write_text(RANK_1_FAILS)
+    proc = torchrun(script, *tiny(fashion_root, tmp_path / 'r'))
+    line = assert_one_line_from_us(proc, 'rank1_fails.py', 'rank 1 cannot build its model')
+    assert line.endswith('(rank 1)')
+    assert 'exitcode  : 2' in proc.stderr  # rank 0 exits with the failing rank's status
 
 
 def test_gradients_of_a_split_batch_equal_the_whole_batch():
@@ -31,8 +138,9 @@ def test_two_ranks_train_once_log_once_and_resume_in_one_process(fashion_root, t
     proc = torchrun('cifar_one.py', *tiny(fashion_root, run, '--epochs', 2))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count('Epoch 1/2') == 1 and proc.stdout.count('Epoch 2/2') == 1
-    assert sorted(os.listdir(run)) == ['args.json', 'checkpoint.pth.tar', 'curves.png', 'log.txt',
-                                       'model_best.pth.tar', 'summary.csv']
+    assert sorted(f for f in os.listdir(run) if not f.startswith('.')) == [
+        'args.json', 'checkpoint.pth.tar', 'curves.png', 'log.txt', 'model_best.pth.tar',
+        'status.json', 'summary.csv']
     state = load(run / 'checkpoint.pth.tar')
     assert not any(k.startswith(('module.', '_orig_mod.')) for k in state['state_dict'])
     # the 512 training images are counted once per epoch, not once per rank

@@ -11,18 +11,20 @@ from fakedata import random_images
 from test_training import load, tiny
 from utils.data import CIFAR_MEAN, CIFAR_STD, DeviceLoader
 from utils.distributed import World
-from utils.engine import Meters, build_model, evaluate, train_step
-from utils.logger import accuracy_columns
-from utils.losses import ONELoss, correct_counts
+from methods import METHODS
+from methods.one import ONELoss
+from utils.losses import correct_counts
+from utils.setup import build_model
+from utils.steps import Meters, evaluate, train_step
 
 CPU = torch.device('cpu')
 
 
 def one_resnet8(channels_last, seed=0):
     torch.manual_seed(seed)
-    config = SimpleNamespace(arch='one_resnet', depth=8, num_branches=3, sync_bn=False,
-                             channels_last=channels_last)
-    return build_model(config, 10, CPU)
+    config = SimpleNamespace(depth=8, num_branches=3, branch_point='stage3', gate='learned',
+                             sync_bn=False, channels_last=channels_last)
+    return build_model(config, METHODS['one'], 10, CPU)
 
 
 def loader(images, labels, channels_last, batch=32):
@@ -62,8 +64,8 @@ def test_evaluation_changes_nothing_and_counts_like_a_direct_computation(data):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     test = DeviceLoader(*data, CIFAR_MEAN, CIFAR_STD, 25, shuffle=False, augment=False,
                         memory_format=torch.channels_last)
-    names = accuracy_columns(3, True)
-    metrics = evaluate(model, test, ONELoss(), 0, names, World())
+    names = ['1', '2', '3', 'ens']
+    metrics = evaluate(model, test, METHODS['one'], ONELoss(), 0, names, World())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with torch.no_grad():
         hits = sum(correct_counts(model(x), y) for x, y in test.batches())
@@ -78,7 +80,7 @@ def test_meters_accumulate_on_the_device_like_python_sums():
         logits, ensemble = torch.randn(1, 8, 5), torch.randn(8, 5)
         y = torch.randint(0, 5, (8,))
         loss_sum = torch.rand(()) * 8
-        meters.update(loss_sum, (logits, ensemble), y)
+        meters.update(loss_sum, correct_counts((logits, ensemble), y), len(y))
         total += loss_sum.item()
         hits[0] += (logits[0].argmax(1) == y).sum().item()
         hits[1] += (ensemble.argmax(1) == y).sum().item()

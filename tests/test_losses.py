@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from models import one_resnet
-from utils.losses import CrossEntropy, ONELoss, correct_counts
+from methods.one import ONELoss
+from utils.losses import CrossEntropy, correct_counts
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')

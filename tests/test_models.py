@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from models import ARCHS, blocks_per_stage, branch_state_dict, one_resnet, resnet
 from models.resnet import BasicBlock, Bottleneck
-from utils.losses import ONELoss
+from methods.one import ONELoss
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')

@@ -1,4 +1,4 @@
-"""Command-line flags shared by cifar_one.py and cifar_baseline.py (the original's names)."""
+"""Command-line flags every entry script shares (the original's names), plus the method's."""
 import argparse
 
 from .data import LOADERS
@@ -10,7 +10,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
 
 
-def build_parser(description, arch, one=False):
+def build_parser(description, method):
     p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('-d', '--dataset', default='cifar10', choices=sorted(LOADERS))
     p.add_argument('--data-dir', default='./data',
@@ -32,21 +32,29 @@ def build_parser(description, arch, one=False):
                    help='0-based epochs at which the LR is multiplied by --gamma')
     p.add_argument('--gamma', type=float, default=0.1, help='LR multiplier at each milestone')
     p.add_argument('--momentum', default=0.9, type=float)
+    p.add_argument('--nesterov', action=argparse.BooleanOptionalAction, default=False,
+                   help='Nesterov momentum (ONE: off; OKDDip: on)')
     p.add_argument('--weight-decay', '--wd', default=1e-4, type=float, dest='weight_decay')
     p.add_argument('-c', '--checkpoint', default=None,
                    help='run folder (default: checkpoints/DATASET/ARCH-DEPTH)')
     p.add_argument('--resume', default='', metavar='PATH',
-                   help="checkpoint to continue from (its folder becomes the run folder); "
-                        "'auto' resumes the run folder's checkpoint.pth.tar if there is one")
+                   help="continue the run that checkpoint PATH belongs to, in PATH's folder "
+                        "(-c may name that folder, no other); 'auto': the run folder's "
+                        'checkpoint.pth.tar if there is one, else start a new run')
+    p.add_argument('--rewind', action='store_true',
+                   help='allow --resume PATH to step a run back to a checkpoint older than '
+                        'its checkpoint.pth.tar (e.g. model_best.pth.tar); the newer files are '
+                        'moved into RUN/previous-YYYYmmdd-HHMMSS/')
+    p.add_argument('--init-from', default=None, metavar='PATH',
+                   help="start a NEW run in -c from checkpoint PATH's weights only (same "
+                        'model flags; epoch --start-epoch, fresh optimizer, empty history); '
+                        "PATH's folder is never written")
     p.add_argument('--overwrite', action='store_true',
-                   help='start over in a run folder that already holds a run')
-    p.add_argument('-a', '--arch', default=arch, choices=[arch])
+                   help="start a new run in a run folder that holds one; the old run's files "
+                        'are moved into RUN/previous-YYYYmmdd-HHMMSS/')
+    p.add_argument('-a', '--arch', default=method.arch, choices=[method.arch])
     p.add_argument('--depth', type=int, default=32, help='6n+2: 32 and 110 in the paper')
-    if one:
-        p.add_argument('--num-branches', type=int, default=3, help='m, the number of branches')
-        p.add_argument('--temperature', type=float, default=3.0, help='distillation T')
-        p.add_argument('--consistency_rampup', '--consistency-rampup', type=float, default=80,
-                       dest='consistency_rampup', help='epochs of the sigmoid ramp-up')
+    method.add_flags(p)
     p.add_argument('--manualSeed', type=int, default=None, help='random seed')
     p.add_argument('-e', '--evaluate', action='store_true',
                    help='only evaluate the --resume checkpoint on the test set')
@@ -62,5 +70,9 @@ def build_parser(description, arch, one=False):
     p.add_argument('--compile', action='store_true', help='torch.compile the training model')
     p.add_argument('--amp', default='off', choices=['off', 'bf16', 'fp16'],
                    help='autocast mixed precision (fp16 uses a gradient scaler)')
+    p.add_argument('--fast', action='store_true',
+                   help='the numerically safe speed preset: on CUDA bf16 autocast, '
+                        'channels_last, torch.compile and fused SGD; on the CPU channels_last')
+    p.add_argument('--tensorboard', action='store_true',
+                   help='also write TensorBoard event files into RUN/tensorboard (rank 0)')
     return p
-

@@ -8,6 +8,7 @@ import gzip
 import os
 import pickle
 import shutil
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -20,8 +21,10 @@ from .errors import UserError
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 # Statistics of the 28x28 Fashion-MNIST training images, repeated over 3 channels.
 FASHION_MEAN, FASHION_STD = (0.2860,) * 3, (0.3530,) * 3
-# Where Debian's package dataset-fashion-mnist puts the gzipped idx files.
+# Where Debian's package dataset-fashion-mnist puts the gzipped idx files; the environment
+# variable ONE_DEBIAN_FASHION_MNIST names another folder holding the same four .gz files.
 DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
+DEBIAN_FASHION_MNIST_ENV = 'ONE_DEBIAN_FASHION_MNIST'
 FASHION_FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
                  't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
 
@@ -65,19 +68,28 @@ def _load_svhn(root):
 
 def _install_debian_fashion_mnist(root):
     """Gunzip Debian's copy into torchvision's layout (its md5 sums differ from torchvision's
-    list, so torchvision's own download would go to the network instead)."""
+    list, so torchvision's own download would go to the network instead).
+
+    Each file goes through a temporary name of this host and process, then a rename, so
+    processes that prepare the same folder at once never disturb each other's files (under
+    torchrun only one rank per folder prepares it: see World.in_turn)."""
+    debian = os.environ.get(DEBIAN_FASHION_MNIST_ENV) or DEBIAN_FASHION_MNIST
     raw = os.path.join(root, 'FashionMNIST', 'raw')
     if all(os.path.exists(os.path.join(raw, f)) for f in FASHION_FILES):
         return
-    if not all(os.path.exists(os.path.join(DEBIAN_FASHION_MNIST, f + '.gz')) for f in FASHION_FILES):
+    if not all(os.path.exists(os.path.join(debian, f + '.gz')) for f in FASHION_FILES):
         return
     os.makedirs(raw, exist_ok=True)
     for name in FASHION_FILES:
-        tmp = os.path.join(raw, name + '.tmp')
-        with gzip.open(os.path.join(DEBIAN_FASHION_MNIST, name + '.gz'), 'rb') as src, \
-                open(tmp, 'wb') as dst:
-            shutil.copyfileobj(src, dst)
-        os.replace(tmp, os.path.join(raw, name))
+        tmp = os.path.join(raw, f'{name}.{socket.gethostname()}-{os.getpid()}.tmp')
+        try:
+            with gzip.open(os.path.join(debian, name + '.gz'), 'rb') as src, \
+                    open(tmp, 'wb') as dst:
+                shutil.copyfileobj(src, dst)
+            os.replace(tmp, os.path.join(raw, name))
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def _grey28_to_rgb32(images):
@@ -117,9 +129,13 @@ def load_dataset(name, root):
     try:
         return LOADERS[name](root)
     # torchvision: URLError (an OSError) when offline, RuntimeError for missing or corrupt
-    # files; the readers: UnpicklingError, EOFError, ValueError, KeyError on garbage.
-    except (OSError, RuntimeError, ValueError, EOFError, KeyError, pickle.UnpicklingError) as e:
-        reason = ' '.join(str(e).split()) or type(e).__name__
+    # files; the readers: UnpicklingError, EOFError, ValueError, KeyError on garbage, and
+    # AssertionError (with no message) from the idx reader's header checks (MNIST formats).
+    except (OSError, RuntimeError, ValueError, EOFError, KeyError, pickle.UnpicklingError,
+            AssertionError) as e:
+        reason = ' '.join(str(e).split()) or (
+            'a file there is not in the expected format' if isinstance(e, AssertionError)
+            else type(e).__name__)
         raise UserError(f'{name} is missing or corrupt in {root!r} and could not be downloaded '
                         f'({reason}); put {WHERE_TO_GET[name]} into {root!r}') from None
 

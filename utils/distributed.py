@@ -1,9 +1,31 @@
-"""torch.distributed under torchrun: rank bookkeeping and the few collectives we need."""
+"""torch.distributed under torchrun: rank bookkeeping, the few collectives we need, and how a
+failure on any rank becomes one line from rank 0.
+
+Failures under torchrun, and who prints what:
+
+- An anticipated failure (a UserError, a divergence, a preemption) is printed by rank 0 only.
+  Most happen on every rank at once (the flags are the same everywhere; data errors are
+  agreed by `in_turn`; divergence and preemption by an all_reduce). One that happens on
+  another rank alone (a checkpoint its node cannot read) is handed to rank 0 through the
+  rendezvous store: that rank closes its connections, so rank 0 stops at its next collective,
+  prints the line with the rank's number, exits with that rank's status and acknowledges.
+  Without an acknowledgement within REPORT_WAIT_S (rank 0 busy, or NCCL, which may not
+  notice closed peers) the rank prints its own line instead. Either way: one line and a
+  non-zero exit on every rank.
+- A collective that breaks because another rank left (it failed, was killed, lost its node)
+  is not an error of this rank: rank 0 prints one line saying so, the others print nothing.
+  The rank that left printed its own traceback if it had one; torchrun's summary names it.
+"""
 import os
+import sys
+import time
 from dataclasses import dataclass
 
-import torch
 import torch.distributed as dist
+
+from .errors import UserError
+
+REPORT_WAIT_S = 30  # how long a failing rank waits for rank 0 to print its line
 
 
 @dataclass
@@ -31,6 +53,37 @@ class World:
             for buffer in model.buffers():
                 dist.broadcast(buffer, 0)
 
+    def in_turn(self, work):
+        """work() on global rank 0 first, then on the first rank of every other node, then on
+        the remaining ranks; returns its result on every rank.
+
+        For work that writes into a folder before reading it (preparing or downloading a
+        dataset): with a shared folder rank 0 prepares it and everyone else only reads; with
+        a node-local folder each node's first rank prepares its own copy. A UserError in any
+        turn is raised on every rank, with the message of the lowest failing rank, before
+        any rank starts the next turn.
+        """
+        result = None
+        turns = (self.rank == 0, self.local_rank == 0 and self.rank != 0, self.local_rank != 0)
+        for mine in turns if self.distributed else (True,):
+            error = None
+            if mine:
+                try:
+                    result = work()
+                except UserError as e:
+                    error = str(e)
+            self._raise_if_any_failed(error)
+        return result
+
+    def _raise_if_any_failed(self, error):
+        errors = [error]
+        if self.distributed:
+            errors = [None] * self.size
+            dist.all_gather_object(errors, error)
+        for rank, message in enumerate(errors):
+            if message is not None:
+                raise UserError(message if rank == 0 else f'{message} (rank {rank})')
+
 
 def world_from_env():
     """The torchrun world this process belongs to (a single process without torchrun)."""
@@ -40,12 +93,104 @@ def world_from_env():
                  int(os.environ.get('LOCAL_RANK', 0)))
 
 
+def _shares_agent_store():
+    """Whether torchrun hands its workers the store it keeps across restarts. PyTorch then
+    lets restarted workers read the previous attempt's connection keys, so they fail to
+    connect or hang (https://github.com/pytorch/pytorch/issues/135712, still so in 2.14)."""
+    return os.environ.get('TORCHELASTIC_USE_AGENT_STORE') == 'True'
+
+
 def init_process_group(world, device):
-    if world.distributed and not dist.is_initialized():
-        backend = 'nccl' if device.type == 'cuda' else 'gloo'
+    if not world.distributed or dist.is_initialized():
+        return
+    restarts = int(os.environ.get('TORCHELASTIC_MAX_RESTARTS', 0))
+    if world.is_main and restarts and _shares_agent_store():
+        print('warning: restarts under torchrun --max-restarts need TORCH_DISABLE_SHARE_RDZV_'
+              'TCP_STORE=1 in its environment; without it PyTorch may fail to reconnect the '
+              'restarted workers (pytorch/pytorch#135712)', file=sys.stderr)
+    backend = 'nccl' if device.type == 'cuda' else 'gloo'
+    try:
         dist.init_process_group(backend, device_id=device if device.type == 'cuda' else None)
+    except RuntimeError as e:
+        attempt = int(os.environ.get('TORCHELASTIC_RESTART_COUNT', 0))
+        if attempt and _shares_agent_store():
+            raise UserError(f'torchrun restart {attempt}: the ranks could not connect again '
+                            f'({str(e).splitlines()[0][:200]}); launch torchrun with '
+                            'TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (pytorch/pytorch#135712)'
+                            ) from None
+        raise
 
 
 def destroy_process_group():
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- failures
+
+def _keys():
+    """Store keys of this attempt (a torchrun restart must not read the last one's)."""
+    prefix = f'one/attempt{os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)}'
+    return f'{prefix}/failure', f'{prefix}/reported'
+
+
+def _store():
+    return dist.distributed_c10d._get_default_store()
+
+
+def report_failure(world, line, code):
+    """End an anticipated failure on this rank: exactly one line for the whole run (see the
+    module's docstring). Returns the exit code."""
+    if world.is_main or not dist.is_initialized():
+        if world.is_main:
+            print(line, file=sys.stderr)
+            _acknowledge()
+        return code
+    failure, reported = _keys()
+    try:
+        store = _store()
+        store.compare_set(failure, '', f'{code} {line} (rank {world.rank})')
+        dist.destroy_process_group()  # a rank 0 waiting in a collective for us stops now
+        deadline = time.monotonic() + REPORT_WAIT_S
+        while not store.check([reported]):
+            if time.monotonic() > deadline:
+                print(f'{line} (rank {world.rank})', file=sys.stderr)
+                break
+            time.sleep(0.05)
+    except Exception:  # the store went with rank 0 (a store rank 0 hosts): it has printed
+        pass
+    return code
+
+
+def is_collective_failure(error):
+    """Whether `error` is a collective (or DDP's) that broke because a peer went away."""
+    return dist.is_initialized() and isinstance(error, RuntimeError) and (
+        isinstance(error, dist.DistError) or 'gloo' in str(error) or 'NCCL' in str(error))
+
+
+def report_collective_failure(world, prog):
+    """Another rank left: rank 0 prints its reported line, or says a rank left; the other
+    ranks print nothing. Returns the exit code."""
+    if not world.is_main:
+        return 1
+    line, code = (f'{prog}: stopped: another rank failed or was killed (torchrun\'s summary '
+                  'names it)'), 1
+    try:
+        store = _store()
+        failure, _ = _keys()
+        if store.check([failure]):
+            code, line = store.get(failure).decode().split(' ', 1)
+    except Exception:
+        pass
+    print(line, file=sys.stderr)
+    _acknowledge()
+    return int(code)
+
+
+def _acknowledge():
+    """Tell a failing rank that waits (report_failure) that rank 0 has printed a line."""
+    try:
+        if dist.is_initialized():
+            _store().set(_keys()[1], '1')
+    except Exception:
+        pass

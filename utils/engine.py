@@ -1,311 +1,74 @@
-"""The one training and evaluation engine behind cifar_one.py and cifar_baseline.py.
+"""The one training and evaluation engine behind every entry script.
 
-The two scripts differ only in the model they name and the objective they pass in.
+An entry script names a method (methods/): its flags, model, objective and accuracy
+columns. Everything else, the loop, evaluation, checkpoints, logs, signals and torchrun, is
+here and the same for every method.
 """
 import os
 import random
-import signal
-import sys
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack
 
-import numpy as np
 import torch
 from progress.bar import Bar
 from torch.nn.parallel import DistributedDataParallel
 
-from models import ARCHS, blocks_per_stage
-from .checkpoint import (FORMAT_VERSION, check_identity, load_checkpoint, rng_states,
-                         save_atomic, set_rng_states)
-from .data import DeviceLoader, load_dataset, rank_share
-from .distributed import destroy_process_group, init_process_group, world_from_env
+from .checkpoint import (FORMAT_VERSION, TRAINING, check_identity, check_keys, load_checkpoint,
+                         rng_states, save_atomic, set_rng_states)
+from .cli import build_parser
+from .distributed import world_from_env
 from .errors import UserError
-from .logger import ARGS, LOG, accuracy_columns, write_args, write_run_files
-from .losses import correct_counts
+from .logger import epoch_line, result_line, write_args, write_run_files
+from .run_folder import (BEST, CHECKPOINT, check_writable, describe_position, files_to_rewind,
+                         fingerprint, make_room, move_aside, remove_temporaries, resolve_run,
+                         write_status)
+from .runlock import hold_run_lock
 from .schedule import learning_rate
-
-CHECKPOINT, BEST = 'checkpoint.pth.tar', 'model_best.pth.tar'
-RUN_FILES = (CHECKPOINT, BEST, LOG, ARGS)
-EXIT_USER_ERROR, EXIT_DIVERGED = 2, 3
-
-
-class Preempted(Exception):
-    """SIGTERM/SIGINT arrived; a checkpoint of the current step has been written."""
+from .setup import build_model, build_optimizer, load_data, seed_everything, setup
+from .steps import Meters, evaluate, member_columns
+from .stops import Diverged, Preempted, StopRequest, quiet_unless, run_to_exit_code
 
 
-class Diverged(Exception):
-    """The loss became NaN or Inf."""
-
-
-def main(parser, make_objective, argv=None):
-    """Parse flags, run, and turn every anticipated failure into one line and an exit code."""
-    args = parser.parse_args(argv)
-    if not hasattr(args, 'num_branches'):
-        args.num_branches = 1
-    try:
-        objective = make_objective(args)
-        return evaluate_checkpoint(args, objective) if args.evaluate else train(args, objective)
-    except UserError as e:
-        print(f'{parser.prog}: error: {e}', file=sys.stderr)
-        return EXIT_USER_ERROR
-    except Diverged as e:
-        print(f'{parser.prog}: stopped: {e}', file=sys.stderr)
-        return EXIT_DIVERGED
-    except Preempted as e:
-        print(f'{parser.prog}: {e.args[0]}', file=sys.stderr)
-        return 128 + e.args[1]
-    finally:
-        destroy_process_group()
-
-
-# ----------------------------------------------------------------------------- setup
-
-def check_flags(args, world):
-    try:
-        blocks_per_stage(args.depth)
-    except ValueError as e:
-        raise UserError(f'--depth: {e}') from None
-    if args.num_branches < 1:
-        raise UserError(f'--num-branches must be at least 1, got {args.num_branches}')
-    if args.drop != 0:
-        raise UserError('--drop: the CIFAR ResNets have no dropout layer (as in the original)')
-    for flag, value in (('--epochs', args.epochs), ('--train-batch', args.train_batch),
-                        ('--test-batch', args.test_batch)):
-        if value < 1:
-            raise UserError(f'{flag} must be at least 1, got {value}')
-    if args.train_batch % world.size:
-        raise UserError(f'--train-batch {args.train_batch} (the global batch) does not divide '
-                        f'over {world.size} ranks')
-    if args.manualSeed is not None and not 0 <= args.manualSeed < 2**32:
-        raise UserError(f'--manualSeed must be in [0, 2**32), got {args.manualSeed}')
-    if args.train_subset < 0 or args.start_epoch < 0:
-        raise UserError('--train-subset and --start-epoch cannot be negative')
-
-
-def pick_device(args, world):
-    if args.device == 'cpu':
-        return torch.device('cpu')
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if args.gpu_id is not None:
-        if world.distributed:
-            raise UserError('under torchrun each rank uses GPU LOCAL_RANK: drop --gpu-id and '
-                            'choose GPUs with CUDA_VISIBLE_DEVICES')
-        if not args.gpu_id.isdigit():
-            raise UserError(f'--gpu-id takes one GPU index, got {args.gpu_id!r}; '
-                            'for several GPUs use torchrun --nproc_per_node N')
-        if int(args.gpu_id) >= count:
-            raise UserError(f'GPU {args.gpu_id} does not exist: this machine has {count} CUDA '
-                            'GPU(s); pass another --gpu-id, or --device cpu')
-        return torch.device('cuda', int(args.gpu_id))
-    if count:
-        return torch.device('cuda', world.local_rank % count)
-    if args.device == 'cuda':
-        raise UserError('--device cuda: no CUDA GPU is available on this machine')
-    return torch.device('cpu')
-
-
-def setup(args):
+def main(method, description, argv=None):
+    """Parse flags, then train or evaluate; every anticipated failure is one line and an
+    exit code (utils/stops.py)."""
     world = world_from_env()
-    check_flags(args, world)
-    device = pick_device(args, world)
-    if args.sync_bn and world.distributed and device.type != 'cuda':
-        raise UserError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on the CPU")
-    if device.type == 'cuda':
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-    init_process_group(world, device)
-    return world, device
+    parser = build_parser(description, method)
+    with quiet_unless(world.is_main):  # a bad flag or --help: shown once, not once per rank
+        args = parser.parse_args(argv)
+    args.method = method.name
+    work = evaluate_checkpoint if args.evaluate else train
+    return run_to_exit_code(lambda: work(args, method), world, parser.prog)
 
 
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def build_model(args, num_classes, device):
-    kwargs = {'num_branches': args.num_branches} if args.arch == 'one_resnet' else {}
-    model = ARCHS[args.arch](args.depth, num_classes, **kwargs)
-    if args.sync_bn:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    return model.to(device, memory_format=memory_format)
-
-
-def identity(args):
-    return dict(arch=args.arch, depth=args.depth, dataset=args.dataset,
-                num_branches=args.num_branches)
-
-
-def load_data(args, device, world):
-    data = load_dataset(args.dataset, args.data_dir)
-    if args.train_subset:
-        data.train_images = data.train_images[:args.train_subset]
-        data.train_labels = data.train_labels[:args.train_subset]
-    last = len(data.train_labels) % args.train_batch
-    if 0 < last < 2 * world.size:  # BatchNorm in training needs 2 samples (the gate: per rank)
-        raise UserError(f'the last batch would hold {last} image(s) for {world.size} rank(s), '
-                        'too few for BatchNorm; change --train-batch or --train-subset')
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    train = DeviceLoader(data.train_images.to(device), data.train_labels.to(device), data.mean,
-                         data.std, args.train_batch, shuffle=True, augment=data.augment,
-                         rank=world.rank, world_size=world.size, memory_format=memory_format)
-    test_images, test_labels = rank_share(data.test_images, data.test_labels,
-                                                 world.rank, world.size)
-    test = DeviceLoader(test_images.to(device), test_labels.to(device), data.mean, data.std,
-                        args.test_batch, shuffle=False, augment=False,
-                        memory_format=memory_format)
-    return data, train, test
-
-
-def autocast(amp, device):
-    """The mixed-precision context for --amp off|bf16|fp16."""
-    if amp == 'off':
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == 'bf16' else torch.float16)
-
-
-def train_step(model, objective, optimizer, scaler, images, targets, epoch, batch_size, amp):
-    """One SGD step on this rank's images. `batch_size` is the global batch over the world
-    size, so DDP's gradient average is the global batch mean. Returns (output, loss summed
-    over this rank's images), both left on the device."""
-    with autocast(amp, images.device):
-        output = model(images)
-        loss = objective(output, targets, epoch, batch_size=batch_size)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return output, loss.detach() * batch_size
-
-
-# ----------------------------------------------------------------------------- run folder
-
-def resolve_run(args):
-    """(checkpoint to resume or None, run folder). Never lets a fresh run overwrite a run."""
-    folder = args.checkpoint or os.path.join('checkpoints', args.dataset,
-                                             f'{args.arch}-{args.depth}')
-    if args.resume == 'auto':
-        candidate = os.path.join(folder, CHECKPOINT)
-        return (candidate if os.path.exists(candidate) else None), folder
-    if args.resume:
-        return args.resume, os.path.dirname(args.resume) or '.'
-    existing = [f for f in RUN_FILES if os.path.exists(os.path.join(folder, f))]
-    if existing and not args.overwrite:
-        raise UserError(f'{folder!r} already holds a run ({", ".join(existing)}); continue it '
-                        f'with --resume {os.path.join(folder, CHECKPOINT)} (or --resume auto), '
-                        'start over with --overwrite, or choose another --checkpoint')
-    return None, folder
-
-
-def check_writable(folder):
-    try:
-        os.makedirs(folder, exist_ok=True)
-        probe = os.path.join(folder, '.write-test')
-        with open(probe, 'wb') as f:
-            f.write(b'ok')
-            f.flush()
-            os.fsync(f.fileno())
-        os.remove(probe)
-    except OSError as e:
-        raise UserError(f'cannot write to checkpoint folder {folder!r}: {e.strerror or e}') from None
-
-
-# ----------------------------------------------------------------------------- metrics
-
-class Meters:
-    """Sums kept on the device (no host synchronisation per step): loss, hits, images."""
-
-    def __init__(self, num_scores, device):
-        self.loss = torch.zeros((), dtype=torch.float64, device=device)
-        self.correct = torch.zeros(num_scores, dtype=torch.int64, device=device)
-        self.count = torch.zeros((), dtype=torch.int64, device=device)
-        self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-
-    def update(self, loss_sum, output, targets):
-        self.loss += loss_sum
-        self.correct += correct_counts(output, targets)
-        self.count += len(targets)
-        self.nonfinite |= ~torch.isfinite(loss_sum)
-
-    def state(self):
-        return {'loss': self.loss, 'correct': self.correct, 'count': self.count}
-
-    def load(self, state):
-        self.loss.copy_(state['loss'])
-        self.correct.copy_(state['correct'])
-        self.count.copy_(state['count'])
-
-    def reduce(self, world):
-        for tensor in (self.loss, self.correct, self.count):
-            world.all_reduce(tensor)
-        return self
-
-    def summary(self, names):
-        """{'loss': mean loss, 'acc_<name>': top-1 % per branch/ensemble, 'acc_mean': branches}."""
-        count = max(self.count.item(), 1)
-        accs = (self.correct.double() * 100 / count).tolist()
-        out = {'loss': self.loss.item() / count}
-        out.update({f'acc_{n}': a for n, a in zip(names, accs)})
-        branch_accs = [out[f'acc_{n}'] for n in names if n != 'ens']
-        out['acc_mean'] = sum(branch_accs) / len(branch_accs)
-        return out
-
-
-# ----------------------------------------------------------------------------- stop requests
-
-class StopRequest:
-    """Turns SIGTERM/SIGINT into a flag the training loop checks at step boundaries."""
-
-    def __init__(self):
-        self.signum = 0
-
-    def __enter__(self):
-        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-        return self
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
+def identity(args, method):
+    """What must agree between a checkpoint and the run that loads it."""
+    return dict(method=method.name, arch=args.arch, depth=args.depth, dataset=args.dataset,
+                num_branches=getattr(args, 'num_branches', 1), **method.variant(args))
 
 
 # ----------------------------------------------------------------------------- evaluation
 
-@torch.inference_mode()
-def evaluate(model, loader, objective, epoch, names, world, amp='off'):
-    """Test loss and top-1 of every branch (and ensemble) over the loader's images."""
-    model.eval()
-    meters = Meters(len(names), loader.images.device)
-    with autocast(amp, loader.images.device):
-        for images, targets in loader.batches():
-            output = model(images)
-            meters.update(objective(output, targets, epoch) * len(targets), output, targets)
-    return meters.reduce(world).summary(names)
-
-
-def evaluate_checkpoint(args, objective):
-    """-e/--evaluate: test accuracy of every branch, their mean and the ensemble."""
-    world, device = setup(args)
+def evaluate_checkpoint(args, method):
+    """-e/--evaluate: test accuracy of every member, their mean and the ensemble."""
+    world, device = setup(args, method)
     if not args.resume or args.resume == 'auto':
         raise UserError('-e/--evaluate needs --resume PATH of the checkpoint to evaluate')
     state = load_checkpoint(args.resume)
-    check_identity(state, args.resume, **identity(args))
+    check_identity(state, args.resume, identity(args, method))
     data, _, test = load_data(args, device, world)
-    model = build_model(args, data.num_classes, device)
+    model = build_model(args, method, data.num_classes, device)
     model.load_state_dict(state['state_dict'])
-    names = accuracy_columns(args.num_branches, args.arch == 'one_resnet')
-    metrics = evaluate(model, test, objective, state['epoch'], names, world, args.amp)
+    names = method.columns(args)
+    metrics = evaluate(model, test, method, method.objective(args), state['epoch'], names,
+                       world, args.amp)
     if world.is_main:
         print(f'{args.resume} (epoch {state["epoch"]}), {args.dataset} test set, '
               f'{len(data.test_labels)} images: top-1 accuracy (%)')
         for n in names:
-            label = 'ensemble (ONE-E)' if n == 'ens' else f'branch {n}'
-            print(f'  {label:<18} {metrics[f"acc_{n}"]:.2f}')
-        if args.num_branches > 1:
-            print(f'  {"mean of branches":<18} {metrics["acc_mean"]:.2f}')
+            print(f'  {method.label(n):<18} {metrics[f"acc_{n}"]:.2f}')
+        if len(member_columns(names)) > 1:
+            print(f'  {"mean of " + method.members:<18} {metrics["acc_mean"]:.2f}')
     return 0
 
 
@@ -314,42 +77,116 @@ def evaluate_checkpoint(args, objective):
 class Trainer:
     """State of one training run and the loop over its epochs."""
 
-    def __init__(self, args, objective):
-        self.args, self.objective = args, objective
-        self.world, self.device = setup(args)
-        resume, self.folder = resolve_run(args)
-        args.checkpoint = self.folder
-        state = load_checkpoint(resume) if resume else None
+    def __init__(self, args, method, resources):
+        """Check everything, load the data and build the run in memory; only then take the
+        run folder (lock, earlier files moved aside) and write its first files. A refusal
+        therefore never leaves a file behind."""
+        self.args, self.method = args, method
+        self.objective = method.objective(args)
+        self.world, self.device = setup(args, method)
+        run = resolve_run(args)
+        self.folder = args.checkpoint = run.folder
+        state = self.load_resumable(run.resume) if run.resume else None
+        source = load_checkpoint(run.init_from) if run.init_from else None
+        if source is not None:
+            check_identity(source, run.init_from, identity(args, method))
         if state is not None:
-            check_identity(state, resume, **identity(args))
-            if 'optimizer' not in state:
-                raise UserError(f'{resume!r} holds weights only (an export); evaluate it with -e')
-        if self.world.is_main:
-            check_writable(self.folder)
+            files_to_rewind(run, state, args.rewind)  # refuses a rewind not asked for
+        if state is None and args.start_epoch >= args.epochs:
+            raise UserError(f'--start-epoch {args.start_epoch} leaves nothing to train with '
+                            f'--epochs {args.epochs}: it must be below --epochs')
         self.seed = state['seed'] if state else (
             args.manualSeed if args.manualSeed is not None else random.randint(1, 10000))
         args.manualSeed = self.seed
         seed_everything(self.seed)
 
         self.data, self.train_loader, self.test_loader = load_data(args, self.device, self.world)
+        if args.train_subset > len(self.data.train_labels):
+            raise UserError(f'--train-subset {args.train_subset} is larger than {args.dataset}\'s '
+                            f'{len(self.data.train_labels)} training images: use at most that '
+                            '(or 0 for all)')
         self.train_loader.seed = self.seed
-        self.model = build_model(args, self.data.num_classes, self.device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=args.lr,
-                                         momentum=args.momentum, weight_decay=args.weight_decay)
+        self.model = build_model(args, method, self.data.num_classes, self.device)
+        self.optimizer = build_optimizer(args, self.model, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=args.amp == 'fp16')
-        self.names = accuracy_columns(args.num_branches, args.arch == 'one_resnet')
+        self.names = method.columns(args)
         self.epoch, self.step, self.best_acc, self.history = args.start_epoch, 0, 0.0, []
         self.partial = None
         if state is not None:
-            self.restore(state)
-            if self.world.is_main:
-                print(f'Resuming {resume}: epoch {self.epoch + 1}, batch {self.step}, '
-                      f'best branch-1 test top-1 so far {self.best_acc:.2f}%')
+            self.restore(state, run.resume)
+        elif source is not None:
+            self.init_weights(source, run.init_from)
         self.train_model = self.wrap(self.model)
+        # ---- nothing above has written a file; everything below writes into the run folder
         if self.world.is_main:
-            write_args(self.folder, args)
-            if state is None:  # proves the folder takes a checkpoint before any work is done
-                save_atomic(self.checkpoint_state(), os.path.join(self.folder, CHECKPOINT))
+            self.take_folder(run, resources, state)
+
+    def load_resumable(self, path):
+        """The state of the run to continue, checked (identity, keys) before anything is written."""
+        fingerprint_before = fingerprint(path)
+        state = load_checkpoint(path)
+        check_identity(state, path, identity(self.args, self.method))
+        if 'optimizer' not in state:
+            raise UserError(f'{path!r} holds weights only (an export): evaluate it with -e, or '
+                            f'start a new run from its weights with --init-from {path}')
+        check_keys(state, path, TRAINING)
+        self.resume_fingerprint = fingerprint_before
+        return state
+
+    def init_weights(self, source, path):
+        """--init-from: a new run from another checkpoint's weights only."""
+        try:
+            self.model.load_state_dict(source['state_dict'])
+        except (RuntimeError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(f'the weights in {path!r} do not fit this model: '
+                            f'{" ".join(str(e).split())[:200]}') from None
+        self.args.init_from = os.path.abspath(path)
+        self.args.init_from_epoch = source['epoch']
+
+    def take_folder(self, run, resources, state):
+        """Rank 0: lock the run folder, decide again under the lock what happens to the files
+        already there, say so, and write the run's first files."""
+        args = self.args
+        check_writable(self.folder)
+        resources.enter_context(hold_run_lock(self.folder))
+        if run.resume and fingerprint(run.resume) != self.resume_fingerprint:
+            raise UserError(f'{run.resume!r} changed while this run was starting (another '
+                            'run wrote it); start again to continue from its new state')
+        remove_temporaries(self.folder)
+        if state is None:
+            note = make_room(self.folder, args.overwrite)
+        else:
+            stale = files_to_rewind(run, state, args.rewind)
+            note = (f'--rewind: {self.folder} steps back to {describe_position(state)} of '
+                    f'{run.resume}; the newer files ({", ".join(stale)}) are in '
+                    f'{move_aside(self.folder, stale)}') if stale else None
+        if note:
+            print(note, flush=True)
+        write_args(self.folder, args)
+        if state is None:  # proves the folder takes a checkpoint before any work is done
+            save_atomic(self.checkpoint_state(), self.path(CHECKPOINT))
+            if run.init_from:
+                print(f'New run in {self.folder} from the weights of {run.init_from} (epoch '
+                      f'{args.init_from_epoch}); starting at epoch {self.epoch + 1}', flush=True)
+        else:
+            if stale:  # the folder now shows the rewound run, whatever happens next
+                self.rewrite_files()
+            print(f'Resuming {run.resume}: epoch {self.epoch + 1}, batch {self.step}, '
+                  f'best {self.method.label(self.names[0])} test top-1 so far '
+                  f'{self.best_acc:.2f}%', flush=True)
+        self.set_status('running')
+
+    def rewrite_files(self):
+        """After --rewind: the checkpoint, logs and (if the state is its run's best so far)
+        model_best.pth.tar of the state continued from."""
+        key = f'test_acc_{self.names[0]}'
+        accs = [row[key] for row in self.history]
+        is_best = (self.step == 0 and bool(accs) and accs[-1] == self.best_acc
+                   and max(accs[:-1], default=-1.0) < self.best_acc)
+        if self.history:
+            self.save_epoch(is_best and not os.path.exists(self.path(BEST)))
+        else:
+            save_atomic(self.checkpoint_state(), self.path(CHECKPOINT))
 
     def wrap(self, model):
         if self.world.distributed:
@@ -357,19 +194,38 @@ class Trainer:
             model = DistributedDataParallel(model, device_ids=device_ids)
         return torch.compile(model) if self.args.compile else model
 
-    def restore(self, state):
-        self.model.load_state_dict(state['state_dict'])
-        self.optimizer.load_state_dict(state['optimizer'])
-        if state.get('scaler'):
-            self.scaler.load_state_dict(state['scaler'])
-        self.epoch, self.step = state['epoch'], state['step']
-        self.best_acc, self.history = state['best_acc'], state['history']
-        self.partial = state['meters'] if self.world.is_main else None
-        set_rng_states(state['rng'])
+    def restore(self, state, path):
+        """Continue from a checkpoint. Mid-epoch, the batch size and the training set must be
+        the checkpoint's: the epoch's order and batch boundaries depend on them (refused with
+        one line; at an epoch boundary they may change)."""
+        args, saved = self.args, state['args'] if isinstance(state['args'], dict) else {}
+        if state['step']:
+            for flag, key in (('--train-batch', 'train_batch'), ('--train-subset', 'train_subset')):
+                if key in saved and saved[key] != getattr(args, key):
+                    raise UserError(
+                        f'{path!r} was saved in the middle of epoch {state["epoch"] + 1}, after '
+                        f'batch {state["step"]} of {flag} {saved[key]}; continue it with {flag} '
+                        f'{saved[key]} (got {getattr(args, key)}); it may change once an epoch '
+                        'is done')
+        for key in ('init_from', 'init_from_epoch'):  # provenance outlives the first command
+            if saved.get(key) is not None:
+                setattr(args, key, saved[key])
+        try:
+            self.model.load_state_dict(state['state_dict'])
+            self.optimizer.load_state_dict(state['optimizer'])
+            if state.get('scaler'):
+                self.scaler.load_state_dict(state['scaler'])
+            self.epoch, self.step = int(state['epoch']), int(state['step'])
+            self.best_acc, self.history = float(state['best_acc']), list(state['history'])
+            self.partial = state['meters'] if self.world.is_main else None
+            set_rng_states(state['rng'])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            raise UserError(f'{path!r} is damaged or does not fit this run: '
+                            f'{" ".join(f"{type(e).__name__}: {e}".split())[:200]}') from None
 
     def checkpoint_state(self, meters=None):
         """Everything an uninterrupted run would still have in memory at this point."""
-        return {'format': FORMAT_VERSION, **identity(self.args),
+        return {'format': FORMAT_VERSION, **identity(self.args, self.method),
                 'num_classes': self.data.num_classes, 'seed': self.seed,
                 'epoch': self.epoch, 'step': self.step, 'best_acc': self.best_acc,
                 'state_dict': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
@@ -380,20 +236,41 @@ class Trainer:
     def path(self, name):
         return os.path.join(self.folder, name)
 
+    def set_status(self, state, message=''):
+        if self.world.is_main:
+            write_status(self.folder, state, len(self.history), self.args.epochs, message)
+
     def run(self):
-        with StopRequest() as stop:
+        """Train to the last epoch, recording in status.json how the run ended."""
+        try:
+            self.run_epochs()
+        except Diverged as e:
+            self.set_status('diverged', str(e))
+            raise
+        except Preempted as e:
+            self.set_status('preempted', e.args[0])
+            raise
+        except UserError as e:
+            self.set_status('failed', str(e))
+            raise
+        except BaseException as e:
+            self.set_status('failed', ' '.join(f'{type(e).__name__}: {e}'.split())[:300])
+            raise
+        self.set_status('done')
+        self.print_result()
+        return 0
+
+    def run_epochs(self):
+        with StopRequest(self.device) as stop:
             while self.epoch < self.args.epochs:
                 self.run_epoch(stop)
                 if stop.signum:
                     raise Preempted(f'stopped by signal {stop.signum} after epoch {self.epoch}; '
                                     f'resume with --resume {self.path(CHECKPOINT)}', stop.signum)
+
+    def print_result(self):
         if self.world.is_main and self.history:
-            best = max(self.history, key=lambda row: row['test_acc_1'])
-            last = self.history[-1]
-            print(f'Done. Branch 1 test top-1: best {best["test_acc_1"]:.2f}% (epoch '
-                  f'{best["epoch"]}), last {last["test_acc_1"]:.2f}%' +
-                  (f'; ensemble last {last["test_acc_ens"]:.2f}%' if 'ens' in self.names else ''))
-        return 0
+            print(result_line(self.history, self.names, self.method.label(self.names[0])))
 
     def run_epoch(self, stop):
         args, epoch = self.args, self.epoch
@@ -401,10 +278,13 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group['lr'] = lr
         start = time.time()
-        train = self.train_epoch(stop, lr)
+        train_meters = self.train_epoch(stop, lr)
+        train = train_meters.summary(self.names)
         self.world.broadcast_buffers(self.model)
-        test = evaluate(self.model, self.test_loader, self.objective, epoch, self.names,
-                        self.world, args.amp)
+        test = evaluate(self.model, self.test_loader, self.method, self.objective, epoch,
+                        self.names, self.world, args.amp, stop)
+        if test is None:
+            self.preempt_after_training(train_meters, stop.signum)
         row = {'epoch': epoch + 1, 'lr': lr, 'rampup': self.objective.rampup(epoch),
                'train_loss': train['loss'], 'test_loss': test['loss']}
         for key in [f'acc_{n}' for n in self.names] + ['acc_mean']:
@@ -412,11 +292,12 @@ class Trainer:
         row['seconds'] = round(time.time() - start, 3)
         self.history.append(row)
         self.epoch, self.step = epoch + 1, 0
-        is_best = row['test_acc_1'] > self.best_acc
-        self.best_acc = max(self.best_acc, row['test_acc_1'])
+        first = f'test_acc_{self.names[0]}'
+        is_best = row[first] > self.best_acc
+        self.best_acc = max(self.best_acc, row[first])
         if self.world.is_main:
             self.save_epoch(is_best)
-            print(self.summary_line(row), flush=True)
+            print(epoch_line(row, self.names, self.args.epochs), flush=True)
 
     def save_epoch(self, is_best):
         """Best model first, then the checkpoint: a crash between them only repeats an epoch."""
@@ -424,10 +305,14 @@ class Trainer:
         if is_best:
             save_atomic(state, self.path(BEST))
         save_atomic(state, self.path(CHECKPOINT))
-        title = f'{self.args.arch}-{self.args.depth} on {self.args.dataset}'
+        title = f'{self.method.title}: {self.args.arch}-{self.args.depth} on {self.args.dataset}'
         write_run_files(self.folder, self.history, self.names, title)
+        if self.args.tensorboard:
+            from .tensorboard_log import write_tensorboard  # tensorboard is slow to import
+            write_tensorboard(self.folder, self.history)
 
     def train_epoch(self, stop, lr):
+        """Train over the rest of the epoch; returns its meters, summed over the ranks."""
         args, device, world = self.args, self.device, self.world
         self.train_model.train()
         meters = Meters(len(self.names), device)
@@ -443,10 +328,10 @@ class Trainer:
         for step, (images, targets) in enumerate(
                 self.train_loader.batches(self.epoch, self.step), self.step):
             global_size = min(args.train_batch, len(self.train_loader.labels) - step * args.train_batch)
-            output, loss_sum = train_step(self.train_model, self.objective, self.optimizer,
-                                          self.scaler, images, targets, self.epoch,
-                                          global_size / world.size, args.amp)
-            meters.update(loss_sum, output, targets)
+            output, loss_sum = self.method.train_step(
+                self.train_model, self.objective, self.optimizer, self.scaler, images, targets,
+                self.epoch, global_size / world.size, args.amp)
+            meters.update(loss_sum, self.method.correct(output, targets), len(targets))
             self.step = step + 1
             if self.step % check_every == 0 or self.step == num_batches:
                 self.check(meters, stop)
@@ -454,7 +339,7 @@ class Trainer:
                 bar.next()
         if bar is not None:
             bar.finish()
-        return meters.reduce(world).summary(self.names)
+        return meters.reduce(world)
 
     def check(self, meters, stop):
         """Stop on a NaN/Inf loss (saving nothing) or, on a signal, save this step and stop."""
@@ -466,26 +351,22 @@ class Trainer:
                            f'{self.step}); {self.path(CHECKPOINT)} and {self.path(BEST)} keep '
                            'the last good state')
         if signum and self.step < len(self.train_loader):
-            state = self.checkpoint_state(meters.reduce(self.world))
-            if self.world.is_main:
-                save_atomic(state, self.path(CHECKPOINT))
-            raise Preempted(f'stopped by signal {signum} at epoch {self.epoch + 1}, batch '
-                            f'{self.step}; saved {self.path(CHECKPOINT)}; resume with '
-                            f'--resume {self.path(CHECKPOINT)}', signum)
+            self.preempt(meters.reduce(self.world), signum)
 
-    def summary_line(self, row):
-        def accs(split):
-            parts = ' '.join(f'{row[f"{split}_acc_{n}"]:.2f}' for n in self.names if n != 'ens')
-            if len(self.names) > 1:
-                parts += f' mean {row[f"{split}_acc_mean"]:.2f}'
-            if 'ens' in self.names:
-                parts += f' ens {row[f"{split}_acc_ens"]:.2f}'
-            return parts
-        return (f'Epoch {row["epoch"]}/{self.args.epochs} lr {row["lr"]:.4g} '
-                f'w {row["rampup"]:.4f} | loss train {row["train_loss"]:.4f} test '
-                f'{row["test_loss"]:.4f} | top-1 train {accs("train")} | test {accs("test")} '
-                f'| {row["seconds"]:.1f}s')
+    def preempt(self, meters, signum):
+        """Save this exact step (with the epoch's running sums) and stop."""
+        state = self.checkpoint_state(meters)
+        if self.world.is_main:
+            save_atomic(state, self.path(CHECKPOINT))
+        raise Preempted(f'stopped by signal {signum} at epoch {self.epoch + 1}, batch '
+                        f'{self.step}; saved {self.path(CHECKPOINT)}; resume with '
+                        f'--resume {self.path(CHECKPOINT)}', signum)
+
+    def preempt_after_training(self, train_meters, signum):
+        """A signal during evaluation: save the trained epoch; resuming evaluates it."""
+        self.preempt(train_meters, signum)
 
 
-def train(args, objective):
-    return Trainer(args, objective).run()
+def train(args, method):
+    with ExitStack() as resources:
+        return Trainer(args, method, resources).run()

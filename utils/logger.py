@@ -13,14 +13,10 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .checkpoint import write_text_atomic  # noqa: E402
+from .checkpoint import write_atomic, write_text_atomic  # noqa: E402
+from .steps import member_columns  # noqa: E402
 
 LOG, SUMMARY, PLOT, ARGS = 'log.txt', 'summary.csv', 'curves.png', 'args.json'
-
-
-def accuracy_columns(num_branches, has_ensemble):
-    names = [str(i) for i in range(1, num_branches + 1)] + (['ens'] if has_ensemble else [])
-    return names
 
 
 def write_log_txt(folder, history, names):
@@ -50,9 +46,9 @@ def plot_curves(folder, history, names, title):
     epochs = [row['epoch'] for row in history]
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     for n in names:
-        label = 'ensemble (ONE-E)' if n == 'ens' else f'branch {n}'
+        label = 'ensemble' if n == 'ens' else f'member {n}' if n.isdigit() else n
         ax_acc.plot(epochs, [row[f'test_acc_{n}'] for row in history], label=f'test {label}')
-    ax_acc.plot(epochs, [row['train_acc_1'] for row in history], '--', label='train branch 1')
+    ax_acc.plot(epochs, [row['train_acc_1'] for row in history], '--', label=f'train member {names[0]}')
     ax_acc.set(xlabel='epoch', ylabel='top-1 accuracy (%)', title=title)
     ax_acc.legend(fontsize=8)
     ax_loss.plot(epochs, [row['train_loss'] for row in history], label='train')
@@ -60,13 +56,37 @@ def plot_curves(folder, history, names, title):
     ax_loss.set(xlabel='epoch', ylabel='objective', title='loss')
     ax_loss.legend(fontsize=8)
     fig.tight_layout()
-    tmp = os.path.join(folder, PLOT + '.tmp.png')
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, os.path.join(folder, PLOT))
+    try:
+        write_atomic(os.path.join(folder, PLOT), lambda f: fig.savefig(f, format='png', dpi=90))
+    finally:
+        plt.close(fig)
 
 
 def write_run_files(folder, history, names, title):
     write_log_txt(folder, history, names)
     write_summary_csv(folder, history)
     plot_curves(folder, history, names, title)
+
+
+def epoch_line(row, names, epochs):
+    """The line printed after each epoch: LR, ramp-up, losses, top-1 of every column."""
+    def accs(split):
+        parts = ' '.join(f'{row[f"{split}_acc_{n}"]:.2f}' for n in names if n != 'ens')
+        if len(member_columns(names)) > 1:
+            parts += f' mean {row[f"{split}_acc_mean"]:.2f}'
+        if 'ens' in names:
+            parts += f' ens {row[f"{split}_acc_ens"]:.2f}'
+        return parts
+    return (f'Epoch {row["epoch"]}/{epochs} lr {row["lr"]:.4g} w {row["rampup"]:.4f} | loss '
+            f'train {row["train_loss"]:.4f} test {row["test_loss"]:.4f} | top-1 train '
+            f'{accs("train")} | test {accs("test")} | {row["seconds"]:.1f}s')
+
+
+def result_line(history, names, label):
+    """The closing line: the deployed network's last and (selected on the test set) best."""
+    key = f'test_acc_{names[0]}'
+    best = max(history, key=lambda row: row[key])
+    last = history[-1]
+    ensemble = f'; ensemble last {last["test_acc_ens"]:.2f}%' if 'ens' in names else ''
+    return (f'Done. {label} test top-1: last {last[key]:.2f}%, best {best[key]:.2f}% (epoch '
+            f'{best["epoch"]}, selected on the test set){ensemble}')

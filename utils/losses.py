@@ -1,8 +1,8 @@
-"""Training objectives. Each maps (model output, targets, epoch) to the loss to minimise."""
+"""Pieces the methods' objectives share, and the baseline's cross-entropy.
+
+An objective maps (model output, targets, epoch) to the loss to minimise."""
 import torch
 import torch.nn.functional as F
-
-from .schedule import rampup_weight
 
 
 def as_branches(output):
@@ -33,26 +33,10 @@ class CrossEntropy:
         """Loss summed over the batch and divided by `batch_size` (default: this batch's size,
         giving the mean; a distributed rank passes the global batch size)."""
         logits, _ = as_branches(output)
-        return _branch_ce(logits, targets) / (batch_size or len(targets))
+        return branch_cross_entropy(logits, targets) / (batch_size or len(targets))
 
 
-class ONELoss:
-    """ONE: sum_i CE(z_i) + CE(z_e) + w(epoch) * sum_i T^2 KL(p_e || p_i), batch-averaged."""
-
-    def __init__(self, temperature=3.0, rampup_epochs=80):
-        self.temperature, self.rampup_epochs = temperature, rampup_epochs
-
-    def rampup(self, epoch):
-        return rampup_weight(epoch, self.rampup_epochs)
-
-    def __call__(self, output, targets, epoch, batch_size=None):
-        logits, ensemble = as_branches(output)
-        loss = _branch_ce(logits, targets) + F.cross_entropy(ensemble, targets, reduction='sum')
-        loss = loss + self.rampup(epoch) * distillation_kl(logits, ensemble, self.temperature)
-        return loss / (batch_size or len(targets))
-
-
-def _branch_ce(logits, targets):
+def branch_cross_entropy(logits, targets):
     """sum over branches and samples of CE(z_i, y); logits (m, B, C)."""
     return F.cross_entropy(logits.flatten(0, 1), targets.repeat(len(logits)), reduction='sum')
 

@@ -1,0 +1,72 @@
+"""What the engine needs to know of a training method, and nothing more.
+
+A method is one file in methods/: its flags with its paper's defaults, its model wiring, its
+objective and the accuracy columns it reports. The engine (utils/engine.py) trains,
+evaluates, checkpoints and logs any method through this interface alone.
+
+Models return either plain logits (batch, classes) or a pair (member_logits, ensemble):
+member_logits of shape (members, batch, classes) and the ensemble's logits or None.
+"""
+from utils.errors import UserError
+from utils.losses import correct_counts
+from utils.steps import train_step
+
+
+class Method:
+    name = ''            # recorded in args.json and in every checkpoint
+    title = ''           # how tables and logs name it
+    arch = 'resnet'      # the only -a/--arch value it trains
+    member, members, ensemble_label = 'network', 'networks', 'ensemble'  # for printed labels
+    train_step = staticmethod(train_step)  # one optimizer step; DML's alternating order replaces it
+
+    def add_flags(self, parser):
+        """The method's own flags, and parser.set_defaults for its paper's settings."""
+
+    def check_flags(self, args):
+        """Raise UserError for a bad value of one of the method's flags."""
+
+    def variant(self, args):
+        """The flags that make a different model or objective: checked against a checkpoint
+        on resume and evaluation, and recorded in it."""
+        return {}
+
+    def build_model(self, args, num_classes):
+        raise NotImplementedError
+
+    def objective(self, args):
+        """A callable (output, targets, epoch, batch_size=None) -> loss, with .rampup(epoch)."""
+        raise NotImplementedError
+
+    def columns(self, args):
+        """Names of the accuracy columns, in the order of `correct`. The first is the network
+        the method deploys (model_best follows it); 'ens' names an ensemble."""
+        return ['1']
+
+    def label(self, column):
+        """How printed tables name an accuracy column."""
+        if column == 'ens':
+            return self.ensemble_label
+        return f'{self.member} {column}' if column.isdigit() else column
+
+    def correct(self, output, targets):
+        """Top-1 hits per column, shape (len(columns),)."""
+        return correct_counts(output, targets)
+
+    def deployable(self, state, member):
+        """The plain `resnet` state dict of one member (1-based) of a checkpoint's model."""
+        raise NotImplementedError(f'{self.title} has nothing to export as a plain resnet')
+
+
+def require(condition, flag, value, allowed):
+    """Refuse a flag's value in one line unless `condition` (write it so that NaN fails)."""
+    if not condition:
+        raise UserError(f'{flag} must be {allowed}, got {value}')
+
+
+def check_temperature(args):
+    require(args.temperature > 0, '--temperature', args.temperature, '> 0')
+
+
+def check_rampup(args):
+    require(args.consistency_rampup >= 0, '--consistency_rampup', args.consistency_rampup,
+            '>= 0 epochs')

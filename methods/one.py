@@ -1,0 +1,80 @@
+"""ONE (Lan, Zhu, Gong, NeurIPS 2018, arXiv 1806.04606) and its ablations.
+
+Objective, per mini-batch of B images, with branch logits z_1..z_m and the gated ensemble
+z_e = sum_i g_i z_i:
+
+    L = sum_i CE(z_i, y) + CE(z_e, y) + w(epoch) * sum_i T^2 KL(p_e || p_i),
+    p = softmax(z / T), T = 3, w(epoch) = exp(-5 (1 - epoch / R)^2) up to R = 80 epochs.
+
+The KL is summed over classes and averaged over the batch; p_e is detached, so the
+distillation term sends no gradient into the gate or, through z_e, into the branches
+(the original code does the same). The ablations of the paper's Table 5:
+  --no-distill           without online distillation: the KL term is dropped
+  --gate average         without the gate: z_e is the plain mean of the branch logits
+  --branch-point stage1  without sharing layers: the branches start right after the stem
+"""
+import torch.nn.functional as F
+
+from models import branch_state_dict, one_resnet
+from models.one_resnet import BRANCH_POINTS, GATES
+from utils.errors import UserError
+from utils.losses import as_branches, branch_cross_entropy, distillation_kl
+from utils.schedule import rampup_weight
+from .base import Method, check_rampup, check_temperature
+
+
+class ONELoss:
+    """sum_i CE(z_i) + CE(z_e) + w(epoch) * sum_i T^2 KL(p_e || p_i), batch-averaged."""
+
+    def __init__(self, temperature=3.0, rampup_epochs=80, distill=True):
+        self.temperature, self.rampup_epochs, self.distill = temperature, rampup_epochs, distill
+
+    def rampup(self, epoch):
+        return rampup_weight(epoch, self.rampup_epochs) if self.distill else 0.0
+
+    def __call__(self, output, targets, epoch, batch_size=None):
+        logits, ensemble = as_branches(output)
+        loss = branch_cross_entropy(logits, targets) + F.cross_entropy(ensemble, targets,
+                                                                       reduction='sum')
+        if self.distill:
+            loss = loss + self.rampup(epoch) * distillation_kl(logits, ensemble, self.temperature)
+        return loss / (batch_size or len(targets))
+
+
+class ONE(Method):
+    name, title, arch = 'one', 'ONE', 'one_resnet'
+    member, members, ensemble_label = 'branch', 'branches', 'ensemble (ONE-E)'
+
+    def add_flags(self, parser):
+        parser.add_argument('--num-branches', type=int, default=3, help='m, the number of branches')
+        parser.add_argument('--temperature', type=float, default=3.0, help='distillation T')
+        parser.add_argument('--consistency_rampup', '--consistency-rampup', type=float, default=80,
+                            dest='consistency_rampup', help='epochs of the sigmoid ramp-up')
+        parser.add_argument('--no-distill', action='store_true',
+                            help='ablation: no online distillation (drop the KL term)')
+        parser.add_argument('--gate', default='learned', choices=GATES,
+                            help="ablation 'average': the teacher is the plain branch average")
+        parser.add_argument('--branch-point', default='stage3', choices=sorted(BRANCH_POINTS),
+                            help="the first stage each branch owns; ablation 'stage1': branches share only the stem")
+
+    def check_flags(self, args):
+        check_temperature(args)
+        check_rampup(args)
+
+    def variant(self, args):
+        return {'distill': not args.no_distill, 'gate': args.gate,
+                'branch_point': args.branch_point}
+
+    def build_model(self, args, num_classes):
+        return one_resnet(args.depth, num_classes, args.num_branches, args.branch_point, args.gate)
+
+    def objective(self, args):
+        return ONELoss(args.temperature, args.consistency_rampup, distill=not args.no_distill)
+
+    def columns(self, args):
+        return [str(i) for i in range(1, args.num_branches + 1)] + ['ens']
+
+    def deployable(self, state, member):
+        if not 1 <= member <= state['num_branches']:
+            raise UserError(f'--branch must be 1..{state["num_branches"]}, got {member}')
+        return branch_state_dict(state['state_dict'], member - 1)

@@ -1,0 +1,81 @@
+"""status.json: how a run ended (done, preempted, diverged, failed) and the epochs it completed,
+for sweep.py --status and report.py. Also the optional TensorBoard event files."""
+import json
+import os
+import signal
+
+import pytest
+
+import cifar_baseline
+import cifar_one
+from test_training import tiny
+from utils import engine
+from utils.stops import EXIT_DIVERGED
+from utils.checkpoint import load_checkpoint
+
+
+def status(run):
+    return json.loads((run / 'status.json').read_text())
+
+
+def test_a_finished_run_is_done(fashion_root, tmp_path):
+    run = tmp_path / 'r'
+    assert cifar_baseline.main(tiny(fashion_root, run, '--epochs', 2, '--train-subset', 128)) == 0
+    s = status(run)
+    assert (s['state'], s['epoch'], s['epochs'], s['message']) == ('done', 2, 2, '')
+    assert s['pid'] == os.getpid() and s['host']
+
+
+def test_a_diverged_run_says_so(fashion_root, tmp_path):
+    run = tmp_path / 'r'
+    argv = tiny(fashion_root, run, '--epochs', 2, '--train-subset', 128, '--lr', '1e12')
+    assert cifar_one.main(argv) == EXIT_DIVERGED
+    s = status(run)
+    assert s['state'] == 'diverged' and 'NaN or Inf' in s['message'] and s['epoch'] < 2
+
+
+def test_a_preempted_run_says_so_and_then_finishes(fashion_root, tmp_path, monkeypatch):
+    run = tmp_path / 'r'
+    check = engine.Trainer.check
+
+    def signal_at_epoch2_batch1(self, meters, stop):
+        if (self.epoch, self.step) == (1, 1):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return check(self, meters, stop)
+
+    monkeypatch.setattr(engine.Trainer, 'check', signal_at_epoch2_batch1)
+    flags = ['--epochs', 2, '--train-subset', 256]
+    assert cifar_baseline.main(tiny(fashion_root, run, *flags)) == 128 + signal.SIGTERM
+    s = status(run)
+    assert (s['state'], s['epoch']) == ('preempted', 1) and '--resume' in s['message']
+    monkeypatch.undo()
+    assert cifar_baseline.main(tiny(fashion_root, run, *flags, '--resume', 'auto')) == 0
+    assert (status(run)['state'], status(run)['epoch']) == ('done', 2)
+
+
+def test_a_failure_during_training_is_recorded(fashion_root, tmp_path, monkeypatch):
+    run = tmp_path / 'r'
+
+    def broken(self, stop):
+        raise RuntimeError('simulated failure')
+
+    monkeypatch.setattr(engine.Trainer, 'run_epoch', broken)
+    with pytest.raises(RuntimeError):
+        cifar_baseline.main(tiny(fashion_root, run, '--epochs', 1, '--train-subset', 128))
+    s = status(run)
+    assert s['state'] == 'failed' and s['message'] == 'RuntimeError: simulated failure'
+
+
+def test_tensorboard_flag_writes_the_run_history(fashion_root, tmp_path):
+    from test_report import read_events
+    run, plain = tmp_path / 'r', tmp_path / 'plain'
+    flags = ['--epochs', 2, '--train-subset', 128]
+    assert cifar_one.main(tiny(fashion_root, run, *flags, '--tensorboard')) == 0
+    assert cifar_one.main(tiny(fashion_root, plain, *flags)) == 0
+    assert not (plain / 'tensorboard').exists()
+    events = read_events(run / 'tensorboard')
+    accs = [e.value for e in events.Scalars('test/acc_ens')]
+    history = load_checkpoint(str(run / 'checkpoint.pth.tar'))['history']
+    assert [e.step for e in events.Scalars('test/acc_ens')] == [1, 2]
+    assert accs == pytest.approx([row['test_acc_ens'] for row in history], abs=1e-4)
+

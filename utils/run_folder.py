@@ -1,0 +1,258 @@
+"""The run folder: which one a run writes to, whether it may, and its status.json.
+
+Three ways to start, and what each may do to the files already there:
+
+- a new run (no --resume, or --resume auto without a checkpoint), optionally from another
+  checkpoint's weights (--init-from PATH): refused in a folder that holds a run, unless
+  --overwrite, which first moves that run's files into FOLDER/previous-YYYYmmdd-HHMMSS/. A
+  folder whose run never trained (a start that failed before its first batch was saved) is
+  not a run: its files are replaced.
+- continuing a run (--resume PATH, --resume auto): in PATH's folder, which -c may name but not
+  contradict. Continuing from a file older than the folder's newest state (model_best.pth.tar
+  while checkpoint.pth.tar is later) would step the run back: refused unless --rewind, which
+  first moves the newer files into FOLDER/previous-YYYYmmdd-HHMMSS/.
+
+Every decision here is taken before anything is written, and taken again once the run holds
+the folder's lock (utils/runlock.py), just before its first write.
+"""
+import json
+import os
+import shutil
+import socket
+import time
+from datetime import datetime, timezone
+from typing import NamedTuple, Optional
+
+from .checkpoint import is_temporary, load_checkpoint, write_text_atomic
+from .errors import UserError
+from .logger import ARGS, LOG, PLOT, SUMMARY
+from .tensorboard_log import FOLDER as TENSORBOARD
+
+CHECKPOINT, BEST, STATUS = 'checkpoint.pth.tar', 'model_best.pth.tar', 'status.json'
+RUN_FILES = (CHECKPOINT, BEST, LOG, SUMMARY, PLOT, ARGS, STATUS, TENSORBOARD)
+# Written only once an epoch is done: a folder with one of them holds a run's results.
+RESULTS = (BEST, LOG, SUMMARY, PLOT, TENSORBOARD)
+# Describe a run's history; regenerated from the checkpoint, so moved aside with a newer state.
+HISTORY_FILES = (LOG, SUMMARY, PLOT, ARGS, STATUS, TENSORBOARD)
+PREVIOUS = 'previous-'
+
+
+class Run(NamedTuple):
+    folder: str
+    resume: Optional[str]      # checkpoint continued in place, in `folder`
+    init_from: Optional[str]   # checkpoint whose weights start a new run in `folder`
+
+
+def default_folder(args):
+    return os.path.join('checkpoints', args.dataset, f'{args.arch}-{args.depth}')
+
+
+def _same_folder(a, b):
+    return os.path.realpath(a or '.') == os.path.realpath(b or '.')
+
+
+def _check_file(flag, path):
+    if os.path.isdir(path):
+        auto = f', or --resume auto -c {path}' if flag == '--resume' else ''
+        raise UserError(f'{flag} {path!r} is a directory, not a checkpoint file: pass '
+                        f'{os.path.join(path, CHECKPOINT)}{auto}')
+    if not os.path.exists(path):
+        raise UserError(f'{flag}: checkpoint {path!r} does not exist')
+
+
+def resolve_run(args):
+    """The run folder and what the run starts from. Refuses, before anything is written,
+    contradictory flags and a new run over a run (see the module's docstring)."""
+    init_from = getattr(args, 'init_from', None)
+    if args.resume and init_from:
+        raise UserError('--resume continues a run in its folder and --init-from starts a new '
+                        'run from a checkpoint\'s weights: pass one of them')
+    if args.resume and args.overwrite:
+        raise UserError('--overwrite starts a new run and --resume continues one: pass one '
+                        'of them')
+    if getattr(args, 'rewind', False) and args.resume in ('', 'auto'):
+        raise UserError('--rewind only applies to --resume PATH, to continue a run from a '
+                        'checkpoint older than its checkpoint.pth.tar (e.g. model_best.pth.tar)')
+    if args.resume and args.resume != 'auto':
+        _check_file('--resume', args.resume)
+        folder = os.path.dirname(args.resume) or '.'
+        if args.checkpoint and not _same_folder(args.checkpoint, folder):
+            raise UserError(f'--resume continues the run in {folder!r}, the folder of '
+                            f'{args.resume!r}, but -c names {args.checkpoint!r}; to start a new '
+                            f'run there from its weights use --init-from {args.resume} -c '
+                            f'{args.checkpoint}')
+        return Run(folder, args.resume, None)
+    folder = args.checkpoint or default_folder(args)
+    if args.resume == 'auto' and os.path.exists(os.path.join(folder, CHECKPOINT)):
+        return Run(folder, os.path.join(folder, CHECKPOINT), None)
+    if init_from:
+        _check_file('--init-from', init_from)
+    present, trained = existing_run(folder)
+    if trained and not args.overwrite:
+        raise UserError(_holds_a_run(folder, present))
+    return Run(folder, None, init_from)
+
+
+def _holds_a_run(folder, present):
+    if CHECKPOINT in present:
+        how = f'continue it with --resume {os.path.join(folder, CHECKPOINT)} (or --resume auto), '
+    elif BEST in present:
+        how = f'continue it from its best epoch with --resume {os.path.join(folder, BEST)}, '
+    else:
+        how = ''
+    return (f'{folder!r} already holds a run ({", ".join(present)}); {how}start over with '
+            '--overwrite (its files are moved aside), or choose another --checkpoint')
+
+
+def existing_run(folder):
+    """(the run files present in FOLDER, whether they hold anything trained). A checkpoint
+    at batch 0 with no epoch done, and nothing else but args.json and status.json, is what
+    a start that failed before training leaves: it holds nothing to keep."""
+    present = [name for name in RUN_FILES if os.path.exists(os.path.join(folder, name))]
+    trained = any(name in RESULTS for name in present)
+    if CHECKPOINT in present and not trained:
+        try:
+            state = load_checkpoint(os.path.join(folder, CHECKPOINT), required=('history', 'step'))
+            trained = bool(state['history'] or state['step'])
+        except UserError:
+            trained = True  # unreadable: nothing says it is safe to replace
+    return present, trained
+
+
+def position(state):
+    return state['epoch'], state.get('step', 0)
+
+
+def describe_position(state):
+    epoch, step = position(state)
+    return f'epoch {epoch}' + (f' + {step} batches' if step else '')
+
+
+def newer_states(run, state):
+    """The folder's checkpoints holding a later point of the run than run.resume (`state`):
+    [(name, state or None if unreadable)]. The folder's own checkpoint.pth.tar is its run's
+    current state by definition (a crash between writing model_best.pth.tar and it leaves
+    the best one epoch ahead, and continuing repeats that epoch): nothing is newer."""
+    own = os.path.join(run.folder, CHECKPOINT)
+    if os.path.exists(own) and os.path.samefile(own, run.resume):
+        return []
+    newer = []
+    for name in (CHECKPOINT, BEST):
+        path = os.path.join(run.folder, name)
+        if not os.path.exists(path) or os.path.samefile(path, run.resume):
+            continue
+        try:
+            other = load_checkpoint(path, required=('epoch',))
+        except UserError:
+            newer.append((name, None))
+            continue
+        if position(other) > position(state):
+            newer.append((name, other))
+    return newer
+
+
+def files_to_rewind(run, state, rewind):
+    """The files --rewind moves aside before continuing run.resume in place ([] if nothing
+    newer is there), or a UserError when the folder holds a newer state and --rewind is off."""
+    newer = newer_states(run, state)
+    if not newer:
+        return []
+    name, other = newer[0]
+    held = describe_position(other) if other is not None else 'an unreadable state'
+    if not rewind:
+        raise UserError(f'{run.resume!r} is at {describe_position(state)}, but '
+                        f'{os.path.join(run.folder, name)} holds {held}: continuing from it '
+                        'would replace the newer state. Pass --rewind to step the run back '
+                        '(the newer files are moved into a previous-* subfolder), or start a '
+                        f'new run from it with --init-from {run.resume} -c NEW_FOLDER')
+    return [n for n, _ in newer] + [n for n in HISTORY_FILES
+                                    if os.path.exists(os.path.join(run.folder, n))]
+
+
+def move_aside(folder, names):
+    """Move FOLDER's files NAMES into a new FOLDER/previous-YYYYmmdd-HHMMSS/; returns it."""
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    target, n = os.path.join(folder, PREVIOUS + stamp), 1
+    while os.path.exists(target):
+        target, n = os.path.join(folder, f'{PREVIOUS}{stamp}-{n}'), n + 1
+    try:
+        os.makedirs(target)
+        for name in names:
+            os.replace(os.path.join(folder, name), os.path.join(target, name))
+    except OSError as e:
+        raise UserError(f'could not move the earlier files of {folder!r} into {target!r}: '
+                        f'{e.strerror or e}') from None
+    return target
+
+
+def _remove(path):
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
+
+
+def make_room(folder, overwrite):
+    """For a new run, under the folder's lock, before its first write: move an earlier run's
+    files aside (--overwrite) or remove those of a start that never trained. Returns the line
+    to print, or None."""
+    present, trained = existing_run(folder)
+    if not present:
+        return None
+    if trained and not overwrite:
+        raise UserError(_holds_a_run(folder, present))
+    if trained:
+        target = move_aside(folder, present)
+        return (f'--overwrite: moved the previous run\'s files ({", ".join(present)}) to '
+                f'{target}; delete it when you no longer need it')
+    try:
+        for name in present:
+            _remove(os.path.join(folder, name))
+    except OSError as e:
+        raise UserError(f'could not remove {os.path.join(folder, name)}: {e.strerror or e}') from None
+    return f'replaced the files of a start that never trained in {folder!r} ({", ".join(present)})'
+
+
+def remove_temporaries(folder):
+    """Temporary files that writers killed mid-write (SIGKILL, power loss) left behind. Only
+    the holder of the folder's lock writes there, so under the lock none is in use."""
+    for name in os.listdir(folder):
+        if any(is_temporary(name, of) for of in RUN_FILES):
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:
+                pass
+
+
+def fingerprint(path):
+    """What changes when a file is replaced or rewritten."""
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def check_writable(folder):
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f'.write-test.{os.getpid()}')
+        with open(probe, 'wb') as f:
+            f.write(b'ok')
+            f.flush()
+            os.fsync(f.fileno())
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f'cannot write to checkpoint folder {folder!r}: {e.strerror or e}') from None
+
+
+def write_status(folder, state, epoch, epochs, message=''):
+    """status.json: running, done, preempted, diverged or failed, and the epochs completed.
+    sweep.py --status and report.py read it; a live run also holds the folder's lock.
+    Only 'running' must be written: a status that cannot be recorded at the end of a run
+    (a full disk) must not hide the error that ended it."""
+    status = {'state': state, 'epoch': epoch, 'epochs': epochs, 'message': message,
+              'host': socket.gethostname(), 'pid': os.getpid(),
+              'updated': datetime.now(timezone.utc).isoformat(timespec='seconds')}
+    try:
+        write_text_atomic(os.path.join(folder, STATUS), json.dumps(status, indent=2) + '\n')
+    except UserError:
+        if state == 'running':
+            raise

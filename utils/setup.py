@@ -1,0 +1,146 @@
+"""Everything a run needs before its first step: checked flags, device, world, data, model."""
+import math
+import random
+
+import numpy as np
+import torch
+
+from models import blocks_per_stage
+from .data import DeviceLoader, load_dataset, rank_share
+from .distributed import init_process_group, world_from_env
+from .errors import UserError
+
+
+def check_flags(args, method, world):
+    try:
+        blocks_per_stage(args.depth)
+    except ValueError as e:
+        raise UserError(f'--depth: {e}') from None
+    if getattr(args, 'num_branches', 1) < 1:
+        raise UserError(f'--num-branches must be at least 1, got {args.num_branches}')
+    if args.drop != 0:
+        raise UserError('--drop: the CIFAR ResNets have no dropout layer (as in the original)')
+    for flag, value in (('--epochs', args.epochs), ('--train-batch', args.train_batch),
+                        ('--test-batch', args.test_batch)):
+        if value < 1:
+            raise UserError(f'{flag} must be at least 1, got {value}')
+    if args.train_batch % world.size:
+        raise UserError(f'--train-batch {args.train_batch} (the global batch) does not divide '
+                        f'over {world.size} ranks')
+    if args.train_batch < 2 * world.size:  # a BatchNorm in training (ONE's gate) needs 2
+        raise UserError(f'--train-batch {args.train_batch} gives {args.train_batch // world.size} '
+                        f'image(s) per batch to each of {world.size} rank(s); BatchNorm needs at '
+                        f'least 2: use --train-batch {2 * world.size} or more')
+    if args.manualSeed is not None and not 0 <= args.manualSeed < 2**32:
+        raise UserError(f'--manualSeed must be in [0, 2**32), got {args.manualSeed}')
+    if args.train_subset < 0 or args.start_epoch < 0:
+        raise UserError('--train-subset and --start-epoch cannot be negative')
+    # The optimiser's flags, checked here rather than by torch.optim.SGD's ValueError; NaN
+    # fails every comparison, hence the `not ... > 0` forms.
+    for flag, value in (('--lr', args.lr), ('--gamma', args.gamma)):
+        if not (math.isfinite(value) and value > 0):
+            raise UserError(f'{flag} must be a positive number, got {value}')
+    for flag, value in (('--momentum', args.momentum), ('--weight-decay', args.weight_decay)):
+        if not (math.isfinite(value) and value >= 0):
+            raise UserError(f'{flag} must be a number >= 0, got {value}')
+    if args.nesterov and not args.momentum > 0:
+        raise UserError(f'--nesterov needs --momentum > 0, got {args.momentum}')
+    negative = [m for m in args.schedule if m < 0]
+    if negative:
+        raise UserError(f'--schedule milestones are 0-based epochs (>= 0), got '
+                        f'{" ".join(map(str, negative))}')
+    method.check_flags(args)
+
+
+def pick_device(args, world):
+    if args.device == 'cpu':
+        return torch.device('cpu')
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if args.gpu_id is not None:
+        if world.distributed:
+            raise UserError('under torchrun each rank uses GPU LOCAL_RANK: drop --gpu-id and '
+                            'choose GPUs with CUDA_VISIBLE_DEVICES')
+        if not args.gpu_id.isdigit():
+            raise UserError(f'--gpu-id takes one GPU index, got {args.gpu_id!r}; '
+                            'for several GPUs use torchrun --nproc_per_node N')
+        if int(args.gpu_id) >= count:
+            raise UserError(f'GPU {args.gpu_id} does not exist: this machine has {count} CUDA '
+                            'GPU(s); pass another --gpu-id, or --device cpu')
+        return torch.device('cuda', int(args.gpu_id))
+    if count:
+        return torch.device('cuda', world.local_rank % count)
+    if args.device == 'cuda':
+        raise UserError('--device cuda: no CUDA GPU is available on this machine')
+    return torch.device('cpu')
+
+
+def apply_fast_preset(args, device):
+    """--fast: what is numerically safe and faster on this device (see README, Speed).
+    On CUDA: bf16 autocast, channels_last, torch.compile and fused SGD. On the CPU only
+    channels_last: bf16 and compile were measured slower or no faster there."""
+    if not args.fast:
+        return
+    args.channels_last = True
+    if device.type == 'cuda':
+        args.amp = 'bf16' if args.amp == 'off' else args.amp
+        args.compile = True
+
+
+def setup(args, method):
+    world = world_from_env()
+    check_flags(args, method, world)
+    device = pick_device(args, world)
+    apply_fast_preset(args, device)
+    if args.sync_bn and world.distributed and device.type != 'cuda':
+        raise UserError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on the CPU")
+    if device.type == 'cuda':
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    init_process_group(world, device)
+    return world, device
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(args, method, num_classes, device):
+    model = method.build_model(args, num_classes)
+    if args.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    return model.to(device, memory_format=memory_format)
+
+
+def build_optimizer(args, model, device):
+    """SGD over the trainable parameters (a frozen teacher has none); fused under --fast on
+    CUDA, which is the same update in one kernel."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = {'fused': True} if args.fast and device.type == 'cuda' else {}
+    return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum,
+                           weight_decay=args.weight_decay, nesterov=args.nesterov, **fused)
+
+
+def load_data(args, device, world):
+    # Under torchrun one rank per data folder prepares or downloads it while the others wait;
+    # a failure on any rank stops every rank with its message (World.in_turn).
+    data = world.in_turn(lambda: load_dataset(args.dataset, args.data_dir))
+    if args.train_subset:
+        data.train_images = data.train_images[:args.train_subset]
+        data.train_labels = data.train_labels[:args.train_subset]
+    last = len(data.train_labels) % args.train_batch
+    if 0 < last < 2 * world.size:  # BatchNorm in training needs 2 samples (the gate: per rank)
+        raise UserError(f'the last batch would hold {last} image(s) for {world.size} rank(s), '
+                        'too few for BatchNorm; change --train-batch or --train-subset')
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    train = DeviceLoader(data.train_images.to(device), data.train_labels.to(device), data.mean,
+                         data.std, args.train_batch, shuffle=True, augment=data.augment,
+                         rank=world.rank, world_size=world.size, memory_format=memory_format)
+    test_images, test_labels = rank_share(data.test_images, data.test_labels,
+                                          world.rank, world.size)
+    test = DeviceLoader(test_images.to(device), test_labels.to(device), data.mean, data.std,
+                        args.test_batch, shuffle=False, augment=False,
+                        memory_format=memory_format)
+    return data, train, test

@@ -1,0 +1,86 @@
+"""One training step, one evaluation pass, and the sums they keep on the device."""
+from contextlib import nullcontext
+
+import torch
+
+
+def autocast(amp, device):
+    """The mixed-precision context for --amp off|bf16|fp16."""
+    if amp == 'off':
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == 'bf16' else torch.float16)
+
+
+def train_step(model, objective, optimizer, scaler, images, targets, epoch, batch_size, amp):
+    """One SGD step on this rank's images. `batch_size` is the global batch over the world
+    size, so DDP's gradient average is the global batch mean. Returns (output, loss summed
+    over this rank's images), both left on the device."""
+    with autocast(amp, images.device):
+        output = model(images)
+        loss = objective(output, targets, epoch, batch_size=batch_size)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return output, loss.detach() * batch_size
+
+
+class Meters:
+    """Sums kept on the device (no host synchronisation per step): loss, hits, images."""
+
+    def __init__(self, num_scores, device):
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros(num_scores, dtype=torch.int64, device=device)
+        self.count = torch.zeros((), dtype=torch.int64, device=device)
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+
+    def update(self, loss_sum, correct, count):
+        self.loss += loss_sum
+        self.correct += correct
+        self.count += count
+        self.nonfinite |= ~torch.isfinite(loss_sum)
+
+    def state(self):
+        return {'loss': self.loss, 'correct': self.correct, 'count': self.count}
+
+    def load(self, state):
+        self.loss.copy_(state['loss'])
+        self.correct.copy_(state['correct'])
+        self.count.copy_(state['count'])
+
+    def reduce(self, world):
+        for tensor in (self.loss, self.correct, self.count):
+            world.all_reduce(tensor)
+        return self
+
+    def summary(self, names):
+        """{'loss': mean loss, 'acc_<name>': top-1 % per column, 'acc_mean': of the members}."""
+        count = max(self.count.item(), 1)
+        accs = (self.correct.double() * 100 / count).tolist()
+        out = {'loss': self.loss.item() / count}
+        out.update({f'acc_{n}': a for n, a in zip(names, accs)})
+        member_accs = [out[f'acc_{n}'] for n in member_columns(names)]
+        out['acc_mean'] = sum(member_accs) / len(member_accs)
+        return out
+
+
+def member_columns(names):
+    """The numbered columns (branches, networks, heads): what 'mean' averages. A teacher, a
+    leader or an ensemble column is not averaged in; without numbered columns, the first."""
+    return [n for n in names if n.isdigit()] or names[:1]
+
+
+@torch.inference_mode()
+def evaluate(model, loader, method, objective, epoch, names, world, amp='off', stop=None):
+    """Test loss and top-1 of every column over the loader's images (all ranks' shares).
+    Returns None when `stop` (a StopRequest) is set between two batches."""
+    model.eval()
+    meters = Meters(len(names), loader.images.device)
+    with autocast(amp, loader.images.device):
+        for images, targets in loader.batches():
+            output = model(images)
+            meters.update(objective(output, targets, epoch) * len(targets),
+                          method.correct(output, targets), len(targets))
+            if stop is not None and stop.requested(world):
+                return None
+    return meters.reduce(world).summary(names)
