@@ -1,0 +1,157 @@
+"""CL-ILR: collaborative learning with intermediate-level representation sharing.
+
+Song and Chai, "Collaborative Learning for Deep Neural Networks", NeurIPS 2018, arXiv 1805.11761.
+
+H heads (here: branches) share the lower layers. Per mini-batch of B images, with head logits
+z_1..z_H, the objective as implemented (the paper's Eq. for L^(h), summed over the heads):
+
+    L = sum_h [ beta CE(y, z_h) + (1 - beta) w(epoch) J_soft(q_h, z_h) ]
+    J_soft(q, z) = - sum_k q_k log softmax(z / T)_k          (a cross-entropy, no T^2)
+    q_h = softmax( (1 / (H - 1)) sum_{j != h} z_j / T ),     a constant (stop-gradient)
+
+with every term averaged over the batch and w = 1 (the paper has no ramp-up; --consistency_rampup
+R > 0 adds ONE's sigmoid ramp-up). Defaults T = 2, beta = 0.5 and H = 4 heads are those of
+the public reimplementation qq456cvb/Collaborative-Learning; the paper's own settings table,
+and whether it scales J_soft by T^2, could not be checked from here (qq456cvb does not).
+Backpropagation rescaling (the paper's I(x) = x with gradient 1/H between the shared and the
+per-head layers): the shared layers receive (1/H) sum_h dL^(h)/dx, each head's own layers
+their usual gradient (--no-rescaling: off).
+
+ILR sharing: the paper also shares layers hierarchically (a tree of splits, each split with
+its own rescaling; qq456cvb builds 4 heads as a 2 x 2 tree of DenseNet blocks). Here the H
+heads split once, at the ONE branch point (stem + stages 1-2 shared, each head owns stage 3
+and a classifier): the paper's simple ILR sharing, and the layout ONE and OKDDip compare
+against. Each head alone is a plain ResNet of the same depth; the paper deploys one head.
+'ens' (the mean of the heads' logits) is logged beside them, as DefangChen/OKDDip's CL-ILR
+does; the CL paper reports single heads.
+
+Where popular reimplementations differ:
+  - DefangChen/OKDDip (train_one.py --avg --bpscale): L = sum_h CE(z_h, y) + w(epoch) sum_h
+    T^2 KL(q_h || softmax(z_h / T)), T = 3, ramp-up over 80 epochs, q_h NOT detached, no beta.
+    `--form okddip` gives that objective (pass --temperature 3 --consistency_rampup 80 for
+    its values).
+  - qq456cvb/Collaborative-Learning (TensorFlow, DenseNet-40-12): the paper's loss with T = 2,
+    beta = 0.5 and no T^2, 4 heads in a 2x2 tree, but q_h is not detached (its README says so).
+"""
+import torch
+import torch.nn.functional as F
+
+from models import branch_state_dict
+from models.one_resnet import ONEResNet
+from utils.errors import UserError
+from utils.losses import as_branches
+from utils.schedule import rampup_weight
+from .base import Method, check_rampup, check_temperature, require
+
+FORMS = ('paper', 'okddip')
+
+
+class ScaleGradient(torch.autograd.Function):
+    """Identity forward; the backward multiplies the incoming gradient by `scale`."""
+
+    @staticmethod
+    def forward(ctx, x, scale):
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.scale, None
+
+
+class CLILRResNet(ONEResNet):
+    """The ONE layout without a gate: forward(x) returns (head_logits (H, B, classes),
+    their mean (B, classes)); with `rescale`, the trunk's gradient is divided by H."""
+
+    def __init__(self, depth, num_classes=10, num_branches=4, rescale=True):
+        super().__init__(depth, num_classes, num_branches, branch_point='stage3', gate='average')
+        self.rescale = rescale
+
+    def forward(self, x):
+        x = self.trunk(x)
+        if self.rescale:
+            x = ScaleGradient.apply(x, 1.0 / len(self.branches))
+        logits = torch.stack([branch(x) for branch in self.branches])
+        return logits, logits.mean(0)
+
+
+def peer_mean(logits):
+    """(H, B, C) -> (H, B, C): for each head h the mean of the other heads' logits."""
+    return (logits.sum(0, keepdim=True) - logits) / (len(logits) - 1)
+
+
+class CLILRLoss:
+    """sum_h [beta CE(y, z_h) + (1 - beta) w J_soft(q_h, z_h)] (paper), or with --form okddip
+    sum_h [CE(y, z_h) + w T^2 KL(q_h || p_h)] with q_h not detached; summed over the batch and
+    divided by batch_size."""
+
+    def __init__(self, temperature=2.0, beta=0.5, rampup_epochs=0, form='paper'):
+        self.temperature, self.beta, self.rampup_epochs, self.form = (
+            temperature, beta, rampup_epochs, form)
+
+    def rampup(self, epoch):
+        return rampup_weight(epoch, self.rampup_epochs)
+
+    def __call__(self, output, targets, epoch, batch_size=None):
+        logits, _ = as_branches(output)
+        T, H = self.temperature, len(logits)
+        hard = F.cross_entropy(logits.flatten(0, 1), targets.repeat(H), reduction='sum')
+        soft_target = peer_mean(logits) / T
+        log_p = F.log_softmax(logits / T, dim=-1)
+        if self.form == 'paper':
+            q = F.softmax(soft_target.detach(), dim=-1)
+            soft = -(q * log_p).sum()
+            loss = self.beta * hard + (1 - self.beta) * self.rampup(epoch) * soft
+        else:
+            log_q = F.log_softmax(soft_target, dim=-1)
+            soft = (log_q.exp() * (log_q - log_p)).sum() * T * T
+            loss = hard + self.rampup(epoch) * soft
+        return loss / (batch_size or len(targets))
+
+
+class CLILR(Method):
+    name, title, arch = 'clilr', 'CL-ILR', 'clilr_resnet'
+    member, members, ensemble_label = 'head', 'heads', 'ensemble (mean of heads)'
+
+    def add_flags(self, parser):
+        parser.add_argument('--num-branches', type=int, default=4,
+                            help='H, the number of heads (4 as qq456cvb and DefangChen/OKDDip)')
+        parser.add_argument('--temperature', type=float, default=2.0, help='T of the soft target')
+        parser.add_argument('--beta', type=float, default=0.5,
+                            help='weight of the hard-label term; the soft term gets 1 - beta')
+        parser.add_argument('--consistency_rampup', '--consistency-rampup', type=float,
+                            default=0, dest='consistency_rampup',
+                            help='epochs of a sigmoid ramp-up of the soft term (paper: none)')
+        parser.add_argument('--no-rescaling', action='store_true',
+                            help='ablation: no backpropagation rescaling of the shared layers')
+        parser.add_argument('--form', default='paper', choices=FORMS,
+                            help="'okddip': DefangChen/OKDDip's CL-ILR objective (CE + w T^2 KL, "
+                                 'no stop-gradient, no beta)')
+        # 150/225 as the CL and OKDDip code (ONE's scripts use 151/225).
+        parser.set_defaults(schedule=[150, 225])
+
+    def check_flags(self, args):
+        if args.num_branches < 2:
+            raise UserError(f'--num-branches must be at least 2 (each head learns from the '
+                            f'others), got {args.num_branches}')
+        check_temperature(args)
+        require(0 < args.beta <= 1, '--beta', args.beta, 'in (0, 1]')
+        check_rampup(args)
+
+    def variant(self, args):
+        return {'rescaling': not args.no_rescaling, 'form': args.form}
+
+    def build_model(self, args, num_classes):
+        return CLILRResNet(args.depth, num_classes, args.num_branches,
+                           rescale=not args.no_rescaling)
+
+    def objective(self, args):
+        return CLILRLoss(args.temperature, args.beta, args.consistency_rampup, args.form)
+
+    def columns(self, args):
+        return [str(i) for i in range(1, args.num_branches + 1)] + ['ens']
+
+    def deployable(self, state, member):
+        if not 1 <= member <= state['num_branches']:
+            raise UserError(f'--branch must be 1..{state["num_branches"]}, got {member}')
+        return branch_state_dict(state['state_dict'], member - 1)

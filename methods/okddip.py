@@ -1,0 +1,174 @@
+"""OKDDip: online knowledge distillation with diverse peers.
+
+Chen, Mei, Wang, Feng, Chen, "Online Knowledge Distillation with Diverse Peers", AAAI 2020,
+arXiv 1912.00350.
+
+m branches on a shared trunk (the ONE layout: stem + stages 1-2 shared, each branch owns
+stage 3 and a classifier): branch 1 is the group leader, branches 2..m are the m - 1
+auxiliary peers. Per mini-batch, with logits z, softened predictions q'_a = softmax(z_a / T)
+and the peers' pooled stage-3 features h_a:
+
+    alpha_ab = softmax_b( L(h_a)^T E(h_b) ),  L(h) = W_L^T h, E(h) = W_E^T h   (a, b peers)
+    t_a = sum_b alpha_ab q'_b               the target of peer a (b = a included)
+    t_m = (1 / (m - 1)) sum_b q'_b          the leader's target: the peers' mean prediction
+    L = sum_{all m} CE(z, y) + alpha w(epoch) T^2 [ sum_a KL(t_a || q'_a) + KL(t_m || q'_leader) ]
+
+T = 3, alpha = 1, w(epoch) = exp(-5 (1 - epoch / R)^2) up to R = 80 epochs (as ONE), every
+term averaged over the batch. W_L, W_E: bias-free Linear(C, C / 8) shared by all peers (C =
+64 for BasicBlock nets, 256 for Bottleneck), no 1/sqrt(d) scaling. Nothing is detached: the
+first-level KL trains the attention projections (its only source of gradient) and sends
+gradient into the peers through t_a, and the leader's KL sends gradient into the peers
+through t_m (as the authors' code; the paper's text, as far as it could be read here, names
+no stop-gradient).
+
+The model returns (logits (m, B, classes) with the leader first, the peers' ensemble = mean
+of the peers' logits (B, classes), log alpha (B, m - 1, m - 1)); the log keeps log t_a =
+logsumexp_b(log alpha_ab + log q'_b) finite. The leader is what OKDDip deploys; 'ens' is the peers' ensemble
+(the authors' code reports the mean of the peers' logits).
+
+Where the authors' code (DefangChen/OKDDip, train_GL.py + models/model_cifar/resnet_GL.py)
+differs from the paper: it aggregates logits, t_a = softmax(sum_b alpha_ab z_b / T) and t_m =
+softmax(mean_b z_b / T) (`--aggregate logits` reproduces that), adds 1e-7 to the target
+probabilities before the KL (not done here), and puts the leader last. Its defaults, which
+set_defaults below copies: 4 branches, weight decay 5e-4, Nesterov momentum, LR / 10 at
+epochs 150 and 225.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models import branch_state_dict
+from models.one_resnet import ONEResNet
+from utils.errors import UserError
+from utils.losses import branch_cross_entropy, correct_counts
+from utils.schedule import rampup_weight
+from .base import Method, check_rampup, check_temperature, require
+
+AGGREGATES = ('probabilities', 'logits')
+ATTENTION_REDUCTION = 8   # the projection width is C / 8, as the authors' code
+
+
+class PeerAttention(nn.Module):
+    """log alpha (B, n, n) from peer features (B, n, C): log_softmax_b(L(h_a) . E(h_b))."""
+
+    def __init__(self, channels, width):
+        super().__init__()
+        self.query = nn.Linear(channels, width, bias=False)   # W_L
+        self.key = nn.Linear(channels, width, bias=False)     # W_E
+
+    def forward(self, features):
+        energy = self.query(features) @ self.key(features).transpose(1, 2)
+        return F.log_softmax(energy, dim=-1)
+
+
+class OKDDipResNet(ONEResNet):
+    """forward(x) returns (logits (m, B, classes), leader first; mean of the peers' logits
+    (B, classes); log attention over the peers (B, m - 1, m - 1))."""
+
+    def __init__(self, depth, num_classes=10, num_branches=4):
+        super().__init__(depth, num_classes, num_branches, branch_point='stage3', gate='average')
+        channels = self.branches[0].fc.in_features
+        self.attention = PeerAttention(channels, channels // ATTENTION_REDUCTION)
+
+    def forward(self, x):
+        x = self.trunk(x)
+        features = [branch.features(x) for branch in self.branches]
+        logits = torch.stack([branch.fc(h) for branch, h in zip(self.branches, features)])
+        log_attention = self.attention(torch.stack(features[1:], dim=1))
+        return logits, logits[1:].mean(0), log_attention
+
+
+def kl_sum(log_target, log_student):
+    """sum over everything of KL(target || student), both given as log-probabilities."""
+    return (log_target.exp() * (log_target - log_student)).sum()
+
+
+class OKDDipLoss:
+    """sum CE + alpha w T^2 [sum_a KL(t_a || q'_a) + KL(t_m || q'_leader)], summed over the
+    batch and divided by batch_size; see the module docstring."""
+
+    def __init__(self, temperature=3.0, rampup_epochs=80, alpha=1.0, aggregate='probabilities'):
+        self.temperature, self.rampup_epochs, self.alpha, self.aggregate = (
+            temperature, rampup_epochs, alpha, aggregate)
+
+    def rampup(self, epoch):
+        """The weight of the distillation terms: alpha * w(epoch)."""
+        return self.alpha * rampup_weight(epoch, self.rampup_epochs)
+
+    def targets(self, peers, log_attention):
+        """log t_a (m - 1, B, C) and log t_m (B, C) from the peers' logits (m - 1, B, C)."""
+        T = self.temperature
+        if self.aggregate == 'logits':
+            mixed = torch.einsum('bij,jbc->ibc', log_attention.exp(), peers)
+            return F.log_softmax(mixed / T, dim=-1), F.log_softmax(peers.mean(0) / T, dim=-1)
+        log_q = F.log_softmax(peers / T, dim=-1).transpose(0, 1)             # (B, n, C)
+        log_t = torch.logsumexp(log_attention.unsqueeze(-1) + log_q.unsqueeze(1), dim=2)
+        log_leader = torch.logsumexp(log_q, dim=1) - math.log(len(peers))
+        return log_t.transpose(0, 1), log_leader
+
+    def __call__(self, output, targets, epoch, batch_size=None):
+        logits, _, log_attention = output
+        T = self.temperature
+        leader, peers = logits[0], logits[1:]
+        log_t, log_t_leader = self.targets(peers, log_attention)
+        distill = (kl_sum(log_t, F.log_softmax(peers / T, dim=-1))
+                   + kl_sum(log_t_leader, F.log_softmax(leader / T, dim=-1))) * T * T
+        loss = branch_cross_entropy(logits, targets) + self.rampup(epoch) * distill
+        return loss / (batch_size or len(targets))
+
+
+class OKDDip(Method):
+    name, title, arch = 'okddip', 'OKDDip', 'okddip_resnet'
+    member, members, ensemble_label = 'branch', 'branches', 'peer ensemble'
+
+    def add_flags(self, parser):
+        parser.add_argument('--num-branches', type=int, default=4,
+                            help='m: the group leader (branch 1) and m - 1 auxiliary peers')
+        parser.add_argument('--temperature', type=float, default=3.0, help='distillation T')
+        parser.add_argument('--alpha', type=float, default=1.0,
+                            help='weight of the two distillation terms')
+        parser.add_argument('--consistency_rampup', '--consistency-rampup', type=float,
+                            default=80, dest='consistency_rampup',
+                            help='epochs of the sigmoid ramp-up of the distillation weight')
+        parser.add_argument('--aggregate', default='probabilities', choices=AGGREGATES,
+                            help="what the targets average: the peers' softened predictions "
+                                 "(paper) or their logits (the authors' code)")
+        # The authors' code's settings (its README and train_GL.py).
+        parser.set_defaults(weight_decay=5e-4, nesterov=True, schedule=[150, 225])
+
+    def check_flags(self, args):
+        if args.num_branches < 2:
+            raise UserError(f'--num-branches must be at least 2 (a leader and a peer), got '
+                            f'{args.num_branches}')
+        check_temperature(args)
+        require(args.alpha >= 0, '--alpha', args.alpha, '>= 0')
+        check_rampup(args)
+
+    def variant(self, args):
+        return {'aggregate': args.aggregate}
+
+    def build_model(self, args, num_classes):
+        return OKDDipResNet(args.depth, num_classes, args.num_branches)
+
+    def objective(self, args):
+        return OKDDipLoss(args.temperature, args.consistency_rampup, args.alpha, args.aggregate)
+
+    def columns(self, args):
+        return [str(i) for i in range(1, args.num_branches + 1)] + ['ens']
+
+    def label(self, column):
+        if column == '1':
+            return 'leader (branch 1)'
+        return f'peer (branch {column})' if column.isdigit() else super().label(column)
+
+    def correct(self, output, targets):
+        return correct_counts(output[:2], targets)
+
+    def deployable(self, state, member):
+        if not 1 <= member <= state['num_branches']:
+            raise UserError(f'--branch must be 1..{state["num_branches"]} (1: the leader), '
+                            f'got {member}')
+        plain = branch_state_dict(state['state_dict'], member - 1)
+        return {k: v for k, v in plain.items() if not k.startswith('attention.')}

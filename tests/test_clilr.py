@@ -1,0 +1,235 @@
+"""CL-ILR (Song & Chai 2018): the objective against direct formulas, the stop-gradient on the
+soft targets, backpropagation rescaling, and runs of cifar_clilr.py through its command line."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cifar_baseline
+import cifar_clilr
+import cifar_one
+import export_branch
+from conftest import run_script
+from methods.clilr import CLILRLoss, CLILRResNet
+from test_training import assert_same_run, load, tiny
+
+SUBSET = ['--train-subset', 128]
+
+
+def ce(logits, targets):
+    return -F.log_softmax(logits, dim=1).gather(1, targets[:, None]).mean()
+
+
+def ramp(epoch, R):
+    return 1.0 if R == 0 else math.exp(-5 * (1 - min(epoch, R) / R) ** 2)
+
+
+def paper_reference(logits, targets, T=2.0, beta=0.5, epoch=0, R=0):
+    """sum_h beta CE(y, z_h) + (1 - beta) w CE(q_h, softmax(z_h / T)), q_h = softmax(mean of
+    the other heads' logits / T) taken as a constant."""
+    H, total = len(logits), 0
+    for h in range(H):
+        others = sum(logits[j] for j in range(H) if j != h) / (H - 1)
+        q = F.softmax(others.detach() / T, dim=1)
+        soft = -(q * F.log_softmax(logits[h] / T, dim=1)).sum(1).mean()
+        total = total + beta * ce(logits[h], targets) + (1 - beta) * ramp(epoch, R) * soft
+    return total
+
+
+def okddip_form_reference(logits, targets, T=3.0, epoch=0, R=80):
+    """DefangChen/OKDDip's CL-ILR: sum_h CE(z_h) + w T^2 KL(q_h || p_h), q_h not detached."""
+    H, total = len(logits), 0
+    for h in range(H):
+        q = F.softmax(sum(logits[j] for j in range(H) if j != h) / (H - 1) / T, dim=1)
+        p = F.softmax(logits[h] / T, dim=1)
+        kl = (q * (q.log() - p.log())).sum(1).mean()
+        total = total + ce(logits[h], targets) + ramp(epoch, R) * T * T * kl
+    return total
+
+
+def fixed_logits():
+    g = torch.Generator().manual_seed(0)
+    logits = 2 * torch.randn(4, 6, 5, generator=g, dtype=torch.float64)
+    return logits, torch.randint(0, 5, (6,), generator=g)
+
+
+@pytest.mark.parametrize('R, epoch, pinned', [(0, 0, 9.707854270192042), (80, 0, 6.1513740524214),
+                                              (80, 40, 7.153108956229421)])
+def test_paper_objective_value(R, epoch, pinned):
+    logits, y = fixed_logits()
+    loss = CLILRLoss(2.0, 0.5, R)((logits, logits.mean(0)), y, epoch)
+    torch.testing.assert_close(loss, paper_reference(logits, y, epoch=epoch, R=R),
+                               rtol=1e-12, atol=1e-12)
+    assert loss.item() == pytest.approx(pinned, abs=1e-9)
+
+
+@pytest.mark.parametrize('R, epoch, pinned', [(0, 0, 18.400782458257662),
+                                              (80, 0, 12.295909586693442),
+                                              (80, 40, 14.015436721471103)])
+def test_okddip_form_value(R, epoch, pinned):
+    logits, y = fixed_logits()
+    loss = CLILRLoss(3.0, 0.5, R, form='okddip')((logits, logits.mean(0)), y, epoch)
+    torch.testing.assert_close(loss, okddip_form_reference(logits, y, epoch=epoch, R=R))
+    assert loss.item() == pytest.approx(pinned, abs=1e-9)
+
+
+def test_defaults_are_the_paper():
+    loss = CLILRLoss()
+    assert (loss.temperature, loss.beta, loss.rampup(0), loss.form) == (2.0, 0.5, 1.0, 'paper')
+
+
+def test_the_pinned_value_tells_the_variants_apart():
+    """T^2 on the soft term, or a soft target averaging all heads (self included), would
+    move the pinned value by far more than its tolerance."""
+    logits, y = fixed_logits()
+    loss = CLILRLoss()((logits, logits.mean(0)), y, 0)
+    soft = (loss - sum(0.5 * ce(z, y) for z in logits)) / 0.5
+    soft_all = sum(-(F.softmax(logits.mean(0) / 2, 1) * F.log_softmax(z / 2, 1)).sum(1).mean()
+                   for z in logits)
+    assert soft > 0.1 and abs(soft_all - soft) > 0.01
+
+
+def test_no_gradient_through_the_soft_targets():
+    """Closed form with q_h constant: dL/dz_h = [beta (softmax(z_h) - y) + (1 - beta) / T
+    (softmax(z_h / T) - q_h)] / B. A gradient through q_h or a T^2 factor breaks it."""
+    logits, y = fixed_logits()
+    z = logits.clone().requires_grad_(True)
+    CLILRLoss(2.0, 0.5)((z, z.mean(0)), y, 0).backward()
+    onehot = F.one_hot(y, 5).double()
+    H, B, T = 4, 6, 2.0
+    for h in range(H):
+        q = F.softmax(sum(logits[j] for j in range(H) if j != h) / (H - 1) / T, dim=1)
+        expected = (0.5 * (F.softmax(logits[h], 1) - onehot)
+                    + 0.5 / T * (F.softmax(logits[h] / T, 1) - q)) / B
+        torch.testing.assert_close(z.grad[h], expected, rtol=1e-10, atol=1e-12)
+    # The okddip form does send gradient through q_h: its gradient is not that of a constant q.
+    z2 = logits.clone().requires_grad_(True)
+    CLILRLoss(3.0, form='okddip', rampup_epochs=0)((z2, z2.mean(0)), y, 0).backward()
+    z3 = logits.clone().requires_grad_(True)
+    detached = sum(ce(z3[h], y) + 9 * (F.softmax(q.detach(), 1) * (F.log_softmax(q.detach(), 1)
+               - F.log_softmax(z3[h] / 3, 1))).sum(1).mean()
+                   for h, q in ((h, sum(z3[j] for j in range(H) if j != h) / (H - 1) / 3)
+                                for h in range(H)))
+    detached.backward()
+    assert (z2.grad - z3.grad).abs().max() > 1e-3
+
+
+def trunk_and_branch_grads(model, x, y):
+    model.zero_grad()
+    CLILRLoss()(model(x), y, 0).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    trunk = {n: g for n, g in grads.items() if not n.startswith('branches.')}
+    return trunk, {n: g for n, g in grads.items() if n.startswith('branches.')}
+
+
+@pytest.mark.parametrize('heads', [4, 3])
+def test_rescaling_divides_the_trunk_gradient_by_the_number_of_heads(heads):
+    torch.manual_seed(0)
+    # 1/4 scales exactly in float32; 1/3 rounds, so that case is checked in float64.
+    dtype = torch.float32 if heads == 4 else torch.float64
+    rescaled = CLILRResNet(8, num_classes=10, num_branches=heads, rescale=True).to(dtype)
+    plain = copy.deepcopy(rescaled)
+    plain.rescale = False
+    x, y = torch.randn(8, 3, 32, 32, dtype=dtype), torch.randint(0, 10, (8,))
+    trunk_on, branch_on = trunk_and_branch_grads(rescaled, x, y)
+    trunk_off, branch_off = trunk_and_branch_grads(plain, x, y)
+    assert trunk_on.keys() == trunk_off.keys() and 'layer2.0.conv1.weight' in trunk_on
+    for name in trunk_on:
+        assert trunk_off[name].abs().sum() > 0, name
+        if heads == 4:   # a power of two: scaling commutes exactly with every rounding
+            assert torch.equal(trunk_on[name], trunk_off[name] / 4), name
+        else:
+            torch.testing.assert_close(trunk_on[name], trunk_off[name] / heads, rtol=1e-9,
+                                       atol=1e-15)
+    for name in branch_on:   # the heads' own layers are untouched
+        assert torch.equal(branch_on[name], branch_off[name]), name
+    with torch.no_grad():   # and the forward is the identity
+        out_on, out_off = rescaled(x), plain(x)
+    assert torch.equal(out_on[0], out_off[0])
+
+
+def test_model_is_the_one_layout_without_gate():
+    model = CLILRResNet(8, num_classes=10, num_branches=4)
+    assert model.gate is None
+    logits, ensemble = model.eval()(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (4, 2, 10)
+    torch.testing.assert_close(ensemble, logits.mean(0))
+
+
+# ----------------------------------------------------------------------------- runs
+
+@pytest.fixture(scope='module')
+def straight(fashion_root, tmp_path_factory):
+    """Two epochs through the command line, as a user runs it."""
+    run = tmp_path_factory.mktemp('clilr') / 'straight'
+    proc = run_script('cifar_clilr.py', *tiny(fashion_root, run, '--epochs', 2, *SUBSET))
+    return run, proc
+
+
+def test_two_epochs_through_the_cli(straight):
+    run, proc = straight
+    epoch_lines = [l for l in proc.stdout.splitlines() if l.startswith('Epoch ')]
+    assert len(epoch_lines) == 2 and ' w 1.0000 ' in epoch_lines[0], proc.stdout
+    assert 'Traceback' not in proc.stderr and 'head 1 test top-1' in proc.stdout
+    log = (run / 'log.txt').read_text().splitlines()
+    assert log[0].split('\t') == [f'{s}Acc_{n}' for n in '1234e' for s in 'TV'] and len(log) == 3
+    args = load(run / 'checkpoint.pth.tar')['args']
+    assert (args['method'], args['arch'], args['num_branches'], args['temperature'],
+            args['beta'], args['consistency_rampup'], args['no_rescaling'], args['form']) == (
+        'clilr', 'clilr_resnet', 4, 2.0, 0.5, 0, False, 'paper')
+    assert (args['schedule'], args['weight_decay'], args['nesterov']) == ([150, 225], 1e-4, False)
+    state = load(run / 'checkpoint.pth.tar')
+    assert (state['epoch'], state['rescaling'], state['form']) == (2, True, 'paper')
+    assert [row['rampup'] for row in state['history']] == [1.0, 1.0]
+
+
+def test_resume_is_bitwise_identical(straight, fashion_root, tmp_path):
+    split = tmp_path / 'split'
+    assert cifar_clilr.main(tiny(fashion_root, split, '--epochs', 1, *SUBSET)) == 0
+    assert cifar_clilr.main(tiny(fashion_root, split, '--epochs', 2, '--resume', 'auto',
+                                 *SUBSET)) == 0
+    assert_same_run(straight[0] / 'checkpoint.pth.tar', split / 'checkpoint.pth.tar')
+    assert (straight[0] / 'log.txt').read_text() == (split / 'log.txt').read_text()
+
+
+def test_evaluate_prints_every_head(straight, fashion_root, tmp_path, capsys):
+    checkpoint = straight[0] / 'checkpoint.pth.tar'
+    capsys.readouterr()
+    assert cifar_clilr.main(tiny(fashion_root, tmp_path / 'unused', '-e', '--resume',
+                                 checkpoint)) == 0
+    out = capsys.readouterr().out
+    row = load(checkpoint)['history'][-1]
+    labels = [(f'head {k}', f'test_acc_{k}') for k in '1234']
+    for label, key in labels + [('ensemble (mean of heads)', 'test_acc_ens'),
+                                ('mean of heads', 'test_acc_mean')]:
+        line = next(l for l in out.splitlines() if l.strip().startswith(label))
+        assert line.split()[-1] == f'{row[key]:.2f}', label
+    # another method's entry script, or another variant, refuses the checkpoint
+    assert cifar_one.main(tiny(fashion_root, tmp_path / 'u', '-e', '--resume', checkpoint)) == 2
+    assert cifar_clilr.main(tiny(fashion_root, tmp_path / 'u', '-e', '--resume', checkpoint,
+                                 '--no-rescaling')) == 2
+    assert 'rescaling' in capsys.readouterr().err
+
+
+def test_exported_head_evaluates_like_the_head(straight, fashion_root, tmp_path, capsys):
+    checkpoint = straight[0] / 'checkpoint.pth.tar'
+    out = tmp_path / 'head3.pth.tar'
+    assert export_branch.main([str(checkpoint), '--branch', '3', '-o', str(out)]) == 0
+    assert sum(v.numel() for k, v in load(out)['state_dict'].items()
+               if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked'))) == 78042
+    capsys.readouterr()
+    assert cifar_baseline.main(tiny(fashion_root, tmp_path / 'x', '-e', '--resume', out)) == 0
+    accuracy = float(capsys.readouterr().out.splitlines()[1].split()[-1])
+    assert accuracy == pytest.approx(load(checkpoint)['history'][-1]['test_acc_3'], abs=0.005)
+    assert export_branch.main([str(checkpoint), '--branch', '5', '-o', str(tmp_path / 'b5')]) == 2
+
+
+@pytest.mark.parametrize('flags, named', [(['--beta', 0], '--beta'), (['--beta', 1.5], '--beta'),
+                                          (['--num-branches', 1], '--num-branches'),
+                                          (['--temperature', 0], '--temperature')])
+def test_bad_flags_are_one_line(flags, named, fashion_root, tmp_path, capsys):
+    assert cifar_clilr.main(tiny(fashion_root, tmp_path / 'r', *flags)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and named in err[0] and not (tmp_path / 'r').exists()
