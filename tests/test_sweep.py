@@ -1,0 +1,308 @@
+"""sweep.py: the grid, its folders and commands, --dry-run, --status, the local executor with
+real runs (skip when done, resume after SIGKILL), and the sbatch file of the SLURM path."""
+import csv
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import submitit
+from submitit.core.utils import DelayedSubmission
+
+import sweep
+from conftest import ROOT
+from utils.errors import UserError
+from utils.runlock import lock_holder
+
+SWEEP = os.path.join(ROOT, 'sweep.py')
+TINY = ['-d', 'fashionmnist', '--depth', '8', '--train-batch', '64', '--test-batch', '100',
+        '--train-subset', '256']
+BASELINE_FLAGS = {'-d', '--dataset', '--depth', '--epochs', '--lr', '--manualSeed', '-c',
+                  '--resume', '--schedule', '--wd', '--weight-decay', '--train-batch',
+                  '--test-batch', '--train-subset', '--data-dir'}
+ONE_FLAGS = BASELINE_FLAGS | {'--num-branches', '--temperature'}
+FLAGS = {'cifar_baseline.py': BASELINE_FLAGS, 'cifar_one.py': ONE_FLAGS}
+
+
+def grid(root, scripts, vary, fixed=()):
+    axes, groups = sweep.parse_vary(vary), sweep.split_fixed(list(fixed))
+    return sweep.expand(str(root), scripts, axes, groups, {s: FLAGS[s] for s in scripts}, ROOT)
+
+
+def launch(root, data, *args, epochs=1, vary=()):
+    cmd = [sys.executable, SWEEP, '--root', str(root), '--scripts', 'cifar_baseline.py',
+           '--executor', 'local', *args, '--vary', *vary,
+           '--', *TINY, '--data-dir', data, '--epochs', str(epochs)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise AssertionError(f'sweep exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}')
+    return proc
+
+
+def summary_epochs(folder):
+    with open(os.path.join(folder, 'summary.csv')) as f:
+        return [int(row['epoch']) for row in csv.DictReader(f)]
+
+
+def status_lines(root, capsys):
+    capsys.readouterr()
+    assert sweep.main(['--root', str(root), '--status']) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def write_status(folder, state, epoch, epochs, message=''):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, 'status.json'), 'w') as f:
+        json.dump({'state': state, 'epoch': epoch, 'epochs': epochs, 'message': message,
+                   'host': 'h', 'pid': 1, 'updated': '2025-01-01T00:00:00+00:00'}, f)
+
+
+# ----------------------------------------------------------------------------- the grid
+
+def test_grid_folders_and_commands_are_deterministic(tmp_path):
+    vary = ['num-branches=1,2', 'manualSeed=0,1']
+    fixed = ['--epochs', '300', '--schedule', '151', '225', '--temperature', '3']
+    runs = grid(tmp_path, ['cifar_one.py', 'cifar_baseline.py'], vary, fixed)
+    assert runs == grid(tmp_path, ['cifar_one.py', 'cifar_baseline.py'], vary, fixed)
+    # the baseline has no --num-branches: that axis (and --temperature) is left out for it
+    assert [r['name'] for r in runs] == [
+        'cifar_one/num-branches=1/manualSeed=0', 'cifar_one/num-branches=1/manualSeed=1',
+        'cifar_one/num-branches=2/manualSeed=0', 'cifar_one/num-branches=2/manualSeed=1',
+        'cifar_baseline/manualSeed=0', 'cifar_baseline/manualSeed=1']
+    one, base = runs[3], runs[5]
+    assert one['folder'] == os.path.join(str(tmp_path), 'cifar_one', 'num-branches=2',
+                                         'manualSeed=1')
+    assert one['argv'][0] == sys.executable
+    assert one['argv'][1:] == [os.path.join(ROOT, 'cifar_one.py'), '--epochs', '300', '--schedule',
+                               '151', '225', '--temperature', '3', '--num-branches', '2',
+                               '--manualSeed', '1', '-c', one['folder'], '--resume', 'auto']
+    assert '--temperature' not in base['argv'] and '--num-branches' not in base['argv']
+    assert base['argv'][-4:] == ['-c', base['folder'], '--resume', 'auto']
+    assert one['epochs'] == base['epochs'] == 300
+
+
+def test_grid_refusals(tmp_path):
+    with pytest.raises(UserError, match='NAME=V1,V2'):
+        sweep.parse_vary(['depth'])
+    with pytest.raises(UserError, match='sets -c'):
+        sweep.split_fixed(['--resume', 'x'])
+    with pytest.raises(UserError, match='sets -c'):
+        sweep.parse_vary(['checkpoint=a,b'])
+    axes, groups = sweep.parse_vary(['depthh=8']), sweep.split_fixed(['--epochs', '1'])
+    with pytest.raises(UserError, match='--depthh is not a flag of cifar_baseline.py'):
+        sweep.check_flags_known(axes, groups, {'cifar_baseline.py': BASELINE_FLAGS})
+    with pytest.raises(UserError, match='share the folder'):
+        grid(tmp_path, ['cifar_baseline.py'], ['lr=0.1 ,0.1'])
+
+
+# ----------------------------------------------------------------------------- --dry-run, --status
+
+def test_dry_run_lists_runs_and_skips_done(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sweep, 'help_flags', lambda script, cwd: FLAGS[script])
+    monkeypatch.chdir(ROOT)
+    done = tmp_path / 'cifar_baseline' / 'depth=8'
+    write_status(done, 'done', 2, 2)
+    assert sweep.main(['--root', str(tmp_path), '--scripts', 'cifar_baseline.py', '--dry-run',
+                       '--vary', 'depth=8,14', '--', '--epochs', '2']) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == '2 runs: 1 to run, 1 skipped'
+    assert out[1] == f'skip (done)  {done}'
+    other = tmp_path / 'cifar_baseline' / 'depth=14'
+    assert out[2] == (f'start  {other}  {sys.executable} {ROOT}/cifar_baseline.py --epochs 2 '
+                      f'--depth 14 -c {other} --resume auto')
+    assert not (tmp_path / 'sweep.json').exists() and not other.exists()  # nothing written
+
+
+def test_status_of_each_state(tmp_path, capsys):
+    runs = grid(tmp_path, ['cifar_baseline.py'], ['manualSeed=0,1,2,3,4'], ['--epochs', '2'])
+    sweep.update_manifest(str(tmp_path), runs)
+    done, failed, running, killed, fresh = [r['folder'] for r in runs]
+    write_status(done, 'done', 2, 2)
+    with open(os.path.join(done, 'summary.csv'), 'w') as f:
+        f.write('epoch,lr\n1,0.1\n2,0.1\n')
+    write_status(failed, 'failed', 1, 2, 'RuntimeError: CUDA out of memory')
+    write_status(killed, 'running', 1, 2)
+    write_status(running, 'running', 1, 2)
+    holder = subprocess.Popen(
+        [sys.executable, '-c', 'import sys, time\nfrom utils.runlock import hold_run_lock\n'
+         'with hold_run_lock(sys.argv[1]):\n    print("locked", flush=True)\n    time.sleep(60)',
+         running], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'locked'
+        lines = status_lines(tmp_path, capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lines[0] == (f'{tmp_path}: 5 runs: 1 done, 1 running, 1 interrupted, 1 failed, '
+                        '1 not started')
+    rows = {next(w for w in line.split() if w.startswith('cifar_baseline/')): line
+            for line in lines[2:]}
+    assert rows['cifar_baseline/manualSeed=0'].split()[:2] == ['done', '2/2']
+    assert rows['cifar_baseline/manualSeed=1'].split()[:2] == ['failed', '1/2']
+    assert rows['cifar_baseline/manualSeed=1'].endswith('RuntimeError: CUDA out of memory')
+    assert rows['cifar_baseline/manualSeed=2'].split()[:2] == ['running', '1/2']
+    assert rows['cifar_baseline/manualSeed=2'].endswith(
+        f'pid {holder.pid} on {socket.gethostname()}')
+    assert rows['cifar_baseline/manualSeed=3'].split()[:2] == ['interrupted', '1/2']
+    assert 'the process died' in rows['cifar_baseline/manualSeed=3']
+    assert rows['cifar_baseline/manualSeed=4'].split()[:3] == ['not', 'started', '-/2']
+
+
+# ----------------------------------------------------------------------------- real runs
+
+def test_local_grid_runs_resumes_a_killed_run_then_skips(fashion_root, tmp_path, capsys,
+                                                          monkeypatch):
+    """A 2x2 grid on the local executor, one run SIGKILLed as it starts; the relaunch resumes
+    that one from its checkpoint and skips the rest; a third launch skips them all."""
+    root = tmp_path / 'grid'
+    vary = ['lr=0.1,0.05', 'manualSeed=1,2']
+    folders = [root / 'cifar_baseline' / f'lr={lr}' / f'manualSeed={s}'
+               for lr in ('0.1', '0.05') for s in (1, 2)]
+    victim = folders[0]
+    cmd = [sys.executable, SWEEP, '--root', str(root), '--scripts', 'cifar_baseline.py',
+           '--executor', 'local', '--max-parallel', '2', '--vary', *vary,
+           '--', *TINY, '--data-dir', fashion_root, '--epochs', '2']
+    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    deadline, holder = time.time() + 120, None
+    while not (holder and holder.get('pid')):
+        holder = lock_holder(str(victim))    # taken before the engine writes status.json
+        time.sleep(0.01)
+        assert first.poll() is None and time.time() < deadline, first.communicate()[0]
+    while not (victim / 'status.json').exists():
+        time.sleep(0.01)                     # 'running' at epoch 0: a checkpoint is saved
+        assert time.time() < deadline
+    os.kill(holder['pid'], signal.SIGKILL)
+    out, _ = first.communicate(timeout=300)
+    assert first.returncode == 1, out
+    assert out.count('] done ') == 3 and '] interrupted ' in out, out
+    row = [l for l in status_lines(root, capsys) if 'lr=0.1/manualSeed=1' in l][0]
+    assert row.startswith('interrupted') and 'killed by SIGKILL' in row, row
+
+    second = launch(root, fashion_root, '--max-parallel', '2', vary=vary, epochs=2)
+    assert '1 to run' in second.stdout and second.stdout.count('skip (done)') == 3, second.stdout
+    manifest = {r['name']: r for r in json.loads((root / 'sweep.json').read_text())['runs']}
+    assert sorted(manifest) == sorted(str(f.relative_to(root)) for f in folders)
+    log = open(manifest['cifar_baseline/lr=0.1/manualSeed=1']['log']).read()
+    assert 'Resuming' in log and '--resume auto' in log   # continued, not restarted
+    for folder in folders:
+        assert summary_epochs(folder) == [1, 2]
+        assert json.loads((folder / 'status.json').read_text())['state'] == 'done'
+
+    # The same launch once more (in this process, the scripts' flags given: no --help run).
+    logs = sorted(os.listdir(root / 'jobs'))
+    monkeypatch.setattr(sweep, 'help_flags', lambda script, cwd: FLAGS[script])
+    monkeypatch.chdir(ROOT)
+    capsys.readouterr()
+    assert sweep.main(cmd[2:]) == 0
+    third = capsys.readouterr().out
+    assert '0 to run' in third and third.count('skip (done)') == 4, third
+    assert sorted(os.listdir(root / 'jobs')) == logs          # nothing was submitted
+    assert [l.split()[0] for l in status_lines(root, capsys)[2:]] == ['done'] * 4
+
+
+FAKE_RUN = """import os, signal, sys, time
+checkpoint = os.path.join(sys.argv[1], 'checkpoint')
+if os.path.exists(checkpoint):
+    print('Resuming from', open(checkpoint).read(), flush=True)
+    sys.exit(0)
+def stop(signum, frame):
+    os.makedirs(sys.argv[1], exist_ok=True)
+    open(checkpoint, 'w').write('batch 7')
+    print('saved', file=sys.stderr, flush=True)
+    sys.exit(128 + signum)
+signal.signal(signal.SIGTERM, stop)
+print('training', flush=True)
+time.sleep(60)
+"""
+
+
+def fake_run_job(tmp_path):
+    script = tmp_path / 'fake_run.py'
+    script.write_text(FAKE_RUN)
+    run = {'name': 'fake/run', 'folder': str(tmp_path / 'run'),
+           'argv': [sys.executable, str(script), str(tmp_path / 'run')]}
+    return sweep.RunJob(run, str(tmp_path), env={'OMP_NUM_THREADS': '1'}, stop_timeout_s=20)
+
+
+def test_run_job_checkpoint_stops_child_and_resubmits_itself(tmp_path):
+    """submitit's handler of SIGUSR2 (time limit) calls checkpoint(): the child, which ignores
+    SIGUSR2 itself, is stopped with SIGTERM, and a fresh copy of the job is returned."""
+    job, seen = fake_run_job(tmp_path), {}
+
+    def preempt():
+        deadline = time.time() + 30
+        while job._proc is None and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)
+        job._proc.send_signal(signal.SIGUSR2)
+        time.sleep(0.3)
+        seen['alive after SIGUSR2'] = job._proc.poll() is None
+        seen['delayed'] = job.checkpoint()
+    thread = threading.Thread(target=preempt)
+    thread.start()
+    with pytest.raises(sweep.RunFailed, match='exit 143: saved'):
+        job()
+    thread.join(timeout=30)
+    assert seen['alive after SIGUSR2']
+    delayed = seen['delayed']
+    assert isinstance(delayed, DelayedSubmission) and delayed.function is not job
+    assert delayed.function.argv == job.argv and delayed.function._proc is None
+    outcome = json.loads(open(sweep.outcome_path(str(tmp_path), 'fake/run')).read())
+    assert outcome['state'] == 'preempted' and outcome['message'].endswith('saved')
+
+
+def test_local_time_limit_requeues_and_continues(tmp_path, monkeypatch):
+    """Through submitit itself: near the time limit the job is signalled, stops its run,
+    requeues, and the requeued job continues from the run's checkpoint."""
+    monkeypatch.setenv('PYTHONPATH', ROOT)             # the job process imports sweep
+    executor = submitit.LocalExecutor(folder=str(tmp_path / 'jobs'), max_num_timeout=5)
+    executor.update_parameters(timeout_min=0.1, signal_delay_s=3, stderr_to_stdout=True)
+    job = executor.submit(fake_run_job(tmp_path))      # SIGUSR2 after 3 s
+    assert job.result() == {'name': 'fake/run', 'folder': str(tmp_path / 'run')}
+    log = open(job.paths.stdout).read()
+    assert 'training' in log and 'saved' in log and 'Resuming from batch 7' in log, log
+    outcome = json.loads(open(sweep.outcome_path(str(tmp_path), 'fake/run')).read())
+    assert outcome['state'] == 'done'
+
+
+# ----------------------------------------------------------------------------- SLURM
+
+def test_slurm_array_sbatch_file(tmp_path, monkeypatch, capsys):
+    """The real submission path, with stand-ins for srun and sbatch that record the file."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    record = tmp_path / 'submitted.sh'
+    (bin_dir / 'srun').write_text('#!/bin/sh\nexit 0\n')
+    (bin_dir / 'sbatch').write_text(
+        f'#!/bin/sh\ncp "$1" {record}\necho "Submitted batch job 4242"\n')
+    for tool in ('srun', 'sbatch'):
+        (bin_dir / tool).chmod(stat.S_IRWXU)
+    monkeypatch.setenv('PATH', f'{bin_dir}{os.pathsep}{os.environ["PATH"]}')
+    monkeypatch.setenv('PYTHONPATH', os.environ.get('PYTHONPATH', ''))   # restored after
+    monkeypatch.setattr(sweep, 'help_flags', lambda script, cwd: FLAGS[script])
+    monkeypatch.chdir(ROOT)
+    root = tmp_path / 'grid'
+    assert sweep.main(['--root', str(root), '--scripts', 'cifar_baseline.py',   # auto: srun found
+                       '--vary', 'manualSeed=0,1,2', '--max-parallel', '2', '--partition', 'gpu',
+                       '--time', '600', '--', '--epochs', '300']) == 0
+    out = capsys.readouterr().out
+    assert '3 to run on slurm' in out and 'job 4242_2' in out
+    text = record.read_text()
+    for line in ('#SBATCH --array=0-2%2', '#SBATCH --signal=USR2@120', '#SBATCH --requeue',
+                 '#SBATCH --partition=gpu', '#SBATCH --time=600', '#SBATCH --gpus-per-node=1',
+                 '#SBATCH --cpus-per-task=4', '#SBATCH --ntasks-per-node=1',
+                 '#SBATCH --job-name=sweep-grid'):
+        assert line in text.splitlines(), (line, text)
+    assert '-m submitit.core._submit' in text
+    manifest = json.loads((root / 'sweep.json').read_text())
+    assert [r['job'] for r in manifest['runs']] == ['4242_0', '4242_1', '4242_2']
+    job = DelayedSubmission.load(root / 'jobs' / '4242_1_submitted.pkl').function
+    assert isinstance(job, sweep.RunJob) and type(job).__module__ == 'sweep'
+    folder = str(root / 'cifar_baseline' / 'manualSeed=1')
+    assert job.argv[-4:] == ['-c', folder, '--resume', 'auto']
