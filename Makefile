@@ -1,11 +1,12 @@
 # `make demo`: set up .venv and run the Fashion-MNIST ONE-versus-baseline comparison.
 # `make test`: set up .venv and run the test suite (CPU, a few minutes).
+# `make gpu-check`: on a CUDA machine, the CUDA tests, the GPU benchmark and a real-data run.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test bench fashion-mnist
+.PHONY: demo test bench fashion-mnist gpu-check
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,3 +29,6 @@ test: $(VENV)/.installed fashion-mnist
 
 bench: $(VENV)/.installed
 	$(PY) benchmark.py
+
+gpu-check: $(VENV)/.installed fashion-mnist
+	$(PY) gpu_check.py $(GPU_CHECK_FLAGS)

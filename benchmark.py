@@ -1,39 +1,84 @@
-"""Training and evaluation speed of the real training step, against the device's limit.
+"""Training and evaluation speed of the real training step, against the device's limit and
+against a conventional input pipeline.
 
-For each model: images/s through the engine's train_step (augmentation on the device,
-forward, ONE objective or cross-entropy, backward, SGD) and through its evaluate(); training
-FLOPs per image counted by torch.utils.flop_counter; the achieved GFLOP/s; peak memory; and
-that as a fraction of the fp32 matrix-multiply GFLOP/s measured in the same run.
+For each model: images/s through the engine's train_step fed by the project's input pipeline
+(uint8 images on the device, batched, cropped, flipped and normalised there), and fed by a
+conventional one (torchvision's PIL transforms in DataLoader worker processes, the way the
+original trained) running the same model, objective and optimizer step: the ratio of the two
+is `vs conventional`. Also: images/s through evaluate(); training FLOPs per image counted by
+torch.utils.flop_counter; the achieved GFLOP/s; peak memory; and that as a fraction of the
+matrix-multiply GFLOP/s measured in the same process.
 
-    python benchmark.py                                   # default flags, all four models
-    python benchmark.py --channels-last --compile --json bench.json
+    python benchmark.py                                     # default flags, the paper's four models
+    python benchmark.py --models one_resnet-32 --fast --json bench.json
+    python benchmark.py --models resnet-8 --steps 2 --repeats 1   # a quick check (depth 6n+2)
 Each model runs in its own process, so peak memory is that model's alone.
 """
 import argparse
 import json
 import os
 import platform
+import re
 import resource
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+from statistics import median
 from types import SimpleNamespace
 
+import numpy as np
 import torch
+from PIL import Image
+from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
+from torchvision import transforms
+from torchvision.datasets import VisionDataset
 
+from methods import METHODS
+from models import blocks_per_stage
+from utils.cli import Parser
 from utils.data import CIFAR_MEAN, CIFAR_STD, DeviceLoader
 from utils.distributed import World
-from utils.engine import Meters, build_model, evaluate, train_step
-from utils.logger import accuracy_columns
-from utils.losses import CrossEntropy, ONELoss
+from utils.setup import apply_fast_preset, build_model, build_optimizer
+from utils.steps import Meters, evaluate, train_step
 
 MODELS = ['resnet-32', 'one_resnet-32', 'resnet-110', 'one_resnet-110']
+COMPILE_MODES = ['default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs']
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+class BenchmarkError(Exception):
+    """A request the benchmark cannot carry out, or a failed measurement: printed as one line,
+    exit status `status` (2: a bad request, refused before measuring; 1: a measurement failed)."""
+
+    def __init__(self, message, status=EXIT_USAGE):
+        super().__init__(message)
+        self.status = status
+
+
+def cpu_count():
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+
+
+def model_name(text):
+    """'ARCH-DEPTH' with ARCH resnet or one_resnet and DEPTH = 6n+2."""
+    match = re.fullmatch(r'(resnet|one_resnet)-(\d+)', text)
+    if not match:
+        raise argparse.ArgumentTypeError(f'{text!r} is not resnet-DEPTH or one_resnet-DEPTH')
+    try:
+        blocks_per_stage(int(match.group(2)))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f'{text}: {e}') from None
+    return text
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--models', nargs='+', default=MODELS, choices=MODELS)
+    p = Parser(description=__doc__.splitlines()[0],
+               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--models', nargs='+', type=model_name, default=MODELS, metavar='ARCH-DEPTH',
+                   help='resnet-D or one_resnet-D, D = 6n+2 (the paper: 32 and 110)')
     p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
     p.add_argument('--batch', type=int, default=128, help='training batch')
     p.add_argument('--test-batch', type=int, default=100, help='evaluation batch')
@@ -41,19 +86,86 @@ def parse(argv=None):
     p.add_argument('--repeats', type=int, default=3,
                    help='timed repeats: the median rate is reported, and the best matmul rate')
     p.add_argument('--warmup', type=int, default=3, help='untimed steps first')
+    p.add_argument('--conventional-repeats', type=int, default=None,
+                   help='timed repeats of --steps steps through the conventional pipeline, each '
+                        "right after one of the project's (default: --repeats; 0: skip it); "
+                        'vs conventional is the median of the ratios of these pairs')
+    p.add_argument('--workers', type=int, default=min(4, cpu_count()),
+                   help="the conventional pipeline's DataLoader worker processes (the original's "
+                        '-j default was 4; here min(4, CPU cores))')
     p.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=True)
     p.add_argument('--compile', action='store_true')
+    p.add_argument('--compile-mode', default='default', choices=COMPILE_MODES,
+                   help="torch.compile's mode with --compile ('reduce-overhead': CUDA graphs)")
     p.add_argument('--amp', default='off', choices=['off', 'bf16', 'fp16'])
+    p.add_argument('--fast', action='store_true',
+                   help="the training scripts' --fast preset (on CUDA: bf16, channels_last, "
+                        'compile, fused SGD; on the CPU: channels_last)')
     p.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
+    p.add_argument('--matmul-size', type=int, default=4096,
+                   help='n of the n x n x n matrix multiply measured as the reference')
     p.add_argument('--json', help='also write the results here')
     p.add_argument('--one', help=argparse.SUPPRESS)  # internal: measure this model, print JSON
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.conventional_repeats is None:
+        args.conventional_repeats = args.repeats
+    return args
 
 
 def pick_device(name):
     if name == 'auto':
         name = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if name == 'cuda' and not torch.cuda.is_available():
+        raise BenchmarkError('--device cuda: no CUDA GPU is available on this machine '
+                             f'(torch {torch.__version__}); use --device cpu')
     return torch.device(name)
+
+
+def check_args(args):
+    """Refuse what would fail later, before minutes of measuring."""
+    for flag, value, least in (('--batch', args.batch, 2), ('--test-batch', args.test_batch, 1),
+                               ('--steps', args.steps, 1), ('--repeats', args.repeats, 1),
+                               ('--warmup', args.warmup, 0), ('--workers', args.workers, 0),
+                               ('--conventional-repeats', args.conventional_repeats, 0),
+                               ('--threads', args.threads, 0), ('--matmul-size', args.matmul_size, 1)):
+        if value < least:
+            why = ' (BatchNorm needs 2 images to train)' if flag == '--batch' else ''
+            raise BenchmarkError(f'{flag} must be at least {least}{why}, got {value}')
+    if args.conventional_repeats > args.repeats:
+        raise BenchmarkError(f'--conventional-repeats {args.conventional_repeats} is more than '
+                             f'--repeats {args.repeats}: each is paired with one of the project\'s')
+    if args.json:
+        check_writable_file(args.json)
+
+
+def check_writable_file(path):
+    """The folder of `path` exists and takes a file (probed with a real one), and `path` is
+    not a folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise BenchmarkError(f'--json {path}: is a folder; give a file name')
+    if not os.path.isdir(folder):
+        raise BenchmarkError(f'--json {path}: folder {folder} does not exist')
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix='.benchmark-', suffix='.tmp'):
+            pass
+    except OSError as e:
+        raise BenchmarkError(f'--json {path}: cannot write into {folder}: {e.strerror or e}') from None
+
+
+def write_json(path, payload):
+    """Write to a temporary file beside `path`, then rename: never a half-written file."""
+    tmp = None
+    try:
+        with tempfile.NamedTemporaryFile('w', dir=os.path.dirname(os.path.abspath(path)),
+                                         prefix='.benchmark-', suffix='.tmp', delete=False) as f:
+            tmp = f.name
+            json.dump(payload, f, indent=2)
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp and os.path.exists(tmp):
+            os.remove(tmp)
+        raise BenchmarkError(f'could not write --json {path}: {e.strerror or e}', EXIT_FAILED) from None
 
 
 def synchronize(device):
@@ -61,9 +173,9 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def matmul_gflops(device, repeats, n=4096, per_repeat=5):
-    """Best fp32 n x n x n matrix multiply GFLOP/s: the reference limit for dense compute."""
-    a, b = (torch.randn(n, n, device=device) for _ in range(2))
+def matmul_gflops(device, repeats, n, dtype=torch.float32, per_repeat=5):
+    """Best n x n x n matrix multiply GFLOP/s in `dtype`: the reference limit for dense compute."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     a @ b
     rates = []
     for _ in range(repeats):
@@ -76,25 +188,102 @@ def matmul_gflops(device, repeats, n=4096, per_repeat=5):
     return max(rates)
 
 
-def median(values):
-    return sorted(values)[len(values) // 2]
+# ----------------------------------------------------------------------------- the two pipelines
+
+class InMemoryCIFAR(VisionDataset):
+    """CIFAR-like images held in memory and served exactly as torchvision's CIFAR10 serves its
+    own: `data` is (N, 32, 32, 3) uint8 (HWC), `targets` a list of ints, and each item is
+    Image.fromarray(data[i]) passed through `transform`."""
+
+    def __init__(self, data, targets, transform=None, target_transform=None):
+        super().__init__(None, transform=transform, target_transform=target_transform)
+        self.data, self.targets = data, targets
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        img, target = self.data[index], self.targets[index]
+        img = Image.fromarray(img)
+        if self.transform is not None:
+            img = self.transform(img)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
+
+
+def conventional_transform():
+    """The original's training transform (torchvision, on PIL images)."""
+    return transforms.Compose([transforms.RandomCrop(32, padding=4),
+                               transforms.RandomHorizontalFlip(),
+                               transforms.ToTensor(),
+                               transforms.Normalize(CIFAR_MEAN, CIFAR_STD)])
+
+
+def conventional_batches(data, targets, batch, workers, device, memory_format):
+    """Batches on `device` from a DataLoader over InMemoryCIFAR with the original's transform:
+    decoded and augmented per image on the CPU by `workers` processes, collated, then copied
+    (pinned and asynchronously on CUDA, as a tuned conventional loop would)."""
+    dataset = InMemoryCIFAR(data, list(map(int, targets)), transform=conventional_transform())
+    pin = device.type == 'cuda'
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
+                        pin_memory=pin, drop_last=False)
+    for x, y in loader:
+        x = x.to(device, non_blocking=pin).contiguous(memory_format=memory_format)
+        yield x, y.to(device, non_blocking=pin)
+
+
+def timed_blocks(step, batches, batch, steps, wait, warmup, rewarm=0):
+    """Yields the images/s of one block of `steps` steps at a time: `warmup` untimed steps
+    come first, and `rewarm` untimed steps before each later block. `wait` blocks until the
+    device has finished; nothing else synchronises inside a block."""
+    untimed = warmup
+    while True:
+        for _ in range(untimed):
+            step(*next(batches))
+        untimed = rewarm
+        wait()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step(*next(batches))
+        wait()
+        yield batch * steps / (time.perf_counter() - start)
 
 
 def measure(args, device):
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True  # as utils.setup.setup does for training
+    apply_fast_preset(args, device)
     arch, depth = args.one.rsplit('-', 1)
-    config = SimpleNamespace(arch=arch, depth=int(depth), num_branches=3 if arch == 'one_resnet' else 1,
-                             sync_bn=False, channels_last=args.channels_last)
-    model = build_model(config, 100, device)
-    objective = ONELoss() if arch == 'one_resnet' else CrossEntropy()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    method = METHODS['one' if arch == 'one_resnet' else 'baseline']
+    config = SimpleNamespace(arch=arch, depth=int(depth), num_branches=3, branch_point='stage3',
+                             gate='learned', temperature=3.0, consistency_rampup=80,
+                             no_distill=False, sync_bn=False, channels_last=args.channels_last,
+                             fast=args.fast, lr=0.01, momentum=0.9, weight_decay=1e-4,
+                             nesterov=False)
+    model = build_model(config, method, 100, device)
+    objective = method.objective(config)
+    optimizer = build_optimizer(config, model, device)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == 'fp16')
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+
+    # One synthetic CIFAR-like set for both pipelines: HWC uint8 as CIFAR10.data holds it.
     steps = args.warmup + args.steps * args.repeats
-    images = torch.randint(0, 256, (args.batch * steps, 3, 32, 32), dtype=torch.uint8, device=device)
-    labels = torch.randint(0, 100, (args.batch * steps,), device=device)
+    # The two pipelines' blocks alternate, so that a drift of the machine's speed hits both.
+    # The batches the workers prepared meanwhile (prefetch_factor 2 each) are used untimed.
+    prefetched = 2 * args.workers
+    conventional_repeats = args.conventional_repeats
+    conventional_steps = (args.warmup + prefetched + args.steps * conventional_repeats
+                          + prefetched * (conventional_repeats - 1)) if conventional_repeats else 0
+    rng = np.random.default_rng(0)
+    count = args.batch * max(steps, conventional_steps)
+    data = rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+    targets = rng.integers(0, 100, count)
+    images = torch.from_numpy(data[:args.batch * steps]).permute(0, 3, 1, 2).contiguous().to(device)
+    labels = torch.from_numpy(targets[:args.batch * steps]).to(device)
     loader = DeviceLoader(images, labels, CIFAR_MEAN, CIFAR_STD, args.batch, shuffle=True,
                           augment=True, memory_format=memory_format)
-    names = accuracy_columns(config.num_branches, arch == 'one_resnet')
+    names = method.columns(config)
     meters = Meters(len(names), device)
 
     x, y = next(loader.batches())
@@ -102,29 +291,49 @@ def measure(args, device):
         train_step(model, objective, optimizer, scaler, x, y, 40, args.batch, args.amp)
     flops_per_image = counter.get_total_flops() / args.batch
 
-    train_model = torch.compile(model) if args.compile else model
+    train_model = model
+    if args.compile:
+        train_model = torch.compile(model, mode=None if args.compile_mode == 'default'
+                                    else args.compile_mode)
     train_model.train()
-    rates, start = [], None
-    for step, (x, y) in enumerate(loader.batches(epoch=1)):
-        if step >= args.warmup and (step - args.warmup) % args.steps == 0:
-            meters.count.item()  # waits for the device
-            if start is not None:
-                rates.append(args.batch * args.steps / (time.perf_counter() - start))
-            start = time.perf_counter()
+
+    cuda_graphs = args.compile and device.type == 'cuda' and args.compile_mode in (
+        'reduce-overhead', 'max-autotune')
+
+    def step(x, y):
+        if cuda_graphs:  # the previous step's graph outputs are no longer read
+            torch.compiler.cudagraph_mark_step_begin()
         output, loss_sum = train_step(train_model, objective, optimizer, scaler, x, y, 40,
                                       args.batch, args.amp)
-        meters.update(loss_sum, output, y)
-    meters.count.item()
-    rates.append(args.batch * args.steps / (time.perf_counter() - start))
+        meters.update(loss_sum, method.correct(output, y), len(y))
+
+    def wait():
+        meters.count.item()  # waits for the device
+
+    project = timed_blocks(step, loader.batches(epoch=1), args.batch, args.steps, wait,
+                           warmup=args.warmup)
+    if conventional_repeats:
+        batches = conventional_batches(data[:args.batch * conventional_steps],
+                                       targets[:args.batch * conventional_steps], args.batch,
+                                       args.workers, device, memory_format)
+        conventional = timed_blocks(step, batches, args.batch, args.steps, wait,
+                                    warmup=args.warmup + prefetched, rewarm=prefetched)
+    rates, conventional_rates = [], []
+    for repeat in range(args.repeats):
+        rates.append(next(project))
+        if repeat < conventional_repeats:
+            conventional_rates.append(next(conventional))
+    if conventional_repeats:
+        batches.close()  # ends the worker processes
 
     test = DeviceLoader(images[:args.test_batch * args.steps], labels[:args.test_batch * args.steps],
                         CIFAR_MEAN, CIFAR_STD, args.test_batch, shuffle=False, augment=False,
                         memory_format=memory_format)
-    evaluate(model, test, objective, 40, names, World(), args.amp)  # warm-up
+    evaluate(model, test, method, objective, 40, names, World(), args.amp)  # warm-up
     eval_rates = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        evaluate(model, test, objective, 40, names, World(), args.amp)
+        evaluate(model, test, method, objective, 40, names, World(), args.amp)
         eval_rates.append(args.test_batch * args.steps / (time.perf_counter() - start))
 
     if device.type == 'cuda':
@@ -132,53 +341,139 @@ def measure(args, device):
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     train_rate = median(rates)
+    conventional_rate = median(conventional_rates) if conventional_rates else None
+    # Each conventional block against the project's block just before it, then the median.
+    paired = [p / c for p, c in zip(rates, conventional_rates)]
     # The reference is measured here, next to the model's timing: on a shared machine the
     # attainable rate drifts over minutes, and a ratio of two distant timings would too.
-    reference = matmul_gflops(device, args.repeats)
-    return {'model': args.one, 'train_img_s': train_rate, 'eval_img_s': median(eval_rates),
-            'matmul_gflop_s': reference, 'ratio_to_matmul': train_rate * flops_per_image / 1e9 / reference,
+    # Under autocast the reference is that dtype's matmul.
+    dtype = {'off': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.amp]
+    reference = matmul_gflops(device, args.repeats, args.matmul_size, dtype)
+    return {'model': args.one, 'train_img_s': train_rate, 'train_img_s_repeats': rates,
+            'conventional_img_s': conventional_rate,
+            'conventional_img_s_repeats': conventional_rates,
+            'vs_conventional': median(paired) if paired else None,
+            'conventional_workers': args.workers,
+            'eval_img_s': median(eval_rates),
+            'matmul_gflop_s': reference, 'matmul_dtype': str(dtype).replace('torch.', ''),
+            'ratio_to_matmul': train_rate * flops_per_image / 1e9 / reference,
             'train_gflop_per_img': flops_per_image / 1e9,
             'train_gflop_s': train_rate * flops_per_image / 1e9,
             'peak_memory_gib': peak / 2 ** 30}
 
 
-def main(argv=None):
-    args = parse(argv)
+# ----------------------------------------------------------------------------- the parent
+
+def failure_reason(returncode, stderr):
+    """One line saying why a measuring process failed: the exception its last traceback ends
+    with, else its last line of output, or the signal that ended it."""
+    if returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else ''
+        hint = ' (out of memory?)' if returncode == -signal.SIGKILL else ''
+        return f'killed by signal {-returncode} {name}{hint}'.replace('  ', ' ')
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    if not lines:
+        return f'exited with status {returncode} and no message'
+    starts = [i for i, line in enumerate(lines) if line.startswith('Traceback (most recent call last)')]
+    if not starts:
+        return ' '.join(lines[-1].split())[:500]
+    # The last traceback's exception: its first unindented line after the frames, and the
+    # lines of its message that follow.
+    message = lines[starts[-1] + 1:]
+    while message and message[0][:1].isspace():
+        message.pop(0)
+    return ' '.join(' '.join(message).split())[:500] or f'exited with status {returncode}'
+
+
+def measure_in_child(flags, name):
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *flags, '--one', name],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BenchmarkError(f'measuring {name} failed: {failure_reason(proc.returncode, proc.stderr)}',
+                             EXIT_FAILED)
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise BenchmarkError(f'measuring {name} printed no result: '
+                             f'{failure_reason(1, proc.stderr)}', EXIT_FAILED) from None
+
+
+def cpu_name():
+    try:
+        with open('/proc/cpuinfo') as f:
+            names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def describe_device(device):
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    return f'{cpu_name()}, {cpu_count()} cores, {torch.get_num_threads()} torch threads'
+
+
+def print_header(args, described):
+    compile_flag = f'{args.compile}' + (f' ({args.compile_mode})' if args.compile else '')
+    dtype = {'off': 'fp32', 'bf16': 'bf16', 'fp16': 'fp16'}[args.amp]
+    print(f'device: {described}; torch {torch.__version__}; batch {args.batch}; '
+          f'channels_last={args.channels_last} compile={compile_flag} amp={args.amp}'
+          + (' (--fast)' if args.fast else ''))
+    print(f'reference: best {dtype} {args.matmul_size}^3 matmul GFLOP/s, measured in each '
+          "model's process")
+    print('conventional: torchvision RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor '
+          f'+ Normalize on PIL images, DataLoader with {args.workers} worker process(es), then '
+          'the same training step, its timed blocks alternating with the project\'s; vs '
+          'conventional = median over the pairs of adjacent blocks of their ratio')
+    print(f'{"model":<16}{"train img/s":>12}{"conv. img/s":>12}{"vs conventional":>16}'
+          f'{"eval img/s":>11}{"eval/train":>11}{"GFLOP/img":>10}{"GFLOP/s":>9}{"matmul":>8}'
+          f'{"of matmul":>10}{"peak GiB":>9}', flush=True)
+
+
+def print_row(r):
+    conventional = (f'{r["conventional_img_s"]:>12.1f}{r["vs_conventional"]:>15.2f}x'
+                    if r['conventional_img_s'] else f'{"-":>12}{"-":>16}')
+    print(f'{r["model"]:<16}{r["train_img_s"]:>12.1f}{conventional}{r["eval_img_s"]:>11.1f}'
+          f'{r["eval_over_train"]:>10.1f}x{r["train_gflop_per_img"]:>10.3f}'
+          f'{r["train_gflop_s"]:>9.1f}{r["matmul_gflop_s"]:>8.1f}{r["ratio_to_matmul"]:>9.0%}'
+          f' {r["peak_memory_gib"]:>8.2f}', flush=True)
+
+
+def run(args, argv):
+    device = pick_device(args.device)
+    if not args.one:
+        check_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
     if args.one:
         print(json.dumps(measure(args, device)))
         return 0
-
+    apply_fast_preset(args, device)  # for the header; each child applies it again
     flags = list(sys.argv[1:] if argv is None else argv)
+    print_header(args, describe_device(device))
     rows = []
-    for name in args.models:
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), *flags, '--one', name],
-                             capture_output=True, text=True, check=True)
-        row = json.loads(out.stdout.strip().splitlines()[-1])
+    for name in args.models:  # each row as it is measured: a failure keeps the earlier ones
+        row = measure_in_child(flags, name)
         row['eval_over_train'] = row['eval_img_s'] / row['train_img_s']
+        print_row(row)
         rows.append(row)
-
-    cpu = platform.processor() or platform.machine()
-    described = (torch.cuda.get_device_name(device) if device.type == 'cuda'
-                 else f'{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads')
-    print(f'device: {described}; torch {torch.__version__}; batch {args.batch}; '
-          f'channels_last={args.channels_last} compile={args.compile} amp={args.amp}')
-    print('reference: best fp32 4096^3 matmul GFLOP/s, measured in each model\'s process')
-    header = (f'{"model":<15}{"train img/s":>12}{"eval img/s":>12}{"eval/train":>11}'
-              f'{"GFLOP/img":>10}{"GFLOP/s":>9}{"matmul":>8}{"of matmul":>10}{"peak GiB":>9}')
-    print(header)
-    for r in rows:
-        print(f'{r["model"]:<15}{r["train_img_s"]:>12.1f}{r["eval_img_s"]:>12.1f}'
-              f'{r["eval_over_train"]:>10.1f}x{r["train_gflop_per_img"]:>10.3f}'
-              f'{r["train_gflop_s"]:>9.1f}{r["matmul_gflop_s"]:>8.1f}{r["ratio_to_matmul"]:>9.0%}'
-              f' {r["peak_memory_gib"]:>8.2f}')
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump({'device': described, 'torch': torch.__version__, 'flags': vars(args),
-                       'results': rows}, f, indent=2)
+        write_json(args.json, {'device': describe_device(device), 'torch': torch.__version__,
+                               'flags': {k: v for k, v in vars(args).items() if k != 'one'},
+                               'results': rows})
     return 0
+
+
+def main(argv=None):
+    args = parse(argv)
+    try:
+        return run(args, argv)
+    except BenchmarkError as e:
+        print(f'benchmark.py: error: {e}', file=sys.stderr)
+        return e.status
+    except KeyboardInterrupt:
+        print('benchmark.py: interrupted', file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 if __name__ == '__main__':

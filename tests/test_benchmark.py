@@ -1,0 +1,223 @@
+"""benchmark.py: a tiny run prints the table with its `vs conventional` column and writes both
+rates to JSON (on the CPU always, on CUDA where a GPU is); the conventional pipeline serves
+images the way torchvision's CIFAR10 does; bad requests and failed measurements are one line."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torchvision import datasets
+
+import benchmark
+import gpu_check
+from conftest import ROOT
+
+NO_GPU = 'no CUDA GPU on this machine'
+DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason=NO_GPU))]
+# Two depth-8 models, 2 x 2 steps of 16 images each way, a 128^3 reference matmul: seconds.
+TINY = ['--models', 'resnet-8', 'one_resnet-8', '--batch', '16', '--test-batch', '10',
+        '--steps', '2', '--repeats', '2', '--warmup', '1', '--conventional-repeats', '2',
+        '--workers', '1', '--matmul-size', '128', '--threads', '1']
+
+
+def run_benchmark(*flags):
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'benchmark.py'), *map(str, flags)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def one_line(text):
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_tiny_run_prints_vs_conventional_and_writes_both_rates(device, tmp_path):
+    out = tmp_path / 'bench.json'
+    proc = run_benchmark(*TINY, '--device', device, '--json', out)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    header = next(i for i, l in enumerate(lines) if l.startswith('model'))
+    assert 'vs conventional' in lines[header] and 'DataLoader with 1 worker' in proc.stdout
+    table = {l.split()[0]: l.split() for l in lines[header + 1:]}
+    assert sorted(table) == ['one_resnet-8', 'resnet-8']
+
+    results = json.loads(out.read_text())
+    assert results['flags']['device'] == device and 'one' not in results['flags']
+    for row in results['results']:
+        assert row['train_img_s'] > 0 and row['conventional_img_s'] > 0
+        ours, theirs = row['train_img_s_repeats'], row['conventional_img_s_repeats']
+        assert len(ours) == len(theirs) == 2  # alternating blocks, compared in pairs
+        assert row['vs_conventional'] == pytest.approx((ours[0] / theirs[0] + ours[1] / theirs[1]) / 2)
+        assert row['train_img_s'] == pytest.approx(sum(ours) / 2)
+        assert row['conventional_workers'] == 1
+        printed = table[row['model']]
+        assert float(printed[1]) == pytest.approx(row['train_img_s'], abs=0.051)
+        assert float(printed[2]) == pytest.approx(row['conventional_img_s'], abs=0.051)
+        assert printed[3] == f'{row["vs_conventional"]:.2f}x'
+    assert not [f for f in os.listdir(tmp_path) if f.endswith('.tmp')]
+
+
+def test_without_the_conventional_pipeline_the_column_says_so(tmp_path):
+    out = tmp_path / 'bench.json'
+    proc = run_benchmark(*TINY[:2], *TINY[3:], '--conventional-repeats', 0, '--json', out)
+    assert proc.returncode == 0, proc.stderr
+    row = proc.stdout.splitlines()[-1].split()
+    assert row[0] == 'resnet-8' and row[2:4] == ['-', '-']
+    result = json.loads(out.read_text())['results'][0]
+    assert result['conventional_img_s'] is None and result['vs_conventional'] is None
+
+
+def refused(capsys, *flags):
+    """Run benchmark.main in this process (a refusal happens before any measuring process
+    starts); returns (exit status, the one line on stderr), checking nothing was printed."""
+    try:
+        status = benchmark.main([*TINY, *map(str, flags)])
+    except SystemExit as e:  # argparse's refusals
+        status = e.code
+    out, err = capsys.readouterr()
+    assert out == '', out  # no model was measured: the table would be there
+    return status, one_line(err)
+
+
+@pytest.mark.parametrize('where, message', [
+    ('missing/bench.json', 'does not exist'),
+    ('', 'is a folder'),
+])
+def test_json_that_cannot_be_written_fails_before_measuring(where, message, tmp_path, capsys):
+    status, line = refused(capsys, '--json', tmp_path / where)
+    assert status == 2 and message in line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root writes into read-only folders')
+def test_json_into_a_read_only_folder_fails_before_measuring(tmp_path, capsys):
+    folder = tmp_path / 'ro'
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        status, line = refused(capsys, '--json', folder / 'bench.json')
+    finally:
+        folder.chmod(0o700)
+    assert status == 2 and 'cannot write into' in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the refusal on a machine without a GPU')
+def test_cuda_without_a_gpu_is_one_line(capsys):
+    status, line = refused(capsys, '--device', 'cuda')
+    assert status == 2 and 'no CUDA GPU is available' in line
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--models', 'resnet-9'], 'depth must be 6n+2'),
+    (['--models', 'vgg-16'], 'is not resnet-DEPTH'),
+    (['--batch', '1'], 'BatchNorm needs 2 images'),
+    (['--steps', '0'], '--steps must be at least 1'),
+    (['--conventional-repeats', '3'], 'is more than --repeats 2'),
+])
+def test_bad_requests_are_one_line(flags, message, capsys):
+    status, line = refused(capsys, *flags)
+    assert status == 2 and message in line
+
+
+def test_a_failed_measurement_shows_its_message_in_one_line():
+    """A batch too large to allocate fails inside the measuring process: its own message
+    (numpy's, here) comes back as one line, and the exit status is 1."""
+    proc = run_benchmark(*TINY, '--batch', 2 ** 50)
+    assert proc.returncode == 1
+    line = one_line(proc.stderr)
+    assert line.startswith('benchmark.py: error: measuring resnet-8 failed: ')
+    assert 'too big' in line or 'allocate' in line or 'dimension' in line, line
+    assert 'Traceback' not in proc.stderr
+
+
+def test_failure_reason_is_the_last_message_line_or_the_signal():
+    traceback = ('Traceback (most recent call last):\n  File "b.py", line 1, in <module>\n'
+                 '    main()\n    ^^^^^^\nValueError: first\n\nDuring handling of the above '
+                 'exception, another exception occurred:\n\nTraceback (most recent call last):\n'
+                 '  File "b.py", line 3, in main\n    f()\ntorch.OutOfMemoryError: CUDA out of '
+                 'memory.\nTried to allocate 2 GiB\n\n')
+    assert benchmark.failure_reason(1, traceback) == \
+        'torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB'
+    assert benchmark.failure_reason(1, 'warning: x\nbenchmark.py: error: bad\n') == 'benchmark.py: error: bad'
+    assert benchmark.failure_reason(1, 'RuntimeError: CUDA   out of memory\n') == \
+        'RuntimeError: CUDA out of memory'
+    assert benchmark.failure_reason(-signal.SIGKILL, '') == 'killed by signal 9 SIGKILL (out of memory?)'
+    assert benchmark.failure_reason(3, '') == 'exited with status 3 and no message'
+
+
+def test_conventional_dataset_serves_items_like_torchvision_cifar10():
+    """torchvision's own CIFAR10.__getitem__, applied to our in-memory dataset, gives the same
+    items under the same random state: the conventional pipeline is the original's."""
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    dataset = benchmark.InMemoryCIFAR(data, [1, 2, 3, 4, 5, 6],
+                                      transform=benchmark.conventional_transform())
+    for i in range(len(dataset)):
+        torch.manual_seed(i)
+        ours = dataset[i]
+        torch.manual_seed(i)
+        theirs = datasets.CIFAR10.__getitem__(dataset, i)
+        assert torch.equal(ours[0], theirs[0]) and ours[1] == theirs[1]
+        assert ours[0].shape == (3, 32, 32) and ours[0].dtype == torch.float32
+    plain = benchmark.InMemoryCIFAR(data, [0] * 6)
+    assert np.array_equal(np.asarray(plain[2][0]), data[2])
+    names = [type(t).__name__ for t in benchmark.conventional_transform().transforms]
+    assert names == ['RandomCrop', 'RandomHorizontalFlip', 'ToTensor', 'Normalize']
+
+
+# ----------------------------------------------------------------------------- make gpu-check
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the refusal on a machine without a GPU')
+def test_gpu_check_without_a_gpu_says_so_in_one_line(tmp_path, capsys):
+    assert gpu_check.main(['--out', str(tmp_path / 'out')]) == 1
+    out, err = capsys.readouterr()
+    assert out == '' and 'no CUDA GPU on this machine' in one_line(err)
+    assert 'nothing was verified' in err and not (tmp_path / 'out').exists()
+
+
+def test_gpu_check_summarises_what_its_steps_report(tmp_path, capsys, monkeypatch):
+    """The whole of gpu_check.main on canned step outputs (the real ones need a GPU): what it
+    parses from pytest, the benchmark JSON and the run's summary.csv, and the summary."""
+    row = {'model': 'one_resnet-32', 'train_img_s': 25000.0, 'conventional_img_s': 5000.0,
+           'vs_conventional': 5.0, 'eval_img_s': 100000.0, 'ratio_to_matmul': 0.05,
+           'matmul_dtype': 'bfloat16', 'peak_memory_gib': 1.5}
+
+    def run_logged(title, command, log, timeout):
+        if '-m' in command:  # pytest
+            return 0, 95.0, ('....s\nSKIPPED [1] tests/test_benchmark.py:90: checks the refusal '
+                             'on a machine without a GPU\n40 passed, 1 skipped in 95.0s\n')
+        if 'benchmark.py' in command:
+            with open(command[command.index('--json') + 1], 'w') as f:
+                json.dump({'results': [row]}, f)
+            return 0, 60.0, ''
+        folder = command[command.index('-c') + 1]
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, 'summary.csv'), 'w') as f:
+            f.write('epoch,seconds,test_acc_1,test_acc_ens\n1,70.5,85.0,86.0\n2,6.0,88.5,89.25\n')
+        return 0, 80.0, ''
+
+    monkeypatch.setattr(gpu_check.torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(gpu_check, 'describe_gpu', lambda: 'Fake GPU x1')
+    monkeypatch.setattr(gpu_check, 'run_logged', run_logged)
+    assert gpu_check.main(['--out', str(tmp_path / 'out')]) == 0
+    out = capsys.readouterr().out
+    assert 'gpu-check summary: Fake GPU x1' in out and 'gpu-check: all passed' in out
+    assert 'PASS  CUDA tests: 40 passed, 1 skipped in 95 s' in out
+    assert 'skipped: checks the refusal on a machine without a GPU' in out
+    assert out.count('one_resnet-32   train    25000 img/s (5.00x conventional)') == 3
+    assert 'info  benchmark --fast --compile-mode reduce-overhead --models one_resnet-32' in out
+    # 300 x (50k / 25k + 10k / 100k) s = 630 s; 300 x 6 s x 50k / 60k = 1500 s
+    assert out.count('300 CIFAR epochs ~10 min') == 3 and 'pace ~25 min' in out
+    assert 'branch 1 88.50%, ensemble 89.25%' in out
+    saved = json.loads((tmp_path / 'out' / 'gpu-check.json').read_text())
+    assert saved['passed'] and saved['fashion']['epoch_seconds'] == [70.5, 6.0]
+
+    monkeypatch.setattr(gpu_check, 'run_logged', lambda *a, **k: (1, 1.0, 'Traceback\nValueError: no\n'))
+    assert gpu_check.main(['--out', str(tmp_path / 'out')]) == 1
+    out = capsys.readouterr().out
+    assert 'FAIL  CUDA tests' in out and ': ValueError: no' in out and 'gpu-check: FAILED' in out
