@@ -7,6 +7,7 @@ evaluates, checkpoints and logs any method through this interface alone.
 Models return either plain logits (batch, classes) or a pair (member_logits, ensemble):
 member_logits of shape (members, batch, classes) and the ensemble's logits or None.
 """
+from models import branch_state_dict
 from utils.errors import UserError
 from utils.losses import correct_counts
 from utils.steps import train_step
@@ -56,6 +57,20 @@ class Method:
         """The plain `resnet` state dict of one member (1-based) of a checkpoint's model."""
         raise NotImplementedError(f'{self.title} has nothing to export as a plain resnet')
 
+
+
+class BranchedMethod(Method):
+    """A method on a shared trunk with m branches (ONE, CL-ILR, OKDDip): columns 1..m and the
+    ensemble; branch K with the trunk is a plain resnet."""
+    member, members = 'branch', 'branches'
+
+    def columns(self, args):
+        return [str(i) for i in range(1, args.num_branches + 1)] + ['ens']
+
+    def deployable(self, state, member):
+        if not 1 <= member <= state['num_branches']:
+            raise UserError(f'--branch must be 1..{state["num_branches"]}, got {member}')
+        return branch_state_dict(state['state_dict'], member - 1)
 
 def require(condition, flag, value, allowed):
     """Refuse a flag's value in one line unless `condition` (write it so that NaN fails)."""

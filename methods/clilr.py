@@ -36,12 +36,11 @@ Where popular reimplementations differ:
 import torch
 import torch.nn.functional as F
 
-from models import branch_state_dict
 from models.one_resnet import ONEResNet
 from utils.errors import UserError
 from utils.losses import as_branches
 from utils.schedule import rampup_weight
-from .base import Method, check_rampup, check_temperature, require
+from .base import BranchedMethod, check_rampup, check_temperature, require
 
 FORMS = ('paper', 'okddip')
 
@@ -109,7 +108,7 @@ class CLILRLoss:
         return loss / (batch_size or len(targets))
 
 
-class CLILR(Method):
+class CLILR(BranchedMethod):
     name, title, arch = 'clilr', 'CL-ILR', 'clilr_resnet'
     member, members, ensemble_label = 'head', 'heads', 'ensemble (mean of heads)'
 
@@ -147,11 +146,3 @@ class CLILR(Method):
 
     def objective(self, args):
         return CLILRLoss(args.temperature, args.beta, args.consistency_rampup, args.form)
-
-    def columns(self, args):
-        return [str(i) for i in range(1, args.num_branches + 1)] + ['ens']
-
-    def deployable(self, state, member):
-        if not 1 <= member <= state['num_branches']:
-            raise UserError(f'--branch must be 1..{state["num_branches"]}, got {member}')
-        return branch_state_dict(state['state_dict'], member - 1)

@@ -39,12 +39,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models import branch_state_dict
 from models.one_resnet import ONEResNet
 from utils.errors import UserError
 from utils.losses import branch_cross_entropy, correct_counts
 from utils.schedule import rampup_weight
-from .base import Method, check_rampup, check_temperature, require
+from .base import BranchedMethod, check_rampup, check_temperature, require
 
 AGGREGATES = ('probabilities', 'logits')
 ATTENTION_REDUCTION = 8   # the projection width is C / 8, as the authors' code
@@ -119,7 +118,7 @@ class OKDDipLoss:
         return loss / (batch_size or len(targets))
 
 
-class OKDDip(Method):
+class OKDDip(BranchedMethod):
     name, title, arch = 'okddip', 'OKDDip', 'okddip_resnet'
     member, members, ensemble_label = 'branch', 'branches', 'peer ensemble'
 
@@ -155,9 +154,6 @@ class OKDDip(Method):
     def objective(self, args):
         return OKDDipLoss(args.temperature, args.consistency_rampup, args.alpha, args.aggregate)
 
-    def columns(self, args):
-        return [str(i) for i in range(1, args.num_branches + 1)] + ['ens']
-
     def label(self, column):
         if column == '1':
             return 'leader (branch 1)'
@@ -167,8 +163,6 @@ class OKDDip(Method):
         return correct_counts(output[:2], targets)
 
     def deployable(self, state, member):
-        if not 1 <= member <= state['num_branches']:
-            raise UserError(f'--branch must be 1..{state["num_branches"]} (1: the leader), '
-                            f'got {member}')
-        plain = branch_state_dict(state['state_dict'], member - 1)
+        """Branch K (1: the leader) as a plain resnet, without the attention projections."""
+        plain = super().deployable(state, member)
         return {k: v for k, v in plain.items() if not k.startswith('attention.')}

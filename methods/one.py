@@ -15,12 +15,11 @@ distillation term sends no gradient into the gate or, through z_e, into the bran
 """
 import torch.nn.functional as F
 
-from models import branch_state_dict, one_resnet
+from models import one_resnet
 from models.one_resnet import BRANCH_POINTS, GATES
-from utils.errors import UserError
 from utils.losses import as_branches, branch_cross_entropy, distillation_kl
 from utils.schedule import rampup_weight
-from .base import Method, check_rampup, check_temperature
+from .base import BranchedMethod, check_rampup, check_temperature
 
 
 class ONELoss:
@@ -41,7 +40,7 @@ class ONELoss:
         return loss / (batch_size or len(targets))
 
 
-class ONE(Method):
+class ONE(BranchedMethod):
     name, title, arch = 'one', 'ONE', 'one_resnet'
     member, members, ensemble_label = 'branch', 'branches', 'ensemble (ONE-E)'
 
@@ -70,11 +69,3 @@ class ONE(Method):
 
     def objective(self, args):
         return ONELoss(args.temperature, args.consistency_rampup, distill=not args.no_distill)
-
-    def columns(self, args):
-        return [str(i) for i in range(1, args.num_branches + 1)] + ['ens']
-
-    def deployable(self, state, member):
-        if not 1 <= member <= state['num_branches']:
-            raise UserError(f'--branch must be 1..{state["num_branches"]}, got {member}')
-        return branch_state_dict(state['state_dict'], member - 1)

@@ -46,7 +46,7 @@ def test_channels_last_batches_hold_the_same_pixels(data):
 
 
 def test_channels_last_training_matches_contiguous_within_tolerance(data):
-    models, optimizers = [], []
+    models = []
     for channels_last in (False, True):
         model = one_resnet8(channels_last)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)

@@ -2,7 +2,6 @@
 --branch-point stage1, each a different model or objective that a checkpoint records."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 import cifar_baseline
 import cifar_one
