@@ -358,11 +358,11 @@ class RunJob(submitit.helpers.Checkpointable):
         self.outcome = outcome_path(root, run['name'])
         self.env, self.cwd = dict(env or {}), cwd or os.getcwd()
         self.stop_timeout_s = stop_timeout_s
-        self._proc = self._started = self._last = None
+        self._proc = self._started = self._last = self._tee = None
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state['_proc'] = state['_started'] = state['_last'] = None
+        state['_proc'] = state['_started'] = state['_last'] = state['_tee'] = None
         return state
 
     def _record(self, state, returncode, message, started):
@@ -379,8 +379,8 @@ class RunJob(submitit.helpers.Checkpointable):
             self.argv, cwd=self.cwd, env={**os.environ, **self.env}, stderr=subprocess.PIPE,
             text=True, errors='replace', preexec_fn=lambda: signal.signal(preempt, signal.SIG_IGN))
         self._last = last = ['']
-        tee = threading.Thread(target=copy_lines, args=(self._proc.stderr, sys.stderr, last),
-                               daemon=True)
+        self._tee = tee = threading.Thread(target=copy_lines, daemon=True,
+                                           args=(self._proc.stderr, sys.stderr, last))
         tee.start()
         # submitit ignores SIGTERM in the job; pass it on so that a preemption's SIGTERM
         # stops the run with a checkpoint even where it is not sent to the child directly.
@@ -422,6 +422,7 @@ class RunJob(submitit.helpers.Checkpointable):
         if self._proc is not None and self._proc.poll() is None:
             self._proc.send_signal(signal.SIGTERM)
             self._wait_child()
+            self._tee.join(timeout=10)  # the child's last lines reach the log before requeueing
             code = self._proc.returncode
             how = (f'did not stop within {self.stop_timeout_s}s' if code is None
                    else exit_message(code, self._last[0]))
