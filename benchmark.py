@@ -1,5 +1,4 @@
-"""Training and evaluation speed of the real training step, against the device's limit and
-against a conventional input pipeline.
+"""Speed of the real training step, against the device's limit and a conventional pipeline.
 
 For each model: images/s through the engine's train_step fed by the project's input pipeline
 (uint8 images on the device, batched, cropped, flipped and normalised there), and fed by a

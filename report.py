@@ -37,7 +37,7 @@ BOOKKEEPING = {'method', 'manualSeed', 'seed', 'checkpoint', 'resume', 'data_dir
                'device', 'workers', 'overwrite', 'evaluate', 'compile', 'channels_last',
                'sync_bn', 'tensorboard', 'start_epoch', 'fast', 'amp', 'teacher', 'test_batch',
                'print_freq', 'log_interval', 'threads', 'progress', 'quiet', 'verbose',
-               'rewind'}  # init_from stays a variant: a fork never merges with scratch runs
+               'rewind', 'deterministic'}  # init_from stays a variant: a fork never merges with scratch runs
 PATH_SUFFIXES = ('_path', '_checkpoint', '_file', '_dir', '_folder')
 MEMBERS = ('1', 'leader', 'ens')          # the networks a report row is made for, in order
 METHOD_ORDER = ('baseline', 'kd', 'dml', 'clilr', 'okddip', 'one')

@@ -161,39 +161,17 @@ def cli(device, fashion_root, folder, *extra):
     return tiny(fashion_root, folder, '--device', device, *extra)
 
 
-# The entry scripts with deterministic kernels: torch.use_deterministic_algorithms(True) and
-# no cuDNN autotuning (which may pick other kernels in another process). cuBLAS needs
-# CUBLAS_WORKSPACE_CONFIG in the environment before it starts. Without these, CUDA runs are
-# repeatable only to the kernels' rounding (test_resume_without_deterministic_mode_is_close).
-DETERMINISTIC = '''
-import runpy, sys, torch
-import utils.setup
-torch.use_deterministic_algorithms(True)
-setup = utils.setup.setup
-def deterministic_setup(args, method):
-    world, device = setup(args, method)
-    torch.backends.cudnn.benchmark = False
-    return world, device
-utils.setup.setup = deterministic_setup  # before utils.engine imports it
-from utils import engine
-engine.setup = deterministic_setup
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name='__main__')
-'''
-
-
+# The entry scripts with --deterministic: torch.use_deterministic_algorithms(True), no cuDNN
+# autotuning (which may pick other kernels in another process) and CUBLAS_WORKSPACE_CONFIG set
+# before cuBLAS starts. Without it, CUDA runs are repeatable only to the kernels' rounding
+# (test_resume_without_deterministic_mode_is_close).
 def deterministic_command(script, argv):
-    return [sys.executable, '-c', DETERMINISTIC, os.path.join(ROOT, script), *map(str, argv)]
-
-
-def deterministic_env():
-    return {**os.environ, 'CUBLAS_WORKSPACE_CONFIG': ':4096:8',
-            'PYTHONPATH': os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]).rstrip(os.pathsep)}
+    return [sys.executable, os.path.join(ROOT, script), *map(str, argv), '--deterministic']
 
 
 def run_deterministic(script, argv):
     proc = subprocess.run(deterministic_command(script, argv), capture_output=True, text=True,
-                          env=deterministic_env(), timeout=600)
+                          timeout=600)
     assert proc.returncode == 0, f'{script} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}'
     return proc
 
@@ -381,8 +359,7 @@ def test_sigterm_saves_and_the_resumed_run_is_identical(device, fashion_root, tm
     flags = ['--epochs', 4, '--train-batch', 16]
     run_deterministic('cifar_one.py', cli(device, fashion_root, straight, *flags))
     proc = subprocess.Popen(deterministic_command('cifar_one.py', cli(device, fashion_root, stopped, *flags)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=deterministic_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while proc.poll() is None and not (stopped / 'log.txt').exists():
         time.sleep(0.005)
     proc.send_signal(signal.SIGTERM)

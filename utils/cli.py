@@ -71,8 +71,11 @@ def build_parser(description, method):
     p.add_argument('--amp', default='off', choices=['off', 'bf16', 'fp16'],
                    help='autocast mixed precision (fp16 uses a gradient scaler)')
     p.add_argument('--fast', action='store_true',
-                   help='the numerically safe speed preset: on CUDA bf16 autocast, '
+                   help='the numerically safe speed preset: on CUDA bf16 autocast, TF32, '
                         'channels_last, torch.compile and fused SGD; on the CPU channels_last')
+    p.add_argument('--deterministic', action='store_true',
+                   help='bitwise-repeatable CUDA runs (a resumed run equals an uninterrupted '
+                        'one): deterministic kernels, no cuDNN autotuning; slower')
     p.add_argument('--tensorboard', action='store_true',
                    help='also write TensorBoard event files into RUN/tensorboard (rank 0)')
     return p

@@ -1,5 +1,6 @@
 """Everything a run needs before its first step: checked flags, device, world, data, model."""
 import math
+import os
 import random
 
 import numpy as np
@@ -76,7 +77,8 @@ def pick_device(args, world):
 
 def apply_fast_preset(args, device):
     """--fast: what is numerically safe and faster on this device (see README, Speed).
-    On CUDA: bf16 autocast, channels_last, torch.compile and fused SGD. On the CPU only
+    On CUDA: bf16 autocast, channels_last, TF32 (configure_cuda), torch.compile and fused
+    SGD. On the CPU only
     channels_last: bf16 and compile were measured slower or no faster there."""
     if not args.fast:
         return
@@ -84,6 +86,18 @@ def apply_fast_preset(args, device):
     if device.type == 'cuda':
         args.amp = 'bf16' if args.amp == 'off' else args.amp
         args.compile = True
+
+
+def configure_cuda(device, args):
+    """Default flags keep the original's fp32 mathematics: TF32 (on by default for cuDNN
+    convolutions on Ampere and later) only under --fast. --deterministic: deterministic
+    kernels and no autotuning, so a resumed CUDA run is bitwise an uninterrupted one."""
+    torch.cuda.set_device(device)
+    if args.deterministic:
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # read when cuBLAS starts
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = not args.deterministic
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.fast
 
 
 def setup(args, method):
@@ -94,8 +108,7 @@ def setup(args, method):
     if args.sync_bn and world.distributed and device.type != 'cuda':
         raise UserError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on the CPU")
     if device.type == 'cuda':
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
+        configure_cuda(device, args)
     init_process_group(world, device)
     return world, device
 
