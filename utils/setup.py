@@ -78,8 +78,7 @@ def pick_device(args, world):
 def apply_fast_preset(args, device):
     """--fast: what is numerically safe and faster on this device (see README, Speed).
     On CUDA: bf16 autocast, channels_last, TF32 (configure_cuda), torch.compile and fused
-    SGD. On the CPU only
-    channels_last: bf16 and compile were measured slower or no faster there."""
+    SGD. On the CPU only channels_last: bf16 and compile were measured slower or no faster."""
     if not args.fast:
         return
     args.channels_last = True
