@@ -37,9 +37,11 @@ from torchvision.datasets import VisionDataset
 
 from methods import METHODS
 from models import blocks_per_stage
+from utils.atomic import write_json_atomic
 from utils.cli import Parser
 from utils.data import CIFAR_MEAN, CIFAR_STD, DeviceLoader
 from utils.distributed import World
+from utils.errors import UserError
 from utils.setup import apply_fast_preset, build_model, build_optimizer
 from utils.steps import Meters, evaluate, train_step
 
@@ -153,18 +155,10 @@ def check_writable_file(path):
 
 
 def write_json(path, payload):
-    """Write to a temporary file beside `path`, then rename: never a half-written file."""
-    tmp = None
     try:
-        with tempfile.NamedTemporaryFile('w', dir=os.path.dirname(os.path.abspath(path)),
-                                         prefix='.benchmark-', suffix='.tmp', delete=False) as f:
-            tmp = f.name
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, path)
-    except OSError as e:
-        if tmp and os.path.exists(tmp):
-            os.remove(tmp)
-        raise BenchmarkError(f'could not write --json {path}: {e.strerror or e}', EXIT_FAILED) from None
+        write_json_atomic(path, payload)
+    except UserError as e:
+        raise BenchmarkError(f'--json: {e}', EXIT_FAILED) from None
 
 
 def synchronize(device):

@@ -21,10 +21,12 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 from dataclasses import dataclass, field
 
 from methods import METHODS
+from utils.atomic import write_atomic
+from utils.cli import Parser
+from utils.errors import UserError
 from utils.published import PUBLISHED_EPOCHS, lookup, reference_setup
 
 EXIT_REFUSED = 2
@@ -588,28 +590,6 @@ def error_bars_png(results, best):
 
 # ----------------------------------------------------------------------------- output
 
-def write_atomic(folder, name, data):
-    """Write into a temporary file beside the target, then rename it over the target."""
-    if isinstance(data, str):
-        data = data.encode()
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'.{name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~current_umask())     # mkstemp makes files private (0600)
-        os.replace(tmp, os.path.join(folder, name))
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def current_umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def outputs(results, skipped, best, mixed, plots):
     """{file name: contents}, all built before anything is written."""
     which = 'best' if best else 'last'
@@ -624,18 +604,17 @@ def outputs(results, skipped, best, mixed, plots):
 def write_outputs(folder, files):
     try:
         os.makedirs(folder, exist_ok=True)
-        for name, data in files.items():
-            write_atomic(folder, name, data)
     except OSError as e:
         raise Refusal(f'cannot write the report into {folder!r}: {e.strerror or e}') from None
+    for name, data in files.items():
+        data = data.encode() if isinstance(data, str) else data
+        try:
+            write_atomic(os.path.join(folder, name), lambda f: f.write(data))
+        except UserError as e:
+            raise Refusal(str(e)) from None
 
 
 # ----------------------------------------------------------------------------- main
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(EXIT_REFUSED, f'{self.prog}: error: {message} (see --help)\n')
-
 
 def build_parser():
     p = Parser(prog='report.py', description=__doc__.splitlines()[0],

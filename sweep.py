@@ -78,6 +78,7 @@ from itertools import product
 
 import submitit
 
+from utils.atomic import write_json_atomic
 from utils.errors import UserError
 from utils.runlock import lock_holder
 
@@ -99,13 +100,9 @@ def now():
     return datetime.now().astimezone().isoformat(timespec='seconds')
 
 
-def write_json_atomic(path, data):
+def write_json(path, data):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(data, f, indent=1)
-        f.write('\n')
-    os.replace(tmp, path)
+    write_json_atomic(path, data, indent=1)
 
 
 def read_json(path):
@@ -249,7 +246,7 @@ def update_manifest(root, runs, **fields):
     for run in runs:
         by_name[run['name']] = {**by_name.get(run['name'], {}), **run}
     manifest.update(fields, root=root, updated=now(), runs=list(by_name.values()))
-    write_json_atomic(os.path.join(root, MANIFEST), manifest)
+    write_json(os.path.join(root, MANIFEST), manifest)
 
 
 def runs_of_manifest(root):
@@ -366,7 +363,7 @@ class RunJob(submitit.helpers.Checkpointable):
         return state
 
     def _record(self, state, returncode, message, started):
-        write_json_atomic(self.outcome, {
+        write_json(self.outcome, {
             'state': state, 'returncode': returncode, 'message': message,
             'host': socket.gethostname(), 'started': started[0], 'started_ts': started[1],
             'ended': now(), 'ended_ts': time.time()})

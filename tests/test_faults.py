@@ -240,7 +240,7 @@ def test_two_writers_never_share_a_temporary_file(tmp_path):
     file is always one writer's complete checkpoint, and no temporary file is left."""
     path = tmp_path / 'checkpoint.pth.tar'
     code = ('import sys, torch; sys.path.insert(0, sys.argv[1]); '
-            'from utils.checkpoint import save_atomic, temporary_name; '
+            'from utils.checkpoint import save_atomic; from utils.atomic import temporary_name; '
             'assert temporary_name("x") != temporary_name("x"); '
             '[save_atomic({"format": 1, "writer": int(sys.argv[3]), "w": torch.full((50_000,), '
             'float(sys.argv[3]))}, sys.argv[2]) for _ in range(40)]')

@@ -1,17 +1,16 @@
 """Checkpoints that survive crashes and refuse to load into the wrong run.
 
-Files are written to a temporary name of their writer's own, flushed to disk and renamed over
-the old one, so a crash at any moment leaves either the previous complete file or the new
-complete file; a failed write removes its temporary file and keeps the previous one.
+Files are written through utils/atomic.py, so a crash at any moment leaves either the
+previous complete file or the new complete file.
 Loading uses torch.load(weights_only=True): only tensors and plain containers, no code.
 """
 import os
 import random
-import secrets
 
 import numpy as np
 import torch
 
+from .atomic import write_atomic
 from .errors import UserError
 
 FORMAT_VERSION = 1
@@ -20,73 +19,10 @@ IDENTITY = ('method', 'arch', 'depth', 'dataset', 'num_branches')
 # What any loader needs (evaluation, export) and what continuing a run needs besides.
 REQUIRED = IDENTITY + ('state_dict', 'epoch')
 TRAINING = ('optimizer', 'step', 'best_acc', 'history', 'meters', 'rng', 'seed', 'args')
-TMP_SUFFIX = '.tmp'
-
-
-def temporary_name(path):
-    """PATH.<pid>-<random>.tmp: unique to one writer, so two writers (two processes, or two
-    hosts sharing a filesystem) never write into the same temporary file."""
-    return f'{path}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}'
-
-
-def is_temporary(name, of):
-    """Whether file NAME is a temporary file of a writer of file OF (both base names)."""
-    return name.startswith(of + '.') and name.endswith(TMP_SUFFIX)
-
-
-def _fsync_folder(folder):
-    """Make a rename durable. Only durability is at stake: some network filesystems refuse
-    to fsync a folder, and the file is complete either way, so errors are ignored."""
-    try:
-        fd = os.open(folder or '.', os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
-def _reason(error):
-    """The OSError behind a failure, if any (torch's zip writer turns ENOSPC from the file's
-    write() into 'RuntimeError: unexpected pos ...', keeping the OSError as its context)."""
-    seen = error
-    while seen is not None and not isinstance(seen, OSError):
-        seen = seen.__cause__ or seen.__context__
-    if seen is not None:
-        return seen.strerror or str(seen)
-    return ' '.join(str(error).split())[:200] or type(error).__name__
-
-
-def write_atomic(path, write):
-    """Write PATH through a temporary file of its own, flushed to disk and renamed over PATH.
-    On any failure the temporary file is removed and PATH keeps its previous content; a
-    failure to write (full disk, quota, I/O error, torch's zip writer) is a UserError."""
-    tmp = temporary_name(path)
-    try:
-        with open(tmp, 'xb') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        if isinstance(e, (OSError, RuntimeError)):
-            raise UserError(f'could not write {path}: {_reason(e)}; the previous file there is '
-                            'untouched') from None
-        raise
-    _fsync_folder(os.path.dirname(path))
-
-
 def save_atomic(state, path):
     write_atomic(path, lambda f: torch.save(state, f))
 
 
-def write_text_atomic(path, text):
-    write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def load_checkpoint(path, required=REQUIRED):

@@ -5,7 +5,6 @@ resumed run are exactly those of an uninterrupted one, even after a crash betwee
 """
 import csv
 import io
-import json
 import os
 
 import matplotlib
@@ -13,7 +12,7 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .checkpoint import write_atomic, write_text_atomic  # noqa: E402
+from .atomic import write_atomic, write_json_atomic, write_text_atomic  # noqa: E402
 from .steps import member_columns  # noqa: E402
 
 LOG, SUMMARY, PLOT, ARGS = 'log.txt', 'summary.csv', 'curves.png', 'args.json'
@@ -39,7 +38,7 @@ def write_summary_csv(folder, history):
 
 
 def write_args(folder, args):
-    write_text_atomic(os.path.join(folder, ARGS), json.dumps(vars(args), indent=2) + '\n')
+    write_json_atomic(os.path.join(folder, ARGS), vars(args))
 
 
 def plot_curves(folder, history, names, title):

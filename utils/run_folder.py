@@ -15,7 +15,6 @@ Three ways to start, and what each may do to the files already there:
 Every decision here is taken before anything is written, and taken again once the run holds
 the folder's lock (utils/runlock.py), just before its first write.
 """
-import json
 import os
 import shutil
 import socket
@@ -23,7 +22,8 @@ import time
 from datetime import datetime, timezone
 from typing import NamedTuple, Optional
 
-from .checkpoint import is_temporary, load_checkpoint, write_text_atomic
+from .atomic import is_temporary, write_json_atomic
+from .checkpoint import load_checkpoint
 from .errors import UserError
 from .logger import ARGS, LOG, PLOT, SUMMARY
 from .tensorboard_log import FOLDER as TENSORBOARD
@@ -252,7 +252,7 @@ def write_status(folder, state, epoch, epochs, message=''):
               'host': socket.gethostname(), 'pid': os.getpid(),
               'updated': datetime.now(timezone.utc).isoformat(timespec='seconds')}
     try:
-        write_text_atomic(os.path.join(folder, STATUS), json.dumps(status, indent=2) + '\n')
+        write_json_atomic(os.path.join(folder, STATUS), status)
     except UserError:
         if state == 'running':
             raise

@@ -49,6 +49,7 @@ from datetime import datetime
 
 from filelock import Timeout, UnixFileLock
 
+from .atomic import write_json_atomic
 from .errors import UserError
 
 LOCK_NAME, HOLDER_NAME = '.lock', '.lock.holder'
@@ -78,12 +79,7 @@ def _read_holder(folder):
 def _write_holder(folder):
     holder = {'host': socket.gethostname(), 'pid': os.getpid(),
               'started': datetime.now().astimezone().isoformat(timespec='seconds')}
-    path = os.path.join(folder, HOLDER_NAME)
-    tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(holder, f)
-        f.write('\n')
-    os.replace(tmp, path)
+    write_json_atomic(os.path.join(folder, HOLDER_NAME), holder)
     return holder
 
 
