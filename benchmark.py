@@ -42,6 +42,7 @@ from utils.cli import Parser
 from utils.data import CIFAR_MEAN, CIFAR_STD, DeviceLoader
 from utils.distributed import World
 from utils.errors import UserError
+from utils.graphs import GraphedStep
 from utils.setup import apply_fast_preset, build_model, build_optimizer
 from utils.steps import Meters, evaluate, train_step
 
@@ -82,7 +83,8 @@ def parse(argv=None):
                    help='resnet-D or one_resnet-D, D = 6n+2 (the paper: 32 and 110)')
     p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
     p.add_argument('--batch', type=int, default=128, help='training batch')
-    p.add_argument('--test-batch', type=int, default=100, help='evaluation batch')
+    p.add_argument('--test-batch', type=int, default=None,
+                   help='evaluation batch (default: 100; 1000 under --fast on CUDA)')
     p.add_argument('--steps', type=int, default=10, help='timed training steps per repeat')
     p.add_argument('--repeats', type=int, default=3,
                    help='timed repeats: the median rate is reported, and the best matmul rate')
@@ -96,12 +98,14 @@ def parse(argv=None):
                         '-j default was 4; here min(4, CPU cores))')
     p.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=True)
     p.add_argument('--compile', action='store_true')
+    p.add_argument('--cuda-graphs', action='store_true',
+                   help='replay the training step as a CUDA graph (on under --fast on CUDA)')
     p.add_argument('--compile-mode', default='default', choices=COMPILE_MODES,
                    help="torch.compile's mode with --compile ('reduce-overhead': CUDA graphs)")
     p.add_argument('--amp', default='off', choices=['off', 'bf16', 'fp16'])
     p.add_argument('--fast', action='store_true',
                    help="the training scripts' --fast preset (on CUDA: bf16, channels_last, "
-                        'compile, fused SGD; on the CPU: channels_last)')
+                        'fused SGD, CUDA graphs, test batch 1000; on the CPU: channels_last)')
     p.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
     p.add_argument('--matmul-size', type=int, default=4096,
                    help='n of the n x n x n matrix multiply measured as the reference')
@@ -124,7 +128,7 @@ def pick_device(name):
 
 def check_args(args):
     """Refuse what would fail later, before minutes of measuring."""
-    for flag, value, least in (('--batch', args.batch, 2), ('--test-batch', args.test_batch, 1),
+    for flag, value, least in (('--batch', args.batch, 2), ('--test-batch', args.test_batch or 1, 1),
                                ('--steps', args.steps, 1), ('--repeats', args.repeats, 1),
                                ('--warmup', args.warmup, 0), ('--workers', args.workers, 0),
                                ('--conventional-repeats', args.conventional_repeats, 0),
@@ -132,6 +136,9 @@ def check_args(args):
         if value < least:
             why = ' (BatchNorm needs 2 images to train)' if flag == '--batch' else ''
             raise BenchmarkError(f'{flag} must be at least {least}{why}, got {value}')
+    if args.cuda_graphs and args.compile:
+        raise BenchmarkError('--cuda-graphs and --compile: choose one (for compiled graphs use '
+                             '--compile --compile-mode reduce-overhead)')
     if args.conventional_repeats > args.repeats:
         raise BenchmarkError(f'--conventional-repeats {args.conventional_repeats} is more than '
                              f'--repeats {args.repeats}: each is paired with one of the project\'s')
@@ -290,15 +297,21 @@ def measure(args, device):
                                     else args.compile_mode)
     train_model.train()
 
-    cuda_graphs = args.compile and device.type == 'cuda' and args.compile_mode in (
+    compiled_graphs = args.compile and device.type == 'cuda' and args.compile_mode in (
         'reduce-overhead', 'max-autotune')
 
-    def step(x, y):
-        if cuda_graphs:  # the previous step's graph outputs are no longer read
-            torch.compiler.cudagraph_mark_step_begin()
+    def train_and_count(x, y):
         output, loss_sum = train_step(train_model, objective, optimizer, scaler, x, y, 40,
                                       args.batch, args.amp)
-        meters.update(loss_sum, method.correct(output, y), len(y))
+        return loss_sum, method.correct(output, y)
+
+    graphed = GraphedStep(train_and_count) if args.cuda_graphs else None
+
+    def step(x, y):
+        if compiled_graphs:  # the previous step's graph outputs are no longer read
+            torch.compiler.cudagraph_mark_step_begin()
+        loss_sum, correct = graphed((), x, y) if graphed else train_and_count(x, y)
+        meters.update(loss_sum, correct, len(y))
 
     def wait():
         meters.count.item()  # waits for the device
@@ -408,6 +421,7 @@ def describe_device(device):
 
 def print_header(args, described):
     compile_flag = f'{args.compile}' + (f' ({args.compile_mode})' if args.compile else '')
+    compile_flag += f' cuda_graphs={args.cuda_graphs}'
     dtype = {'off': 'fp32', 'bf16': 'bf16', 'fp16': 'fp16'}[args.amp]
     print(f'device: {described}; torch {torch.__version__}; batch {args.batch}; '
           f'channels_last={args.channels_last} compile={compile_flag} amp={args.amp}'
@@ -436,6 +450,8 @@ def run(args, argv):
     device = pick_device(args.device)
     if not args.one:
         check_args(args)
+        if args.cuda_graphs and device.type != 'cuda':
+            raise BenchmarkError('--cuda-graphs needs a CUDA GPU (this run is on the CPU)')
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.one:

@@ -36,7 +36,7 @@ SCHEDULE_KEYS = ('epochs', 'schedule', 'gamma', 'lr')   # must agree to average 
 DATA_KEYS = ('train_subset',)
 # args.json keys that do not change what is trained (amp included: its rounding is ignored).
 BOOKKEEPING = {'method', 'manualSeed', 'seed', 'checkpoint', 'resume', 'data_dir', 'gpu_id',
-               'device', 'workers', 'overwrite', 'evaluate', 'compile', 'channels_last',
+               'device', 'workers', 'overwrite', 'evaluate', 'compile', 'cuda_graphs', 'channels_last',
                'sync_bn', 'tensorboard', 'start_epoch', 'fast', 'amp', 'teacher', 'test_batch',
                'print_freq', 'log_interval', 'threads', 'progress', 'quiet', 'verbose',
                'rewind', 'deterministic'}  # init_from stays a variant: a fork never merges with scratch runs

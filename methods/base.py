@@ -35,7 +35,9 @@ class Method:
         raise NotImplementedError
 
     def objective(self, args):
-        """A callable (output, targets, epoch, batch_size=None) -> loss, with .rampup(epoch)."""
+        """A callable (output, targets, epoch, batch_size=None) -> loss, with .rampup(epoch).
+        The loss may depend on the epoch only through rampup(epoch): a CUDA graph of the
+        training step is recorded once per ramp-up value (utils/graphs.py)."""
         raise NotImplementedError
 
     def columns(self, args):

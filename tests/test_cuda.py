@@ -395,6 +395,44 @@ def test_compiled_training_equals_eager_and_saves_plain_weights(device, fashion_
     assert_close_tensors(compiled, eager, tol, what='weights after 2 compiled steps')
 
 
+# 7 full batches of 64 and one of 32: 3 eager warm-up steps, then a graph recorded and replayed
+# 4 times; the short batch runs eagerly. Epoch 2 changes the LR (--schedule 1) and the ramp-up
+# weight, so its 7 full batches replay a graph of their own.
+GRAPH_RUN = ['--epochs', 2, '--train-subset', 7 * 64 + 32, '--schedule', 1]
+
+
+@requires_cuda
+@pytest.mark.parametrize('script', ['cifar_one.py', 'cifar_dml.py', 'cifar_okddip.py'])
+def test_cuda_graphs_train_bitwise_as_the_eager_steps(script, fashion_root, tmp_path):
+    """Replaying recorded steps is the eager run to the bit (deterministic kernels), for ONE,
+    DML's alternating updates (several optimizer steps in one graph) and OKDDip."""
+    eager, graphed = tmp_path / 'eager', tmp_path / 'graphed'
+    run_deterministic(script, cli('cuda', fashion_root, eager, *GRAPH_RUN))
+    proc = run_deterministic(script, cli('cuda', fashion_root, graphed, *GRAPH_RUN, '--cuda-graphs'))
+    assert_same_run(eager / 'checkpoint.pth.tar', graphed / 'checkpoint.pth.tar')
+    # epoch 1: 3 warm-up steps, 4 replayed; epoch 2: a new graph, 7 replayed
+    assert 'CUDA graphs: 11 steps replayed from 2 recorded graph(s)' in proc.stdout, proc.stdout
+
+
+@requires_cuda
+def test_graphed_step_records_once_per_key_and_reads_new_inputs():
+    from utils.graphs import GraphedStep
+    weight = torch.ones(4, device='cuda')
+
+    def step(x, y, scale):
+        weight.add_(x.sum(0) * scale)
+        return weight.sum().reshape(1), y * 2
+
+    graphed = GraphedStep(step, warmup_steps=1)
+    x, y = torch.ones(3, 4, device='cuda'), torch.arange(3, device='cuda')
+    graphed(1, x, y, 1.0)                          # warm-up, eager: weight 1 + 3
+    assert graphed(1, x, y, 1.0)[0].item() == 4 * 7    # recorded (not run), then replayed
+    assert graphed(1, x * 2, y + 1, 1.0)[1].tolist() == [2, 4, 6]   # weight 13
+    assert graphed(2, x, y, 0.5)[0].item() == 4 * 14.5  # a new key: recorded with 0.5
+    assert (graphed.recorded, graphed.replayed) == (2, 3)
+    assert weight.tolist() == [14.5] * 4
+
+
 @pytest.mark.parametrize('device', RUN_DEVICES)
 def test_fast_preset_turns_on_what_it_says(device, fashion_root, tmp_path, capsys):
     run = tmp_path / 'r'
@@ -402,8 +440,9 @@ def test_fast_preset_turns_on_what_it_says(device, fashion_root, tmp_path, capsy
                                     '--fast'))
     args = json.loads((run / 'args.json').read_text())
     state = load(run / 'checkpoint.pth.tar')
-    expected = (dict(amp='bf16', compile=True, channels_last=True) if device == 'cuda'
-                else dict(amp='off', compile=False, channels_last=True))
+    expected = (dict(amp='bf16', compile=False, cuda_graphs=True, channels_last=True)
+                if device == 'cuda'
+                else dict(amp='off', compile=False, cuda_graphs=False, channels_last=True))
     assert {k: args[k] for k in expected} == expected
     assert bool(state['optimizer']['param_groups'][0].get('fused')) == (device == 'cuda')
     assert all(np.isfinite(r['train_loss']) for r in state['history'])

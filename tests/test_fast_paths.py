@@ -14,7 +14,8 @@ from utils.distributed import World
 from methods import METHODS
 from methods.one import ONELoss
 from utils.losses import correct_counts
-from utils.setup import build_model
+from utils.errors import UserError
+from utils.setup import apply_fast_preset, build_model, check_cuda_graphs
 from utils.steps import Meters, evaluate, train_step
 
 CPU = torch.device('cpu')
@@ -113,3 +114,50 @@ def test_compiled_training_saves_plain_weights(fashion_root, tmp_path):
     one_resnet8(False).load_state_dict(compiled)
     for key in plain:
         assert torch.allclose(plain[key].float(), compiled[key].float(), atol=2e-3), key  # 2 SGD steps of rounding
+
+
+def preset_args(**flags):
+    args = dict(fast=True, test_batch=None, channels_last=False, amp='off', compile=False,
+                cuda_graphs=False)
+    return SimpleNamespace(**{**args, **flags})
+
+
+@pytest.mark.parametrize('flags, distributed, expected', [
+    ({}, False, dict(amp='bf16', cuda_graphs=True, test_batch=1000, channels_last=True)),
+    ({}, True, dict(amp='bf16', cuda_graphs=False, test_batch=1000)),     # not under torchrun
+    ({'compile': True}, False, dict(cuda_graphs=False, compile=True)),
+    ({'amp': 'fp16'}, False, dict(amp='fp16', cuda_graphs=False)),      # fp16's scaler syncs
+    ({'test_batch': 50}, False, dict(test_batch=50, cuda_graphs=True)),  # an explicit batch stays
+    ({'fast': False}, False, dict(amp='off', cuda_graphs=False, test_batch=100, channels_last=False)),
+])
+def test_fast_preset_on_cuda(flags, distributed, expected):
+    """What --fast turns on for a CUDA device (the settings only: no GPU needed)."""
+    args = preset_args(**flags)
+    apply_fast_preset(args, torch.device('cuda'), distributed)
+    assert {k: getattr(args, k) for k in expected} == expected
+
+
+def test_fast_preset_on_the_cpu_is_channels_last_only():
+    args = preset_args()
+    apply_fast_preset(args, CPU)
+    assert (args.channels_last, args.amp, args.cuda_graphs, args.test_batch) == (True, 'off', False, 100)
+
+
+def test_cuda_graphs_are_refused_on_the_cpu_in_one_line(fashion_root, tmp_path, capsys):
+    run = tmp_path / 'r'
+    assert cifar_one.main(tiny(fashion_root, run, '--device', 'cpu', '--cuda-graphs')) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert '--cuda-graphs needs a CUDA GPU (this run is on the CPU)' in err
+    assert not run.exists()
+
+
+@pytest.mark.parametrize('flags, world, message', [
+    ({}, World(0, 2), 'one process only'),
+    ({'compile': True}, World(), 'choose one'),
+    ({'amp': 'fp16'}, World(), 'use --amp bf16'),
+])
+def test_cuda_graphs_are_refused_where_a_graph_cannot_hold_the_step(flags, world, message):
+    args = preset_args(fast=False, cuda_graphs=True, **flags)
+    with pytest.raises(UserError, match=message):
+        check_cuda_graphs(args, torch.device('cuda'), world)

@@ -61,10 +61,11 @@ def plot_curves(folder, history, names, title):
         plt.close(fig)
 
 
-def write_run_files(folder, history, names, title):
+def write_run_files(folder, history, names, title, plot=True):
     write_log_txt(folder, history, names)
     write_summary_csv(folder, history)
-    plot_curves(folder, history, names, title)
+    if plot:
+        plot_curves(folder, history, names, title)
 
 
 def epoch_line(row, names, epochs):

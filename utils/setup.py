@@ -11,6 +11,9 @@ from .data import DeviceLoader, load_dataset, rank_share
 from .distributed import init_process_group, world_from_env
 from .errors import UserError
 
+TEST_BATCH = 100        # the original's test batch
+FAST_TEST_BATCH = 1000  # under --fast on CUDA: evaluation is launch-bound at 100
+
 
 def check_flags(args, method, world):
     try:
@@ -23,7 +26,7 @@ def check_flags(args, method, world):
         raise UserError('--drop: the CIFAR ResNets have no dropout layer (as in the original)')
     for flag, value in (('--epochs', args.epochs), ('--train-batch', args.train_batch),
                         ('--test-batch', args.test_batch)):
-        if value < 1:
+        if value is not None and value < 1:
             raise UserError(f'{flag} must be at least 1, got {value}')
     if args.train_batch % world.size:
         raise UserError(f'--train-batch {args.train_batch} (the global batch) does not divide '
@@ -75,16 +78,40 @@ def pick_device(args, world):
     return torch.device('cpu')
 
 
-def apply_fast_preset(args, device):
+def apply_fast_preset(args, device, distributed=False):
     """--fast: what is numerically safe and faster on this device (see README, Speed).
-    On CUDA: bf16 autocast, channels_last, TF32 (configure_cuda), torch.compile and fused
-    SGD. On the CPU only channels_last: bf16 and compile were measured slower or no faster."""
+
+    On CUDA: bf16 autocast, channels_last, TF32 (configure_cuda), fused SGD, the training
+    step as a CUDA graph (utils/graphs.py; one process, without --compile or fp16) and
+    evaluation in batches of FAST_TEST_BATCH unless --test-batch is given. Not torch.compile:
+    compiling took minutes on an H200, longer than the graphed run it would speed up. On the
+    CPU only channels_last: bf16 and compile were measured slower or no faster there."""
+    if args.test_batch is None:
+        fast_cuda = args.fast and device.type == 'cuda'
+        args.test_batch = FAST_TEST_BATCH if fast_cuda else TEST_BATCH
     if not args.fast:
         return
     args.channels_last = True
     if device.type == 'cuda':
         args.amp = 'bf16' if args.amp == 'off' else args.amp
-        args.compile = True
+        args.cuda_graphs = args.cuda_graphs or not (distributed or args.compile
+                                                    or args.amp == 'fp16')
+
+
+def check_cuda_graphs(args, device, world):
+    """--cuda-graphs asked for where a graph cannot hold the step: one line each."""
+    if not args.cuda_graphs:
+        return
+    if device.type != 'cuda':
+        raise UserError('--cuda-graphs needs a CUDA GPU (this run is on the CPU)')
+    if world.distributed:
+        raise UserError('--cuda-graphs runs in one process only: drop it under torchrun '
+                        '(--fast leaves it off there)')
+    if args.compile:
+        raise UserError('--cuda-graphs and --compile: choose one (graphs record the eager step)')
+    if args.amp == 'fp16':
+        raise UserError("--cuda-graphs with --amp fp16: the gradient scaler reads the GPU at "
+                        'every step, which a graph cannot hold; use --amp bf16')
 
 
 def configure_cuda(device, args):
@@ -103,7 +130,8 @@ def setup(args, method):
     world = world_from_env()
     check_flags(args, method, world)
     device = pick_device(args, world)
-    apply_fast_preset(args, device)
+    apply_fast_preset(args, device, world.distributed)
+    check_cuda_graphs(args, device, world)
     if args.sync_bn and world.distributed and device.type != 'cuda':
         raise UserError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on the CPU")
     if device.type == 'cuda':

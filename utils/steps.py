@@ -3,12 +3,19 @@ from contextlib import nullcontext
 
 import torch
 
+# Evaluation batches between two looks at the stop flag under torchrun, where each look is a
+# collective and a host synchronisation; one process looks after every batch (no cost).
+STOP_CHECK_EVERY = 10
+
 
 def autocast(amp, device):
-    """The mixed-precision context for --amp off|bf16|fp16."""
+    """The mixed-precision context for --amp off|bf16|fp16. Without autocast's cache of cast
+    weights, which PyTorch asks for under CUDA graphs (utils/graphs.py); each weight of these
+    models is used once a forward pass, so the cache saved nothing."""
     if amp == 'off':
         return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == 'bf16' else torch.float16)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == 'bf16' else torch.float16,
+                          cache_enabled=False)
 
 
 def train_step(model, objective, optimizer, scaler, images, targets, epoch, batch_size, amp):
@@ -76,11 +83,12 @@ def evaluate(model, loader, method, objective, epoch, names, world, amp='off', s
     Returns None when `stop` (a StopRequest) is set between two batches."""
     model.eval()
     meters = Meters(len(names), loader.images.device)
+    every = STOP_CHECK_EVERY if world.distributed else 1
     with autocast(amp, loader.images.device):
-        for images, targets in loader.batches():
+        for number, (images, targets) in enumerate(loader.batches(), 1):
             output = model(images)
             meters.update(objective(output, targets, epoch) * len(targets),
                           method.correct(output, targets), len(targets))
-            if stop is not None and stop.requested(world):
+            if stop is not None and number % every == 0 and stop.requested(world):
                 return None
     return meters.reduce(world).summary(names)
