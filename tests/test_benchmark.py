@@ -186,38 +186,74 @@ def test_gpu_check_summarises_what_its_steps_report(tmp_path, capsys, monkeypatc
     row = {'model': 'one_resnet-32', 'train_img_s': 25000.0, 'conventional_img_s': 5000.0,
            'vs_conventional': 5.0, 'eval_img_s': 100000.0, 'ratio_to_matmul': 0.05,
            'matmul_dtype': 'bfloat16', 'peak_memory_gib': 1.5}
+    commands = []
 
-    def run_logged(title, command, log, timeout):
+    def run_logged(title, command, log, timeout, stop=signal.SIGKILL):
+        commands.append((command, timeout, stop))
         if '-m' in command:  # pytest
             return 0, 95.0, ('....s\nSKIPPED [1] tests/test_benchmark.py:90: checks the refusal '
-                             'on a machine without a GPU\n40 passed, 1 skipped in 95.0s\n')
+                             'on a machine without a GPU\n40 passed, 1 skipped in 95.0s\n'), False
         if 'benchmark.py' in command:
             with open(command[command.index('--json') + 1], 'w') as f:
                 json.dump({'results': [row]}, f)
-            return 0, 60.0, ''
+            return 0, 60.0, '', False
         folder = command[command.index('-c') + 1]
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, 'summary.csv'), 'w') as f:
-            f.write('epoch,seconds,test_acc_1,test_acc_ens\n1,70.5,85.0,86.0\n2,6.0,88.5,89.25\n')
-        return 0, 80.0, ''
+            f.write('epoch,seconds,test_acc_1,test_acc_ens\n1,7.5,85.0,86.0\n2,1.0,88.5,89.25\n'
+                    '3,1.2,89.0,90.0\n')
+        (tmp_path / 'out' / 'fashion-one-32' / 'log.txt').write_text('log')
+        return 143, 80.0, 'stopped by signal 15', True  # stopped at the budget's end: the plan
 
     monkeypatch.setattr(gpu_check.torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(gpu_check, 'describe_gpu', lambda: 'Fake GPU x1')
     monkeypatch.setattr(gpu_check, 'run_logged', run_logged)
     assert gpu_check.main(['--out', str(tmp_path / 'out')]) == 0
     out = capsys.readouterr().out
-    assert 'gpu-check summary: Fake GPU x1' in out and 'gpu-check: all passed' in out
+    assert 'gpu-check summary: Fake GPU x1' in out and 'gpu-check: all that ran passed' in out
     assert 'PASS  CUDA tests: 40 passed, 1 skipped in 95 s' in out
     assert 'skipped: checks the refusal on a machine without a GPU' in out
-    assert out.count('one_resnet-32   train    25000 img/s (5.00x conventional)') == 3
-    assert 'info  benchmark --fast --compile-mode reduce-overhead --models one_resnet-32' in out
-    # 300 x (50k / 25k + 10k / 100k) s = 630 s; 300 x 6 s x 50k / 60k = 1500 s
-    assert out.count('300 CIFAR epochs ~10 min') == 3 and 'pace ~25 min' in out
-    assert 'branch 1 88.50%, ensemble 89.25%' in out
+    assert out.count('one_resnet-32   train    25000 img/s (5.00x conventional)') == 2
+    # 300 x (50k / 25k + 10k / 100k) s = 630 s
+    assert out.count('300 CIFAR epochs ~10.5 min') == 2
+    # epochs 2-3 at a median 1.1 s: (9.7 + 297 x 1.1) s = 5.61 min; x 50k / 60k = 4.68 min
+    assert '3 of 300 epochs, 1.10 s/epoch (epoch 1 7.50 s)' in out
+    assert 'branch 1 89.00%, ensemble 90.00%; 300 epochs ~5.6 min (~4.7 min at CIFAR' in out
     saved = json.loads((tmp_path / 'out' / 'gpu-check.json').read_text())
-    assert saved['passed'] and saved['fashion']['epoch_seconds'] == [70.5, 6.0]
+    assert saved['passed'] and saved['fashion']['epoch_seconds'] == [7.5, 1.0, 1.2]
+    assert (tmp_path / 'out' / 'fashion-log.txt').read_text() == 'log'
+    # the budget: the tests get at most 40% of 12 minutes; the run is stopped by SIGTERM
+    # (which saves) before the budget's end, leaving it time to exit
+    (tests, tests_limit, _), *_, (run, run_limit, run_stop) = commands
+    assert tests_limit <= gpu_check.TESTS_SHARE * 12 * 60 and run_stop == signal.SIGTERM
+    assert '--epochs' in run and run[run.index('--epochs') + 1] == '300'
+    assert run_limit <= 12 * 60 - gpu_check.STOP_GRACE
 
-    monkeypatch.setattr(gpu_check, 'run_logged', lambda *a, **k: (1, 1.0, 'Traceback\nValueError: no\n'))
+    monkeypatch.setattr(gpu_check, 'run_logged',
+                        lambda *a, **k: (1, 1.0, 'Traceback\nValueError: no\n', False))
     assert gpu_check.main(['--out', str(tmp_path / 'out')]) == 1
     out = capsys.readouterr().out
     assert 'FAIL  CUDA tests' in out and ': ValueError: no' in out and 'gpu-check: FAILED' in out
+
+
+def test_gpu_check_skips_what_its_budget_cannot_hold(tmp_path, capsys, monkeypatch):
+    """72 s: no room for the tests or a benchmark beside the run's 60 s; the run gets what is
+    left. --skip leaves a check out."""
+    commands = []
+    monkeypatch.setattr(gpu_check.torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(gpu_check, 'describe_gpu', lambda: 'Fake GPU x1')
+    monkeypatch.setattr(gpu_check, 'run_logged',
+                        lambda title, command, *a, **k: commands.append(command) or (1, 1, 'x', False))
+    assert gpu_check.main(['--out', str(tmp_path / 'out'), '--budget-minutes', '1.2']) == 1
+    out = capsys.readouterr().out
+    assert f'SKIP  CUDA tests: the CUDA tests take ~{gpu_check.TESTS_SECONDS} s' in out
+    assert f'SKIP  benchmark --fast: takes ~{2 * gpu_check.SECONDS_PER_MODEL} s' in out
+    assert 'SKIP  benchmark default flags' in out
+    assert len(commands) == 1 and 'cifar_one.py' in commands[0][1]
+    commands.clear()
+    assert gpu_check.main(['--out', str(tmp_path / 'out'), '--budget-minutes', '4', '--skip',
+                           'tests', 'run']) == 1
+    out = capsys.readouterr().out
+    assert 'SKIP  CUDA tests: --skip' in out and 'SKIP  Fashion-MNIST one_resnet-32 --fast: --skip' in out
+    # 4 minutes without the run's reserve: both benchmarks, the four models each
+    assert [c[c.index('--models') + 1:c.index('--steps')] for c in commands] == [gpu_check.ALL_MODELS] * 2
