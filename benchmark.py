@@ -25,7 +25,6 @@ import sys
 import tempfile
 import time
 from statistics import median
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -256,11 +255,10 @@ def measure(args, device):
     apply_fast_preset(args, device)
     arch, depth = args.one.rsplit('-', 1)
     method = METHODS['one' if arch == 'one_resnet' else 'baseline']
-    config = SimpleNamespace(arch=arch, depth=int(depth), num_branches=3, branch_point='stage3',
-                             gate='learned', temperature=3.0, consistency_rampup=80,
-                             no_distill=False, sync_bn=False, channels_last=args.channels_last,
-                             fast=args.fast, lr=0.01, momentum=0.9, weight_decay=1e-4,
-                             nesterov=False)
+    # the method's own defaults (ONE: 3 branches, T = 3, ramp-up 80); lr 0.01 keeps the
+    # synthetic data's steps small
+    config = method.defaults(depth=int(depth), channels_last=args.channels_last,
+                             fast=args.fast, lr=0.01)
     model = build_model(config, method, 100, device)
     objective = method.objective(config)
     optimizer = build_optimizer(config, model, device)

@@ -8,7 +8,7 @@ diverged and unreadable runs (saying why), groups the rest by method, variant fl
 depth and dataset, and prints a Markdown table of top-1 error (100 - accuracy) as mean and
 sample std (ddof=1) over seeds, at the last epoch (or with --best at each network's best
 epoch, which is selected on the test set). Beside each row: the published value from
-utils/published.py, its source, and ours - published. Writes table_{last,best}.md/.csv,
+methods/published.py, its source, and ours - published. Writes table_{last,best}.md/.csv,
 curves.png and bars_{last,best}.png into --out. Refuses (exit 2, nothing written) to average
 runs of different schedules or training data, and to put different schedules side by side
 unless --allow-mixed-schedules.
@@ -27,7 +27,7 @@ from methods import METHODS
 from utils.atomic import write_atomic
 from utils.cli import Parser
 from utils.errors import UserError
-from utils.published import PUBLISHED_EPOCHS, lookup, reference_setup
+from methods.published import PUBLISHED_EPOCHS, lookup, reference_setup
 
 EXIT_REFUSED = 2
 ARGS, SUMMARY, STATUS = 'args.json', 'summary.csv', 'status.json'

@@ -1,13 +1,18 @@
 """What the engine needs to know of a training method, and nothing more.
 
-A method is one file in methods/: its flags with its paper's defaults, its model wiring, its
-objective and the accuracy columns it reports. The engine (utils/engine.py) trains,
-evaluates, checkpoints and logs any method through this interface alone.
+A method is one file in methods/ and one entry in methods/__init__.py's registry. Its class is
+the method's one declaration: its flags with its paper's defaults (add_flags; every default is
+written there and nowhere else: defaults() reads them back), the checks of their values, the
+flags that make a different model or objective (variant), its model, its objective, the
+accuracy columns it reports and how tables label them. The engine (utils/engine.py) trains,
+evaluates, checkpoints and logs any method through this interface alone, and report.py takes
+its names and labels from here.
 
 Models return either plain logits (batch, classes) or a pair (member_logits, ensemble):
 member_logits of shape (members, batch, classes) and the ensemble's logits or None.
 """
-from models import branch_state_dict
+from models import blocks_per_stage, branch_state_dict
+from utils.cli import build_parser
 from utils.errors import UserError
 from utils.losses import correct_counts
 from utils.steps import train_step
@@ -18,24 +23,50 @@ class Method:
     title = ''           # how tables and logs name it
     arch = 'resnet'      # the only -a/--arch value it trains
     member, members, ensemble_label = 'network', 'networks', 'ensemble'  # for printed labels
+    counts_members = False  # its --num-branches (or --num-nets) is part of its identity
+    flag_labels = {}     # short names report.py gives its variant flags, e.g. {'temperature': 'T'}
     train_step = staticmethod(train_step)  # one optimizer step; DML's alternating order replaces it
 
     def add_flags(self, parser):
         """The method's own flags, and parser.set_defaults for its paper's settings."""
 
+    def defaults(self, **flags):
+        """The flags a run of this method gets from an empty command line, with `flags` set
+        on top: what tests, the benchmark and the report use instead of copies."""
+        args = build_parser('', self).parse_args([])
+        args.method = self.name
+        for key, value in flags.items():
+            setattr(args, key, value)
+        return args
+
+    def validate(self, args):
+        """Refuse, in one UserError naming the flag, a network or method flag that cannot work."""
+        try:
+            blocks_per_stage(args.depth)
+        except ValueError as e:
+            raise UserError(f'--depth: {e}') from None
+        self.check_flags(args)
+
     def check_flags(self, args):
         """Raise UserError for a bad value of one of the method's flags."""
 
     def variant(self, args):
-        """The flags that make a different model or objective: checked against a checkpoint
-        on resume and evaluation, and recorded in it."""
+        """The flags that make a different model or objective, under the names checkpoints
+        record them by (checked on resume and evaluation)."""
         return {}
+
+    def identity(self, args):
+        """What a checkpoint records of this method's model and objective beyond the network
+        and data: the member count (for methods of several) and the variant."""
+        count = {'num_branches': args.num_branches} if self.counts_members else {}
+        return {**count, **self.variant(args)}
 
     def build_model(self, args, num_classes):
         raise NotImplementedError
 
     def objective(self, args):
-        """A callable (output, targets, epoch, batch_size=None) -> loss, with .rampup(epoch).
+        """A callable (output, targets, epoch, batch_size=None) -> loss, with .rampup(epoch),
+        built from the flags alone (objectives have no defaults of their own).
         The loss may depend on the epoch only through rampup(epoch): a CUDA graph of the
         training step is recorded once per ramp-up value (utils/graphs.py)."""
         raise NotImplementedError
@@ -65,6 +96,14 @@ class BranchedMethod(Method):
     """A method on a shared trunk with m branches (ONE, CL-ILR, OKDDip): columns 1..m and the
     ensemble; branch K with the trunk is a plain resnet."""
     member, members = 'branch', 'branches'
+    counts_members = True
+    min_branches, why_min_branches = 1, ''
+
+    def validate(self, args):
+        if args.num_branches < self.min_branches:
+            raise UserError(f'--num-branches must be at least {self.min_branches}'
+                            f'{self.why_min_branches}, got {args.num_branches}')
+        super().validate(args)
 
     def columns(self, args):
         return [str(i) for i in range(1, args.num_branches + 1)] + ['ens']

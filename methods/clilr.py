@@ -84,7 +84,7 @@ class CLILRLoss:
     sum_h [CE(y, z_h) + w T^2 KL(q_h || p_h)] with q_h not detached; summed over the batch and
     divided by batch_size."""
 
-    def __init__(self, temperature=2.0, beta=0.5, rampup_epochs=0, form='paper'):
+    def __init__(self, *, temperature, beta, rampup_epochs, form):
         self.temperature, self.beta, self.rampup_epochs, self.form = (
             temperature, beta, rampup_epochs, form)
 
@@ -111,6 +111,8 @@ class CLILRLoss:
 class CLILR(BranchedMethod):
     name, title, arch = 'clilr', 'CL-ILR', 'clilr_resnet'
     member, members, ensemble_label = 'head', 'heads', 'ensemble (mean of heads)'
+    min_branches, why_min_branches = 2, ' (each head learns from the others)'
+    flag_labels = {'num_branches': 'H', 'temperature': 'T', 'consistency_rampup': 'R'}
 
     def add_flags(self, parser):
         parser.add_argument('--num-branches', type=int, default=4,
@@ -130,9 +132,6 @@ class CLILR(BranchedMethod):
         parser.set_defaults(schedule=[150, 225])
 
     def check_flags(self, args):
-        if args.num_branches < 2:
-            raise UserError(f'--num-branches must be at least 2 (each head learns from the '
-                            f'others), got {args.num_branches}')
         check_temperature(args)
         require(0 < args.beta <= 1, '--beta', args.beta, 'in (0, 1]')
         check_rampup(args)
@@ -145,4 +144,5 @@ class CLILR(BranchedMethod):
                            rescale=not args.no_rescaling)
 
     def objective(self, args):
-        return CLILRLoss(args.temperature, args.beta, args.consistency_rampup, args.form)
+        return CLILRLoss(temperature=args.temperature, beta=args.beta,
+                         rampup_epochs=args.consistency_rampup, form=args.form)

@@ -64,7 +64,7 @@ class DMLLoss:
     """sum_i [CE(z_i, y) + 1/(m-1) sum_{j != i} T^2 KL(p_j || p_i)], p_j detached, averaged
     over the batch."""
 
-    def __init__(self, temperature=1.0, update='alternating'):
+    def __init__(self, *, temperature, update):
         self.temperature, self.update = temperature, update
 
     def rampup(self, epoch):
@@ -161,6 +161,8 @@ def num_nets(text):
 class DML(Method):
     name, title, arch = 'dml', 'DML', 'resnet'
     member, members, ensemble_label = 'network', 'networks', 'ensemble (mean probability)'
+    counts_members = True
+    flag_labels = {'num_branches': 'm', 'temperature': 'T'}
     train_step = staticmethod(mutual_train_step)
 
     def add_flags(self, parser):
@@ -195,7 +197,7 @@ class DML(Method):
         return Cohort(args.depth, num_classes, args.num_branches)
 
     def objective(self, args):
-        return DMLLoss(args.temperature, args.update)
+        return DMLLoss(temperature=args.temperature, update=args.update)
 
     def columns(self, args):
         return [str(i) for i in range(1, args.num_branches + 1)] + ['ens']

@@ -51,7 +51,7 @@ TEACHER_KEYS = ('teacher', 'teacher_member', 'teacher_method', 'teacher_arch', '
 class KDLoss:
     """(1 - alpha) CE(z_s, y) + alpha T^2 KL(p_t || p_s), p = softmax(z / T), batch-averaged."""
 
-    def __init__(self, temperature=4.0, alpha=0.9):
+    def __init__(self, *, temperature, alpha):
         self.temperature, self.alpha = temperature, alpha
 
     def rampup(self, epoch):
@@ -147,9 +147,10 @@ def build_teacher(state, member, num_classes):
 class KD(Method):
     name, title, arch = 'kd', 'KD', 'resnet'
     member, members, ensemble_label = 'student', 'student and teacher', 'ensemble'
+    flag_labels = {'temperature': 'T'}
 
     def add_flags(self, parser):
-        parser.add_argument('--teacher', required=True, metavar='PATH',
+        parser.add_argument('--teacher', metavar='PATH',  # required: checked in check_flags
                             help="a checkpoint of this repository to distil from (baseline, "
                                  "exported branch, ONE, DML, ...)")
         parser.add_argument('--teacher-member', default=None, metavar='ens|K',
@@ -163,6 +164,8 @@ class KD(Method):
     def check_flags(self, args):
         check_temperature(args)
         require(0 <= args.alpha <= 1, '--alpha', args.alpha, 'in [0, 1]')
+        if not args.teacher:
+            raise UserError('--teacher PATH is required: the checkpoint to distil from')
         path = args.teacher
         state = load_checkpoint(path)
         method = teacher_method(state, path)
@@ -176,7 +179,7 @@ class KD(Method):
         args.teacher_num_classes, args.teacher_epoch = state['num_classes'], state['epoch']
 
     def variant(self, args):
-        return {**{key: getattr(args, key) for key in TEACHER_KEYS},
+        return {**{key: getattr(args, key, None) for key in TEACHER_KEYS},
                 'temperature': args.temperature, 'alpha': args.alpha}
 
     def build_model(self, args, num_classes):
@@ -186,7 +189,7 @@ class KD(Method):
         return StudentTeacher(student, teacher)
 
     def objective(self, args):
-        return KDLoss(args.temperature, args.alpha)
+        return KDLoss(temperature=args.temperature, alpha=args.alpha)
 
     def columns(self, args):
         return ['1', 'teacher']

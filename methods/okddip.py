@@ -88,7 +88,7 @@ class OKDDipLoss:
     """sum CE + alpha w T^2 [sum_a KL(t_a || q'_a) + KL(t_m || q'_leader)], summed over the
     batch and divided by batch_size; see the module docstring."""
 
-    def __init__(self, temperature=3.0, rampup_epochs=80, alpha=1.0, aggregate='probabilities'):
+    def __init__(self, *, temperature, rampup_epochs, alpha, aggregate):
         self.temperature, self.rampup_epochs, self.alpha, self.aggregate = (
             temperature, rampup_epochs, alpha, aggregate)
 
@@ -121,6 +121,8 @@ class OKDDipLoss:
 class OKDDip(BranchedMethod):
     name, title, arch = 'okddip', 'OKDDip', 'okddip_resnet'
     member, members, ensemble_label = 'branch', 'branches', 'peer ensemble'
+    min_branches, why_min_branches = 2, ' (a leader and a peer)'
+    flag_labels = {'num_branches': 'm', 'temperature': 'T', 'consistency_rampup': 'R'}
 
     def add_flags(self, parser):
         parser.add_argument('--num-branches', type=int, default=4,
@@ -138,9 +140,6 @@ class OKDDip(BranchedMethod):
         parser.set_defaults(weight_decay=5e-4, nesterov=True, schedule=[150, 225])
 
     def check_flags(self, args):
-        if args.num_branches < 2:
-            raise UserError(f'--num-branches must be at least 2 (a leader and a peer), got '
-                            f'{args.num_branches}')
         check_temperature(args)
         require(args.alpha >= 0, '--alpha', args.alpha, '>= 0')
         check_rampup(args)
@@ -152,7 +151,8 @@ class OKDDip(BranchedMethod):
         return OKDDipResNet(args.depth, num_classes, args.num_branches)
 
     def objective(self, args):
-        return OKDDipLoss(args.temperature, args.consistency_rampup, args.alpha, args.aggregate)
+        return OKDDipLoss(temperature=args.temperature, rampup_epochs=args.consistency_rampup,
+                          alpha=args.alpha, aggregate=args.aggregate)
 
     def label(self, column):
         if column == '1':

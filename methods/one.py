@@ -25,7 +25,7 @@ from .base import BranchedMethod, check_rampup, check_temperature
 class ONELoss:
     """sum_i CE(z_i) + CE(z_e) + w(epoch) * sum_i T^2 KL(p_e || p_i), batch-averaged."""
 
-    def __init__(self, temperature=3.0, rampup_epochs=80, distill=True):
+    def __init__(self, *, temperature, rampup_epochs, distill):
         self.temperature, self.rampup_epochs, self.distill = temperature, rampup_epochs, distill
 
     def rampup(self, epoch):
@@ -43,6 +43,8 @@ class ONELoss:
 class ONE(BranchedMethod):
     name, title, arch = 'one', 'ONE', 'one_resnet'
     member, members, ensemble_label = 'branch', 'branches', 'ensemble (ONE-E)'
+    flag_labels = {'num_branches': 'm', 'temperature': 'T', 'consistency_rampup': 'R',
+                   'no_distill': 'no distill'}
 
     def add_flags(self, parser):
         parser.add_argument('--num-branches', type=int, default=3, help='m, the number of branches')
@@ -68,4 +70,5 @@ class ONE(BranchedMethod):
         return one_resnet(args.depth, num_classes, args.num_branches, args.branch_point, args.gate)
 
     def objective(self, args):
-        return ONELoss(args.temperature, args.consistency_rampup, distill=not args.no_distill)
+        return ONELoss(temperature=args.temperature, rampup_epochs=args.consistency_rampup,
+                       distill=not args.no_distill)

@@ -35,3 +35,9 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def objective(method, **flags):
+    """A method's objective with its own defaults (methods/*.py), `flags` set on top."""
+    from methods import METHODS
+    return METHODS[method].objective(METHODS[method].defaults(**flags))

@@ -5,6 +5,7 @@ import os
 import sys
 
 import torch
+
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
@@ -24,7 +25,7 @@ def main():
     torch.manual_seed(0)
     images = torch.randint(0, 256, (50, 3, 32, 32), dtype=torch.uint8)
     labels = torch.randint(0, 10, (50,))
-    objective = ONELoss(temperature=3.0, rampup_epochs=80)
+    objective = ONELoss(temperature=3.0, rampup_epochs=80, distill=True)
     worst = 0.0
     for global_batch in (16, 7):  # 7 gives the ranks unequal shares (4 and 3)
         loader = DeviceLoader(images, labels, (0.5,) * 3, (0.25,) * 3, global_batch,

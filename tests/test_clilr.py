@@ -11,7 +11,7 @@ import cifar_baseline
 import cifar_clilr
 import cifar_one
 import export_branch
-from conftest import run_script
+from conftest import objective, run_script
 from methods.clilr import CLILRLoss, CLILRResNet
 from test_training import assert_same_run, load, tiny
 
@@ -59,7 +59,7 @@ def fixed_logits():
                                               (80, 40, 7.153108956229421)])
 def test_paper_objective_value(R, epoch, pinned):
     logits, y = fixed_logits()
-    loss = CLILRLoss(2.0, 0.5, R)((logits, logits.mean(0)), y, epoch)
+    loss = CLILRLoss(temperature=2.0, beta=0.5, rampup_epochs=R, form='paper')((logits, logits.mean(0)), y, epoch)
     torch.testing.assert_close(loss, paper_reference(logits, y, epoch=epoch, R=R),
                                rtol=1e-12, atol=1e-12)
     assert loss.item() == pytest.approx(pinned, abs=1e-9)
@@ -70,13 +70,13 @@ def test_paper_objective_value(R, epoch, pinned):
                                               (80, 40, 14.015436721471103)])
 def test_okddip_form_value(R, epoch, pinned):
     logits, y = fixed_logits()
-    loss = CLILRLoss(3.0, 0.5, R, form='okddip')((logits, logits.mean(0)), y, epoch)
+    loss = CLILRLoss(temperature=3.0, beta=0.5, rampup_epochs=R, form='okddip')((logits, logits.mean(0)), y, epoch)
     torch.testing.assert_close(loss, okddip_form_reference(logits, y, epoch=epoch, R=R))
     assert loss.item() == pytest.approx(pinned, abs=1e-9)
 
 
 def test_defaults_are_the_paper():
-    loss = CLILRLoss()
+    loss = objective('clilr')
     assert (loss.temperature, loss.beta, loss.rampup(0), loss.form) == (2.0, 0.5, 1.0, 'paper')
 
 
@@ -84,7 +84,7 @@ def test_the_pinned_value_tells_the_variants_apart():
     """T^2 on the soft term, or a soft target averaging all heads (self included), would
     move the pinned value by far more than its tolerance."""
     logits, y = fixed_logits()
-    loss = CLILRLoss()((logits, logits.mean(0)), y, 0)
+    loss = objective('clilr')((logits, logits.mean(0)), y, 0)
     soft = (loss - sum(0.5 * ce(z, y) for z in logits)) / 0.5
     soft_all = sum(-(F.softmax(logits.mean(0) / 2, 1) * F.log_softmax(z / 2, 1)).sum(1).mean()
                    for z in logits)
@@ -96,7 +96,7 @@ def test_no_gradient_through_the_soft_targets():
     (softmax(z_h / T) - q_h)] / B. A gradient through q_h or a T^2 factor breaks it."""
     logits, y = fixed_logits()
     z = logits.clone().requires_grad_(True)
-    CLILRLoss(2.0, 0.5)((z, z.mean(0)), y, 0).backward()
+    CLILRLoss(temperature=2.0, beta=0.5, rampup_epochs=0, form='paper')((z, z.mean(0)), y, 0).backward()
     onehot = F.one_hot(y, 5).double()
     H, B, T = 4, 6, 2.0
     for h in range(H):
@@ -106,7 +106,7 @@ def test_no_gradient_through_the_soft_targets():
         torch.testing.assert_close(z.grad[h], expected, rtol=1e-10, atol=1e-12)
     # The okddip form does send gradient through q_h: its gradient is not that of a constant q.
     z2 = logits.clone().requires_grad_(True)
-    CLILRLoss(3.0, form='okddip', rampup_epochs=0)((z2, z2.mean(0)), y, 0).backward()
+    CLILRLoss(temperature=3.0, beta=0.5, rampup_epochs=0, form='okddip')((z2, z2.mean(0)), y, 0).backward()
     z3 = logits.clone().requires_grad_(True)
     detached = sum(ce(z3[h], y) + 9 * (F.softmax(q.detach(), 1) * (F.log_softmax(q.detach(), 1)
                - F.log_softmax(z3[h] / 3, 1))).sum(1).mean()
@@ -118,7 +118,7 @@ def test_no_gradient_through_the_soft_targets():
 
 def trunk_and_branch_grads(model, x, y):
     model.zero_grad()
-    CLILRLoss()(model(x), y, 0).backward()
+    objective('clilr')(model(x), y, 0).backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     trunk = {n: g for n, g in grads.items() if not n.startswith('branches.')}
     return trunk, {n: g for n, g in grads.items() if n.startswith('branches.')}

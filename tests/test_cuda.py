@@ -38,10 +38,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, run_script
+from conftest import ROOT, objective, run_script
 from fakedata import random_images
 from methods import METHODS
-from methods.one import ONELoss
 from test_training import assert_same_run, load, tiny
 from utils.checkpoint import save_atomic
 from utils.data import CIFAR_MEAN, CIFAR_STD, DeviceLoader
@@ -136,8 +135,7 @@ def one_step(device, batch, amp='off', channels_last=True):
     update and the buffers after the step, all on the CPU."""
     device = torch.device(device)
     torch.manual_seed(0)
-    config = SimpleNamespace(depth=8, num_branches=3, branch_point='stage3', gate='learned',
-                             sync_bn=False, channels_last=channels_last)
+    config = METHODS['one'].defaults(depth=8, channels_last=channels_last)
     model = build_model(config, METHODS['one'], 10, device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == 'fp16')
@@ -146,7 +144,7 @@ def one_step(device, batch, amp='off', channels_last=True):
     y = batch[1].to(device)
     before = {n: p.detach().cpu().clone() for n, p in model.named_parameters()}
     for _ in range(MAX_SCALER_BACKOFFS):
-        _, loss_sum = train_step(model, ONELoss(), optimizer, scaler, x, y, 10, len(y), amp)
+        _, loss_sum = train_step(model, objective('one'), optimizer, scaler, x, y, 10, len(y), amp)
         grads = {n: p.grad.detach().float().cpu() for n, p in model.named_parameters()}
         if all(torch.isfinite(g).all() for g in grads.values()):
             break
@@ -261,8 +259,7 @@ def test_a_checkpoint_moves_to_the_cpu_and_back_unchanged(device, batch, tmp_pat
     """Weights and optimizer state saved on the device load on the CPU bitwise, train on there,
     and go back to the device bitwise."""
     torch.manual_seed(0)
-    config = SimpleNamespace(depth=8, num_branches=3, branch_point='stage3', gate='learned',
-                             sync_bn=False, channels_last=True)
+    config = METHODS['one'].defaults(depth=8, channels_last=True)
 
     def model_and_optimizer(d):
         model = build_model(config, METHODS['one'], 10, torch.device(d))
@@ -270,7 +267,7 @@ def test_a_checkpoint_moves_to_the_cpu_and_back_unchanged(device, batch, tmp_pat
 
     model, optimizer = model_and_optimizer(device)
     scaler = torch.amp.GradScaler(device, enabled=False)
-    train_step(model, ONELoss(), optimizer, scaler, batch[0].to(device), batch[1].to(device),
+    train_step(model, objective('one'), optimizer, scaler, batch[0].to(device), batch[1].to(device),
                10, 32, 'off')
     save_atomic({'state_dict': model.state_dict(), 'optimizer': optimizer.state_dict()},
                 str(tmp_path / 'a.pth.tar'))
@@ -283,7 +280,7 @@ def test_a_checkpoint_moves_to_the_cpu_and_back_unchanged(device, batch, tmp_pat
     cpu_optimizer.load_state_dict(state['optimizer'])
     momentum = {i: s['momentum_buffer'] for i, s in cpu_optimizer.state_dict()['state'].items()}
     assert all(m.device.type == 'cpu' for m in momentum.values())
-    train_step(cpu_model, ONELoss(), cpu_optimizer, torch.amp.GradScaler('cpu', enabled=False),
+    train_step(cpu_model, objective('one'), cpu_optimizer, torch.amp.GradScaler('cpu', enabled=False),
                *batch, 10, 32, 'off')
     save_atomic({'state_dict': cpu_model.state_dict(), 'optimizer': cpu_optimizer.state_dict()},
                 str(tmp_path / 'b.pth.tar'))
@@ -296,7 +293,7 @@ def test_a_checkpoint_moves_to_the_cpu_and_back_unchanged(device, batch, tmp_pat
                          cpu_model.state_dict(), EXACT, what='weights back on the device')
     for s in back_optimizer.state.values():
         assert s['momentum_buffer'].device.type == device
-    train_step(back, ONELoss(), back_optimizer, scaler, batch[0].to(device), batch[1].to(device),
+    train_step(back, objective('one'), back_optimizer, scaler, batch[0].to(device), batch[1].to(device),
                10, 32, 'off')
     assert all(torch.isfinite(p).all() for p in back.parameters())
 

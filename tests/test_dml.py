@@ -11,7 +11,7 @@ import torch
 import cifar_baseline
 import cifar_dml
 import export_branch
-from conftest import run_script
+from conftest import objective, run_script
 from methods import METHODS
 from methods.dml import Cohort, DMLLoss
 from models import resnet
@@ -61,16 +61,16 @@ def direct_dml(logits, labels, T):
     (3, 3.0, 8.316412123767165),
 ])
 def test_dml_loss_value(m, T, pinned):
-    loss = DMLLoss(T)((LOGITS[:m], None), LABELS, epoch=0)
+    loss = DMLLoss(temperature=T, update='alternating')((LOGITS[:m], None), LABELS, epoch=0)
     assert loss.item() == pytest.approx(direct_dml(LOGITS[:m], LABELS, T), rel=1e-12)
     assert loss.item() == pytest.approx(pinned, rel=1e-12)
-    assert DMLLoss(T).rampup(5) == 1.0
+    assert DMLLoss(temperature=T, update='alternating').rampup(5) == 1.0
 
 
 def test_peers_are_constant_targets():
     """dL_i/dz_j = 0 for j != i, so the gradient of sum_i L_i at z_j is that of L_j alone."""
     logits = LOGITS.clone().requires_grad_(True)
-    loss = DMLLoss(3.0)
+    loss = DMLLoss(temperature=3.0, update='alternating')
     z = list(logits)
     member = loss.member_loss(z[0], [z[1], z[2]], LABELS)
     grad = torch.autograd.grad(member, logits)[0]
@@ -114,7 +114,7 @@ def engine_steps(cohort, update, data):
     scaler = torch.amp.GradScaler('cpu', enabled=False)
     cohort.train()
     for images, targets in data:
-        METHODS['dml'].train_step(cohort, DMLLoss(update=update), optimizer, scaler, images,
+        METHODS['dml'].train_step(cohort, objective('dml', update=update), optimizer, scaler, images,
                                   targets, 0, len(targets), 'off')
     return cohort
 
@@ -124,7 +124,7 @@ def per_network_steps(cohort, data, recompute):
     predictions made before any update (simultaneous); True: the paper's Algorithm 1, all
     predictions computed again before each network's update."""
     optimizers = [sgd(net.parameters()) for net in cohort.nets]
-    loss = DMLLoss()
+    loss = objective('dml')
     cohort.train()
     for images, targets in data:
         logits = [net(images) for net in cohort.nets]
@@ -163,7 +163,7 @@ def test_simultaneous_step_equals_per_network_steps(cohort):
     plain = copy.deepcopy(cohort).train()
     optimizer, scaler = sgd(plain.parameters()), torch.amp.GradScaler('cpu', enabled=False)
     for images, targets in data:
-        train_step(plain, DMLLoss(), optimizer, scaler, images, targets, 0, len(targets), 'off')
+        train_step(plain, objective('dml'), optimizer, scaler, images, targets, 0, len(targets), 'off')
     for net in range(3):
         assert_params_equal(ours, plain, net)
 
@@ -209,20 +209,20 @@ def test_alternating_step_reports_the_pre_update_predictions_and_loss(cohort):
     expected_loss = 0.0
     for i, optimizer in enumerate(optimizers):
         logits = [net(images) for net in reference.nets]
-        member = DMLLoss().member_loss(logits[i], [z.detach() for j, z in enumerate(logits)
+        member = objective('dml').member_loss(logits[i], [z.detach() for j, z in enumerate(logits)
                                                    if j != i], targets)
         expected_loss += member.item()
         optimizer.zero_grad()
         (member / len(targets)).backward()
         optimizer.step()
     scaler = torch.amp.GradScaler('cpu', enabled=False)
-    output, loss_sum = METHODS['dml'].train_step(cohort.train(), DMLLoss(),
+    output, loss_sum = METHODS['dml'].train_step(cohort.train(), objective('dml'),
                                                  sgd(cohort.parameters()), scaler, images,
                                                  targets, 0, len(targets), 'off')
     torch.testing.assert_close(output[0], before)
     assert not loss_sum.requires_grad
     assert loss_sum.item() == pytest.approx(expected_loss, rel=1e-5)
-    simultaneous = DMLLoss()((before, None), targets, 0).item() * len(targets)
+    simultaneous = objective('dml')((before, None), targets, 0).item() * len(targets)
     assert loss_sum.item() != pytest.approx(simultaneous, rel=1e-5)
 
 

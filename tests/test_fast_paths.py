@@ -7,12 +7,12 @@ import pytest
 import torch
 
 import cifar_one
+from conftest import objective
 from fakedata import random_images
 from test_training import load, tiny
 from utils.data import CIFAR_MEAN, CIFAR_STD, DeviceLoader
 from utils.distributed import World
 from methods import METHODS
-from methods.one import ONELoss
 from utils.losses import correct_counts
 from utils.errors import UserError
 from utils.setup import apply_fast_preset, build_model, check_cuda_graphs
@@ -23,8 +23,7 @@ CPU = torch.device('cpu')
 
 def one_resnet8(channels_last, seed=0):
     torch.manual_seed(seed)
-    config = SimpleNamespace(depth=8, num_branches=3, branch_point='stage3', gate='learned',
-                             sync_bn=False, channels_last=channels_last)
+    config = METHODS['one'].defaults(depth=8, channels_last=channels_last)
     return build_model(config, METHODS['one'], 10, CPU)
 
 
@@ -53,7 +52,7 @@ def test_channels_last_training_matches_contiguous_within_tolerance(data):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
         scaler = torch.amp.GradScaler('cpu', enabled=False)
         x, y = next(loader(*data, channels_last).batches())  # one step: later ones amplify rounding
-        train_step(model, ONELoss(), optimizer, scaler, x, y, 10, len(y), 'off')
+        train_step(model, objective('one'), optimizer, scaler, x, y, 10, len(y), 'off')
         models.append(model)
     plain, fast = (m.state_dict() for m in models)
     for key in plain:
@@ -66,7 +65,7 @@ def test_evaluation_changes_nothing_and_counts_like_a_direct_computation(data):
     test = DeviceLoader(*data, CIFAR_MEAN, CIFAR_STD, 25, shuffle=False, augment=False,
                         memory_format=torch.channels_last)
     names = ['1', '2', '3', 'ens']
-    metrics = evaluate(model, test, METHODS['one'], ONELoss(), 0, names, World())
+    metrics = evaluate(model, test, METHODS['one'], objective('one'), 0, names, World())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with torch.no_grad():
         hits = sum(correct_counts(model(x), y) for x, y in test.batches())
@@ -97,7 +96,7 @@ def test_bf16_autocast_step_stays_close_to_fp32(data):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         scaler = torch.amp.GradScaler('cpu', enabled=False)
         x, y = next(loader(*data, True).batches())
-        _, loss_sum = train_step(model, ONELoss(), optimizer, scaler, x, y, 10, len(y), amp)
+        _, loss_sum = train_step(model, objective('one'), optimizer, scaler, x, y, 10, len(y), amp)
         losses.append(loss_sum.item())
     assert losses[1] == pytest.approx(losses[0], rel=0.05)
 

@@ -12,7 +12,7 @@ import cifar_baseline
 import cifar_kd
 import cifar_one
 import export_branch
-from conftest import run_script
+from conftest import objective, run_script
 from methods import METHODS
 from methods.kd import KDLoss
 from models import branch_state_dict, one_resnet, resnet
@@ -52,15 +52,15 @@ def direct_kd(student, teacher, labels, T, alpha):
     (3.0, 1.0, 0.8124177760816015),   # teacher only
 ])
 def test_kd_loss_value(T, alpha, pinned):
-    loss = KDLoss(T, alpha)((LOGITS, None), LABELS, epoch=0)
+    loss = KDLoss(temperature=T, alpha=alpha)((LOGITS, None), LABELS, epoch=0)
     expected = direct_kd(LOGITS[0], LOGITS[1], LABELS, T, alpha)
     assert loss.item() == pytest.approx(expected, rel=1e-12)
     assert loss.item() == pytest.approx(pinned, rel=1e-12)
-    assert KDLoss(T, alpha).rampup(7) == alpha
+    assert KDLoss(temperature=T, alpha=alpha).rampup(7) == alpha
 
 
 def test_kd_defaults_and_batch_size():
-    loss = KDLoss()
+    loss = objective('kd')
     assert (loss.temperature, loss.alpha) == (4.0, 0.9)
     # a rank of a distributed run divides its sum by the global batch
     torch.testing.assert_close(loss((LOGITS, None), LABELS, 0, batch_size=6),
@@ -96,7 +96,7 @@ def test_teacher_is_frozen_and_stays_in_eval_mode(teachers):
     assert not any(m.training for m in model.teacher.modules())
     images = torch.randn(8, 3, 32, 32)
     output, _ = model(images)
-    KDLoss()((output, None), torch.arange(8) % 10, 0).backward()
+    objective('kd')((output, None), torch.arange(8) % 10, 0).backward()
     assert all(p.grad is None and not p.requires_grad for p in model.teacher.parameters())
     assert all(p.grad is not None for p in model.student.parameters())
     # eval-mode BatchNorm: running statistics untouched, output as in eval mode
@@ -141,7 +141,7 @@ def test_one_teacher_member_is_the_ensemble_or_a_branch(teachers, member, expect
     ('one', ['--teacher-member', '4'], '--teacher-member must be ens or 1..3'),
     ('one', ['--alpha', '1.5'], '--alpha must be in [0, 1], got 1.5'),
     ('one', ['--temperature', '0'], '--temperature must be > 0'),
-    (None, [], 'the following arguments are required: --teacher'),
+    (None, [], '--teacher PATH is required'),
 ])
 def test_bad_teacher_flags(teachers, teacher, flags, message, fashion_root, tmp_path, capsys):
     argv = tiny(fashion_root, tmp_path / 'run', '--epochs', 1) + flags

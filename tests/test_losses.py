@@ -5,9 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import objective
 from models import one_resnet
 from methods.one import ONELoss
-from utils.losses import CrossEntropy, correct_counts
+from methods.baseline import CrossEntropy
+from utils.losses import correct_counts
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -47,7 +49,7 @@ def random_output(m=3, batch=6, classes=5, seed=0, dtype=torch.float64):
 @pytest.mark.parametrize('epoch', [0, 40, 80, 200])
 def test_one_loss_value(epoch, T):
     logits, ensemble, targets = random_output()
-    loss = ONELoss(temperature=T, rampup_epochs=80)((logits, ensemble), targets, epoch)
+    loss = ONELoss(temperature=T, rampup_epochs=80, distill=True)((logits, ensemble), targets, epoch)
     expected = one_reference(logits, ensemble, targets, epoch, T, 80)
     torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-10)
     # The KL part is large enough here that a wrong weight, T or reduction would show.
@@ -58,18 +60,18 @@ def test_one_loss_value(epoch, T):
 def test_one_loss_defaults_are_spec(epoch):
     """T = 3 and R = 80 unless told otherwise."""
     logits, ensemble, targets = random_output(seed=1)
-    torch.testing.assert_close(ONELoss()((logits, ensemble), targets, epoch),
+    torch.testing.assert_close(objective('one')((logits, ensemble), targets, epoch),
                                one_reference(logits, ensemble, targets, epoch, 3.0, 80))
 
 
 def test_one_loss_rampup_zero():
     logits, ensemble, targets = random_output(seed=2)
-    torch.testing.assert_close(ONELoss(rampup_epochs=0)((logits, ensemble), targets, 0),
+    torch.testing.assert_close(objective('one', consistency_rampup=0)((logits, ensemble), targets, 0),
                                one_reference(logits, ensemble, targets, 0, 3.0, 0))
 
 
 def test_one_loss_rampup_matches_schedule():
-    loss = ONELoss(rampup_epochs=80)
+    loss = objective('one', consistency_rampup=80)
     assert loss.rampup(0) == pytest.approx(math.exp(-5))
     assert loss.rampup(80) == pytest.approx(1.0)
     assert CrossEntropy().rampup(10) == 0
@@ -81,7 +83,7 @@ def test_kl_sends_no_gradient_to_ensemble(epoch):
     logits, ensemble, targets = random_output(seed=3)
     logits.requires_grad_(True)
     ensemble.requires_grad_(True)
-    ONELoss()((logits, ensemble), targets, epoch).backward()
+    objective('one')((logits, ensemble), targets, epoch).backward()
 
     ens_only = ensemble.detach().clone().requires_grad_(True)
     ce(ens_only, targets).backward()
@@ -104,7 +106,7 @@ def test_gate_gets_gradient_from_ensemble_ce_only():
         objective(model(x)).backward()
         return [p.grad.clone() for p in model.gate.parameters()]
 
-    full = gate_grads(lambda out: ONELoss()(out, y, 200))
+    full = gate_grads(lambda out: objective('one')(out, y, 200))
     ens = gate_grads(lambda out: F.cross_entropy(out[1], y))
     assert any(g.abs().sum() > 0 for g in ens)
     for a, b in zip(full, ens):
@@ -126,7 +128,7 @@ def test_cross_entropy_of_branches_ignores_ensemble():
     torch.testing.assert_close(CrossEntropy()((logits, ensemble), targets, 0), expected)
 
 
-@pytest.mark.parametrize('loss_fn', [CrossEntropy(), ONELoss()], ids=['ce', 'one'])
+@pytest.mark.parametrize('loss_fn', [CrossEntropy(), objective('one')], ids=['ce', 'one'])
 @pytest.mark.parametrize('batch_size', [6, 12, 128])
 def test_batch_size_divides_the_sum(loss_fn, batch_size):
     """A rank passes the global batch size: the loss is then sum / batch_size."""
@@ -140,7 +142,7 @@ def test_batch_size_divides_the_sum(loss_fn, batch_size):
 def test_batch_size_split_sums_to_whole():
     """Two halves of a batch, each divided by the global size, add up to the whole."""
     logits, ensemble, targets = random_output(seed=6, batch=8)
-    loss = ONELoss()
+    loss = objective('one')
     whole = loss((logits, ensemble), targets, 50)
     halves = sum(loss((logits[:, s], ensemble[s]), targets[s], 50, batch_size=8)
                  for s in (slice(0, 3), slice(3, 8)))

@@ -6,9 +6,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from conftest import objective
 from models import ARCHS, blocks_per_stage, branch_state_dict, one_resnet, resnet
 from models.resnet import BasicBlock, Bottleneck
-from methods.one import ONELoss
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -192,7 +192,7 @@ def test_backward_reaches_every_parameter(num_branches):
     model = one_resnet(8, num_classes=5, num_branches=num_branches)
     model.train()
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 5, (8,))
-    loss = ONELoss()(model(x), y, epoch=40)
+    loss = objective('one')(model(x), y, epoch=40)
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, name

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import cifar_baseline
 import cifar_okddip
 import export_branch
-from conftest import run_script
+from conftest import objective, run_script
 from methods import METHODS
 from methods.okddip import OKDDipLoss, OKDDipResNet
 from models import one_resnet, resnet
@@ -69,24 +69,24 @@ def fixed_output():
     ('logits', 40, 13.595985470150348), ('logits', 80, 16.93675373721171)])
 def test_objective_value(aggregate, epoch, pinned):
     logits, log_attention, y = fixed_output()
-    loss = OKDDipLoss(aggregate=aggregate)((logits, logits[1:].mean(0), log_attention), y, epoch)
+    loss = objective('okddip', aggregate=aggregate)((logits, logits[1:].mean(0), log_attention), y, epoch)
     expected = reference(logits, log_attention.exp(), y, epoch, aggregate=aggregate)
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
     assert loss.item() == pytest.approx(pinned, abs=1e-9)
 
 
 def test_defaults_and_weight():
-    loss = OKDDipLoss()
+    loss = objective('okddip')
     assert (loss.temperature, loss.rampup_epochs, loss.alpha, loss.aggregate) == (
         3.0, 80, 1.0, 'probabilities')
     assert loss.rampup(0) == pytest.approx(math.exp(-5)) and loss.rampup(80) == 1.0
-    assert OKDDipLoss(alpha=0.5).rampup(200) == 0.5
+    assert objective('okddip', alpha=0.5).rampup(200) == 0.5
     logits, log_attention, y = fixed_output()
     output = (logits, logits[1:].mean(0), log_attention)
-    torch.testing.assert_close(OKDDipLoss(alpha=0.5, temperature=2.0)(output, y, 30),
+    torch.testing.assert_close(objective('okddip', alpha=0.5, temperature=2.0)(output, y, 30),
                                reference(logits, log_attention.exp(), y, 30, T=2.0, alpha=0.5))
     # the distillation terms are large enough here that a lost T^2 or leader term would show
-    assert OKDDipLoss()(output, y, 80) - OKDDipLoss(alpha=0)(output, y, 80) > 1
+    assert objective('okddip')(output, y, 80) - objective('okddip', alpha=0)(output, y, 80) > 1
 
 
 @pytest.mark.parametrize('aggregate', ['probabilities', 'logits'])
@@ -100,7 +100,7 @@ def test_nothing_is_detached(aggregate):
         fn(z, a).backward()
         return z.grad, a.grad
 
-    ours = grads(lambda z, a: OKDDipLoss(aggregate=aggregate)((z, z[1:].mean(0), a), y, 80))
+    ours = grads(lambda z, a: objective('okddip', aggregate=aggregate)((z, z[1:].mean(0), a), y, 80))
     live = grads(lambda z, a: reference(z, a.exp(), y, 80, aggregate=aggregate))
     frozen = grads(lambda z, a: reference(z, a.exp(), y, 80, aggregate=aggregate,
                                           detach_targets='all'))
@@ -116,7 +116,7 @@ def test_each_target_sends_gradient_to_the_peers(frozen):
     peers' gradient: both distillation levels train the peers through their targets."""
     logits, log_attention, y = fixed_output()
     z = logits.clone().requires_grad_(True)
-    OKDDipLoss()((z, z[1:].mean(0), log_attention), y, 80).backward()
+    objective('okddip')((z, z[1:].mean(0), log_attention), y, 80).backward()
     z_ref = logits.clone().requires_grad_(True)
     reference(z_ref, log_attention.exp(), y, 80, detach_targets=frozen).backward()
     assert (z.grad[1:] - z_ref.grad[1:]).abs().max() > 1e-3
@@ -157,7 +157,7 @@ def test_attention_projections_are_trained_and_extra_to_a_one_net():
     one = one_resnet(8, 10, 4, gate='average')
     assert count == sum(p.numel() for p in one.parameters()) + 2 * 64 * 8
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    OKDDipLoss()(model(x), y, 80).backward()
+    objective('okddip')(model(x), y, 80).backward()
     assert model.attention.query.weight.grad.abs().sum() > 0
     assert model.attention.key.weight.grad.abs().sum() > 0
 
@@ -268,5 +268,5 @@ def test_two_branches_leader_and_one_peer():
     model = OKDDipResNet(8, num_classes=10, num_branches=2)
     logits, ensemble, log_attention = model(torch.randn(4, 3, 32, 32))
     assert log_attention.shape == (4, 1, 1) and torch.all(log_attention == 0)
-    loss = OKDDipLoss()((logits, ensemble, log_attention), torch.randint(0, 10, (4,)), 80)
+    loss = objective('okddip')((logits, ensemble, log_attention), torch.randint(0, 10, (4,)), 80)
     assert torch.isfinite(loss)

@@ -6,8 +6,7 @@ import torch
 import cifar_baseline
 import cifar_one
 import export_branch
-from conftest import run_script
-from methods.one import ONELoss
+from conftest import objective, run_script
 from models import branch_state_dict, one_resnet, resnet
 from test_losses import ce, one_reference, random_output
 from test_models import num_params, perturb_batchnorm
@@ -17,13 +16,13 @@ from test_training import load, tiny
 @pytest.mark.parametrize('epoch', [0, 80, 200])
 def test_no_distill_drops_only_the_kl_term(epoch):
     logits, ensemble, targets = random_output(seed=11)
-    loss = ONELoss(distill=False)((logits, ensemble), targets, epoch)
+    loss = objective('one', no_distill=True)((logits, ensemble), targets, epoch)
     expected = sum(ce(z, targets) for z in logits) + ce(ensemble, targets)
     torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-10)
-    with_kl = ONELoss()((logits, ensemble), targets, epoch)
+    with_kl = objective('one')((logits, ensemble), targets, epoch)
     torch.testing.assert_close(with_kl, one_reference(logits, ensemble, targets, epoch, 3.0, 80))
     assert with_kl - loss > 1e-3  # the dropped term was not negligible
-    assert ONELoss(distill=False).rampup(epoch) == 0.0
+    assert objective('one', no_distill=True).rampup(epoch) == 0.0
 
 
 def test_average_gate_is_the_plain_mean_and_has_no_parameters():

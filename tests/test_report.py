@@ -1,4 +1,4 @@
-"""report.py, utils/published.py and utils/tensorboard_log.py on hand-made run folders."""
+"""report.py, methods/published.py and utils/tensorboard_log.py on hand-made run folders."""
 import csv
 import json
 import os
@@ -10,7 +10,7 @@ import pytest
 
 import report
 from conftest import ROOT
-from utils import published
+from methods import published
 from utils.tensorboard_log import write_tensorboard
 
 SCHEDULE = [151, 225]

@@ -14,8 +14,8 @@ from .atomic import write_atomic
 from .errors import UserError
 
 FORMAT_VERSION = 1
-# What every checkpoint records of its run; methods add their variant flags.
-IDENTITY = ('method', 'arch', 'depth', 'dataset', 'num_branches')
+# What every checkpoint records of its run; methods add their member count and variant flags.
+IDENTITY = ('method', 'arch', 'depth', 'dataset')
 # What any loader needs (evaluation, export) and what continuing a run needs besides.
 REQUIRED = IDENTITY + ('state_dict', 'epoch')
 TRAINING = ('optimizer', 'step', 'best_acc', 'history', 'meters', 'rng', 'seed', 'args')
@@ -58,8 +58,8 @@ def check_keys(state, path, keys):
 
 
 def describe(identity):
-    """e.g. 'one one_resnet-32 on cifar100 with 3 branch(es), gate=average'."""
-    text = '{method} {arch}-{depth} on {dataset} with {num_branches} branch(es)'.format(
+    """e.g. 'one one_resnet-32 on cifar100, num_branches=3, gate=average'."""
+    text = '{method} {arch}-{depth} on {dataset}'.format(
         **{key: identity.get(key) for key in IDENTITY})
     extra = ', '.join(f'{k}={v}' for k, v in identity.items() if k not in IDENTITY)
     return f'{text}, {extra}' if extra else text
@@ -67,7 +67,7 @@ def describe(identity):
 
 def check_identity(state, path, expected):
     """Refuse a checkpoint made by another method or variant, or for another arch, depth,
-    dataset or branch count."""
+    dataset or member count."""
     found = {key: state.get(key) for key in expected}
     wrong = [key for key in expected if found[key] != expected[key]]
     if wrong:

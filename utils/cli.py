@@ -34,7 +34,7 @@ def build_parser(description, method):
     p.add_argument('--gamma', type=float, default=0.1, help='LR multiplier at each milestone')
     p.add_argument('--momentum', default=0.9, type=float)
     p.add_argument('--nesterov', action=argparse.BooleanOptionalAction, default=False,
-                   help='Nesterov momentum (ONE: off; OKDDip: on)')
+                   help="Nesterov momentum (each method's default is its paper's)")
     p.add_argument('--weight-decay', '--wd', default=1e-4, type=float, dest='weight_decay')
     p.add_argument('-c', '--checkpoint', default=None,
                    help='run folder (default: checkpoints/DATASET/ARCH-DEPTH)')

@@ -49,7 +49,7 @@ def main(method, description, argv=None):
 def identity(args, method):
     """What must agree between a checkpoint and the run that loads it."""
     return dict(method=method.name, arch=args.arch, depth=args.depth, dataset=args.dataset,
-                num_branches=getattr(args, 'num_branches', 1), **method.variant(args))
+                **method.identity(args))
 
 
 # ----------------------------------------------------------------------------- evaluation

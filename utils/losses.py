@@ -1,4 +1,4 @@
-"""Pieces the methods' objectives share, and the baseline's cross-entropy.
+"""Pieces the methods' objectives share.
 
 An objective maps (model output, targets, epoch) to the loss to minimise."""
 import torch
@@ -21,19 +21,6 @@ def distillation_kl(student_logits, teacher_logits, temperature):
     log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum()
     return kl * temperature ** 2
-
-
-class CrossEntropy:
-    """The baseline: cross-entropy of every branch's logits (a plain ResNet has one)."""
-
-    def rampup(self, epoch):
-        return 0.0
-
-    def __call__(self, output, targets, epoch, batch_size=None):
-        """Loss summed over the batch and divided by `batch_size` (default: this batch's size,
-        giving the mean; a distributed rank passes the global batch size)."""
-        logits, _ = as_branches(output)
-        return branch_cross_entropy(logits, targets) / (batch_size or len(targets))
 
 
 def branch_cross_entropy(logits, targets):

@@ -6,7 +6,6 @@ import random
 import numpy as np
 import torch
 
-from models import blocks_per_stage
 from .data import DeviceLoader, load_dataset, rank_share
 from .distributed import init_process_group, world_from_env
 from .errors import UserError
@@ -16,12 +15,6 @@ FAST_TEST_BATCH = 1000  # under --fast on CUDA: evaluation is launch-bound at 10
 
 
 def check_flags(args, method, world):
-    try:
-        blocks_per_stage(args.depth)
-    except ValueError as e:
-        raise UserError(f'--depth: {e}') from None
-    if getattr(args, 'num_branches', 1) < 1:
-        raise UserError(f'--num-branches must be at least 1, got {args.num_branches}')
     if args.drop != 0:
         raise UserError('--drop: the CIFAR ResNets have no dropout layer (as in the original)')
     for flag, value in (('--epochs', args.epochs), ('--train-batch', args.train_batch),
@@ -31,7 +24,7 @@ def check_flags(args, method, world):
     if args.train_batch % world.size:
         raise UserError(f'--train-batch {args.train_batch} (the global batch) does not divide '
                         f'over {world.size} ranks')
-    if args.train_batch < 2 * world.size:  # a BatchNorm in training (ONE's gate) needs 2
+    if args.train_batch < 2 * world.size:  # a BatchNorm in training needs 2 images
         raise UserError(f'--train-batch {args.train_batch} gives {args.train_batch // world.size} '
                         f'image(s) per batch to each of {world.size} rank(s); BatchNorm needs at '
                         f'least 2: use --train-batch {2 * world.size} or more')
@@ -53,7 +46,7 @@ def check_flags(args, method, world):
     if negative:
         raise UserError(f'--schedule milestones are 0-based epochs (>= 0), got '
                         f'{" ".join(map(str, negative))}')
-    method.check_flags(args)
+    method.validate(args)
 
 
 def pick_device(args, world):

@@ -20,11 +20,10 @@ PUBLISHED_EPOCHS = 300
 def reference_setup(method):
     """The setup a method's published numbers refer to: its entry script's defaults, which
     are its paper's settings (methods/*.py). A run whose flags equal these has variant ()."""
-    from methods import METHODS
-    from utils.cli import build_parser
+    from methods import METHODS  # methods/__init__.py does not import this module
     if method not in METHODS:
         return {}
-    return vars(build_parser('', METHODS[method]).parse_args([]))
+    return vars(METHODS[method].defaults())
 
 
 ONE_PAPER = 'ONE paper (Lan, Zhu, Gong, NeurIPS 2018, arXiv 1806.04606)'
