@@ -1,5 +1,5 @@
 """CL-ILR (Song & Chai 2018): the objective against direct formulas, the stop-gradient on the
-soft targets, backpropagation rescaling, and runs of cifar_clilr.py through its command line."""
+soft targets, backpropagation rescaling, and its own flags."""
 import copy
 import math
 
@@ -7,13 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import cifar_baseline
 import cifar_clilr
-import cifar_one
-import export_branch
-from conftest import objective, run_script
+from conftest import objective
+from methods import METHODS
 from methods.clilr import CLILRLoss, CLILRResNet
-from test_training import assert_same_run, load, tiny
+from test_training import load, tiny
 
 SUBSET = ['--train-subset', 128]
 
@@ -158,77 +156,35 @@ def test_model_is_the_one_layout_without_gate():
     torch.testing.assert_close(ensemble, logits.mean(0))
 
 
-# ----------------------------------------------------------------------------- runs
+# ----------------------------------------------------------------------------- its own flags
+# (training, resume, -e, export and the shared bad flags: tests/test_methods_cli.py)
+
+def test_defaults_are_the_reference_code_settings():
+    args = METHODS['clilr'].defaults()
+    assert (args.arch, args.num_branches, args.no_rescaling, args.form) == (
+        'clilr_resnet', 4, False, 'paper')
+    assert (args.schedule, args.weight_decay, args.nesterov) == ([150, 225], 1e-4, False)
+
 
 @pytest.fixture(scope='module')
 def straight(fashion_root, tmp_path_factory):
-    """Two epochs through the command line, as a user runs it."""
     run = tmp_path_factory.mktemp('clilr') / 'straight'
-    proc = run_script('cifar_clilr.py', *tiny(fashion_root, run, '--epochs', 2, *SUBSET))
-    return run, proc
+    assert cifar_clilr.main(tiny(fashion_root, run, '--epochs', 1, *SUBSET)) == 0
+    return run
 
 
-def test_two_epochs_through_the_cli(straight):
-    run, proc = straight
-    epoch_lines = [l for l in proc.stdout.splitlines() if l.startswith('Epoch ')]
-    assert len(epoch_lines) == 2 and ' w 1.0000 ' in epoch_lines[0], proc.stdout
-    assert 'Traceback' not in proc.stderr and 'head 1 test top-1' in proc.stdout
-    log = (run / 'log.txt').read_text().splitlines()
-    assert log[0].split('\t') == [f'{s}Acc_{n}' for n in '1234e' for s in 'TV'] and len(log) == 3
-    args = load(run / 'checkpoint.pth.tar')['args']
-    assert (args['method'], args['arch'], args['num_branches'], args['temperature'],
-            args['beta'], args['consistency_rampup'], args['no_rescaling'], args['form']) == (
-        'clilr', 'clilr_resnet', 4, 2.0, 0.5, 0, False, 'paper')
-    assert (args['schedule'], args['weight_decay'], args['nesterov']) == ([150, 225], 1e-4, False)
-    state = load(run / 'checkpoint.pth.tar')
-    assert (state['epoch'], state['rescaling'], state['form']) == (2, True, 'paper')
-    assert [row['rampup'] for row in state['history']] == [1.0, 1.0]
-
-
-def test_resume_is_bitwise_identical(straight, fashion_root, tmp_path):
-    split = tmp_path / 'split'
-    assert cifar_clilr.main(tiny(fashion_root, split, '--epochs', 1, *SUBSET)) == 0
-    assert cifar_clilr.main(tiny(fashion_root, split, '--epochs', 2, '--resume', 'auto',
-                                 *SUBSET)) == 0
-    assert_same_run(straight[0] / 'checkpoint.pth.tar', split / 'checkpoint.pth.tar')
-    assert (straight[0] / 'log.txt').read_text() == (split / 'log.txt').read_text()
-
-
-def test_evaluate_prints_every_head(straight, fashion_root, tmp_path, capsys):
-    checkpoint = straight[0] / 'checkpoint.pth.tar'
+def test_the_checkpoint_records_rescaling_and_form(straight, fashion_root, tmp_path, capsys):
+    state = load(straight / 'checkpoint.pth.tar')
+    assert (state['rescaling'], state['form']) == (True, 'paper')
+    assert [row['rampup'] for row in state['history']] == [1.0]
     capsys.readouterr()
-    assert cifar_clilr.main(tiny(fashion_root, tmp_path / 'unused', '-e', '--resume',
-                                 checkpoint)) == 0
-    out = capsys.readouterr().out
-    row = load(checkpoint)['history'][-1]
-    labels = [(f'head {k}', f'test_acc_{k}') for k in '1234']
-    for label, key in labels + [('ensemble (mean of heads)', 'test_acc_ens'),
-                                ('mean of heads', 'test_acc_mean')]:
-        line = next(l for l in out.splitlines() if l.strip().startswith(label))
-        assert line.split()[-1] == f'{row[key]:.2f}', label
-    # another method's entry script, or another variant, refuses the checkpoint
-    assert cifar_one.main(tiny(fashion_root, tmp_path / 'u', '-e', '--resume', checkpoint)) == 2
-    assert cifar_clilr.main(tiny(fashion_root, tmp_path / 'u', '-e', '--resume', checkpoint,
-                                 '--no-rescaling')) == 2
-    assert 'rescaling' in capsys.readouterr().err
-
-
-def test_exported_head_evaluates_like_the_head(straight, fashion_root, tmp_path, capsys):
-    checkpoint = straight[0] / 'checkpoint.pth.tar'
-    out = tmp_path / 'head3.pth.tar'
-    assert export_branch.main([str(checkpoint), '--branch', '3', '-o', str(out)]) == 0
-    assert sum(v.numel() for k, v in load(out)['state_dict'].items()
-               if not k.endswith(('running_mean', 'running_var', 'num_batches_tracked'))) == 78042
-    capsys.readouterr()
-    assert cifar_baseline.main(tiny(fashion_root, tmp_path / 'x', '-e', '--resume', out)) == 0
-    accuracy = float(capsys.readouterr().out.splitlines()[1].split()[-1])
-    assert accuracy == pytest.approx(load(checkpoint)['history'][-1]['test_acc_3'], abs=0.005)
-    assert export_branch.main([str(checkpoint), '--branch', '5', '-o', str(tmp_path / 'b5')]) == 2
+    assert cifar_clilr.main(tiny(fashion_root, tmp_path / 'u', '-e', '--resume',
+                                 straight / 'checkpoint.pth.tar', '--no-rescaling')) == 2
+    assert 'mismatch: rescaling' in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('flags, named', [(['--beta', 0], '--beta'), (['--beta', 1.5], '--beta'),
-                                          (['--num-branches', 1], '--num-branches'),
-                                          (['--temperature', 0], '--temperature')])
+                                          (['--num-branches', 1], '--num-branches')])
 def test_bad_flags_are_one_line(flags, named, fashion_root, tmp_path, capsys):
     assert cifar_clilr.main(tiny(fashion_root, tmp_path / 'r', *flags)) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -1,9 +1,8 @@
 """DML (methods/dml.py): the objective against a direct computation, independent networks, the
-simultaneous and alternating (Algorithm 1) updates, refusals, and complete runs."""
+simultaneous and alternating (Algorithm 1) updates, its paper's defaults and its own refusals
+(training, resume, -e, export through the command line: tests/test_methods_cli.py)."""
 import copy
-import json
 import math
-import os
 
 import pytest
 import torch
@@ -11,12 +10,11 @@ import torch
 import cifar_baseline
 import cifar_dml
 import export_branch
-from conftest import objective, run_script
+from conftest import objective
 from methods import METHODS
 from methods.dml import Cohort, DMLLoss
 from models import resnet
-from test_training import assert_same_run, load, tiny
-from utils.cli import build_parser
+from test_training import load, tiny
 from utils.steps import train_step
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -29,7 +27,6 @@ LOGITS = torch.tensor([[[2.0, -1.0, 0.5, 0.0], [0.3, 1.2, -0.7, 2.2], [-1.5, 0.4
 LABELS = torch.tensor([0, 3, 2])
 SUBSET = ['--train-subset', 256]
 # Subprocesses on one thread too: several threads per process only thrash a busy 2-core machine.
-ONE_THREAD = {**os.environ, 'OMP_NUM_THREADS': '1'}
 
 
 def softmax(z, T):
@@ -246,27 +243,8 @@ def test_bad_flags(flags, env, message, fashion_root, tmp_path, capsys, monkeypa
     assert not (tmp_path / 'run').exists()
 
 
-def test_two_epochs_through_the_cli(fashion_root, tmp_path):
-    run = tmp_path / 'run'
-    proc = run_script('cifar_dml.py', *tiny(fashion_root, run, '--epochs', 2,
-                                            '--train-subset', 128), env=ONE_THREAD)
-    epoch_lines = [l for l in proc.stdout.splitlines() if l.startswith('Epoch ')]
-    assert len(epoch_lines) == 2 and ' mean ' in epoch_lines[0] and ' ens ' in epoch_lines[0]
-    log = (run / 'log.txt').read_text().splitlines()
-    assert log[0].split('\t') == ['TAcc_1', 'VAcc_1', 'TAcc_2', 'VAcc_2', 'TAcc_e', 'VAcc_e']
-    assert len(log) == 3
-    args = json.loads((run / 'args.json').read_text())
-    # the paper's settings, as defaults
-    assert (args['num_branches'], args['update'], args['temperature']) == (2, 'alternating', 1.0)
-    assert (args['nesterov'], args['weight_decay'], args['schedule'], args['epochs']) == (
-        True, 5e-4, [60, 120, 180], 2)
-    state = load(run / 'checkpoint.pth.tar')
-    assert (state['method'], state['num_branches'], state['update']) == ('dml', 2, 'alternating')
-    assert state['epoch'] == 2 and 'nets.1.fc.weight' in state['state_dict']
-
-
 def test_paper_defaults():
-    args = build_parser('x', METHODS['dml']).parse_args([])
+    args = METHODS['dml'].defaults()
     assert (args.train_batch, args.epochs, args.schedule, args.lr, args.gamma, args.momentum,
             args.nesterov, args.weight_decay) == (64, 200, [60, 120, 180], 0.1, 0.1, 0.9, True,
                                                   5e-4)
@@ -276,34 +254,15 @@ def test_paper_defaults():
 @pytest.fixture(scope='module')
 def straight(fashion_root, tmp_path_factory):
     run = tmp_path_factory.mktemp('dml') / 'straight'
-    assert cifar_dml.main(tiny(fashion_root, run, '--epochs', 2, *SUBSET)) == 0
+    assert cifar_dml.main(tiny(fashion_root, run, '--epochs', 1, *SUBSET)) == 0
     return run
 
 
-def test_resume_is_bitwise_identical(straight, fashion_root, tmp_path, capsys):
-    split = tmp_path / 'split'
-    assert cifar_dml.main(tiny(fashion_root, split, '--epochs', 1, *SUBSET)) == 0
-    assert cifar_dml.main(tiny(fashion_root, split, '--epochs', 2, *SUBSET, '--update',
-                               'simultaneous', '--resume', 'auto')) == 2
+def test_a_checkpoint_of_the_other_update_order_is_refused(straight, fashion_root, tmp_path,
+                                                          capsys):
+    assert cifar_dml.main(tiny(fashion_root, tmp_path / 'u', '-e', '--resume',
+                               straight / 'checkpoint.pth.tar', '--update', 'simultaneous')) == 2
     assert 'mismatch: update' in capsys.readouterr().err
-    assert cifar_dml.main(tiny(fashion_root, split, '--epochs', 2, *SUBSET, '--resume',
-                               'auto')) == 0
-    assert_same_run(straight / 'checkpoint.pth.tar', split / 'checkpoint.pth.tar')
-    assert (straight / 'log.txt').read_text() == (split / 'log.txt').read_text()
-
-
-def test_evaluate_prints_every_network_mean_and_ensemble(straight, fashion_root, tmp_path,
-                                                         capsys):
-    capsys.readouterr()
-    assert cifar_dml.main(tiny(fashion_root, tmp_path / 'unused', '-e', '--resume',
-                               straight / 'checkpoint.pth.tar')) == 0
-    out = capsys.readouterr().out.splitlines()
-    row = load(straight / 'checkpoint.pth.tar')['history'][-1]
-    for label, key in (('network 1', 'test_acc_1'), ('network 2', 'test_acc_2'),
-                       ('ensemble', 'test_acc_ens'), ('mean of networks', 'test_acc_mean')):
-        line = next(l for l in out if l.strip().startswith(label))
-        assert float(line.split()[-1]) == pytest.approx(row[key], abs=0.005)
-    assert not (tmp_path / 'unused').exists()
 
 
 def test_export_gives_network_k_as_a_plain_resnet(straight, fashion_root, tmp_path, capsys):

@@ -1,9 +1,9 @@
 """KD (methods/kd.py): the objective against a direct computation, the frozen teacher, teacher
-checkpoints of every kind, refusals, and complete runs through the command line."""
+checkpoints of every kind and its own refusals (training, resume, -e and export through the
+command line: tests/test_methods_cli.py)."""
 import json
 import math
 import os
-from argparse import Namespace
 
 import pytest
 import torch
@@ -16,7 +16,7 @@ from conftest import objective, run_script
 from methods import METHODS
 from methods.kd import KDLoss
 from models import branch_state_dict, one_resnet, resnet
-from test_training import assert_same_run, load, tiny
+from test_training import load, tiny
 from utils.setup import build_optimizer
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -80,9 +80,8 @@ def teachers(fashion_root, tmp_path_factory):
 
 
 def kd_args(teacher, member=None):
-    args = Namespace(depth=8, dataset='fashionmnist', teacher=str(teacher), teacher_member=member,
-                     temperature=4.0, alpha=0.9, lr=0.1, momentum=0.9, weight_decay=1e-4,
-                     nesterov=False, fast=False)
+    args = METHODS['kd'].defaults(depth=8, dataset='fashionmnist', teacher=str(teacher),
+                                  teacher_member=member)
     METHODS['kd'].check_flags(args)
     return args
 
@@ -179,22 +178,17 @@ def assert_teacher_untouched(run, teacher_path, prefix, teacher_state):
     assert all(torch.equal(stored[k], teacher_state[k]) for k in teacher_state)
 
 
-def test_two_epochs_through_the_cli_with_a_baseline_teacher(teachers, fashion_root, tmp_path):
-    run = tmp_path / 'run'
-    proc = run_script('cifar_kd.py', *tiny(fashion_root, run, '--epochs', 2, *SUBSET),
-                      '--teacher', teachers['baseline'], env=ONE_THREAD)
-    epoch_lines = [l for l in proc.stdout.splitlines() if l.startswith('Epoch ')]
-    assert len(epoch_lines) == 2 and ' w 0.9000 ' in epoch_lines[0]
-    log = (run / 'log.txt').read_text().splitlines()
-    assert log[0].split('\t') == ['TAcc_1', 'VAcc_1', 'TAcc_teacher', 'VAcc_teacher']
-    assert len(log) == 3
-    args = json.loads((run / 'args.json').read_text())
-    assert (args['teacher'], args['teacher_member'], args['teacher_method']) == (
-        str(teachers['baseline']), '1', 'baseline')
-    assert (args['temperature'], args['alpha'], args['weight_decay'], args['schedule']) == (
+def test_defaults_and_the_teacher_recorded(teachers, fashion_root, tmp_path):
+    args = METHODS['kd'].defaults()
+    assert (args.temperature, args.alpha, args.weight_decay, args.schedule) == (
         4.0, 0.9, 1e-4, [151, 225])
-    state = load(run / 'checkpoint.pth.tar')
-    assert (state['method'], state['teacher_epoch'], state['epoch']) == ('kd', 1, 2)
+    run = tmp_path / 'run'
+    assert cifar_kd.main(tiny(fashion_root, run, '--epochs', 1, *SUBSET,
+                              '--teacher', teachers['baseline'])) == 0
+    recorded = json.loads((run / 'args.json').read_text())
+    assert (recorded['teacher'], recorded['teacher_member'], recorded['teacher_method']) == (
+        str(teachers['baseline']), '1', 'baseline')
+    assert load(run / 'checkpoint.pth.tar')['teacher_epoch'] == 1
     assert_teacher_untouched(run, teachers['baseline'], 'teacher.',
                              load(teachers['baseline'])['state_dict'])
 
@@ -222,31 +216,12 @@ def test_ensemble_and_branch_teachers_of_one(ensemble_run, teachers, fashion_roo
     assert history[0]['test_acc_teacher'] == history[1]['test_acc_teacher']
 
 
-def test_resume_is_bitwise_identical(ensemble_run, teachers, fashion_root, tmp_path, capsys):
-    split = tmp_path / 'split'
-    flags = [*SUBSET, '--teacher', teachers['one']]
-    assert cifar_kd.main(tiny(fashion_root, split, '--epochs', 1, *flags)) == 0
-    # another teacher member is another run: refused, naming the mismatch
-    assert cifar_kd.main(tiny(fashion_root, split, '--epochs', 2, *flags, '--teacher-member', 1,
-                              '--resume', 'auto')) == 2
+def test_another_teacher_member_is_another_run(ensemble_run, teachers, fashion_root, tmp_path,
+                                                capsys):
+    flags = [*SUBSET, '--teacher', teachers['one'], '--teacher-member', 1]
+    assert cifar_kd.main(tiny(fashion_root, tmp_path / 'u', '-e', *flags, '--resume',
+                              ensemble_run / 'checkpoint.pth.tar')) == 2
     assert 'mismatch: teacher_member' in capsys.readouterr().err
-    assert cifar_kd.main(tiny(fashion_root, split, '--epochs', 2, *flags, '--resume', 'auto')) == 0
-    assert_same_run(ensemble_run / 'checkpoint.pth.tar', split / 'checkpoint.pth.tar')
-    assert (ensemble_run / 'log.txt').read_text() == (split / 'log.txt').read_text()
-
-
-def test_evaluate_prints_student_and_teacher(ensemble_run, teachers, fashion_root, tmp_path,
-                                             capsys):
-    capsys.readouterr()
-    assert cifar_kd.main(tiny(fashion_root, tmp_path / 'unused', '-e', '--teacher',
-                              teachers['one'], '--resume',
-                              ensemble_run / 'checkpoint.pth.tar')) == 0
-    lines = capsys.readouterr().out.splitlines()
-    row = load(ensemble_run / 'checkpoint.pth.tar')['history'][-1]
-    for label, key in (('student', 'test_acc_1'), ('teacher', 'test_acc_teacher')):
-        line = next(l for l in lines if l.strip().startswith(label))
-        assert float(line.split()[-1]) == pytest.approx(row[key], abs=0.005)
-    assert not (tmp_path / 'unused').exists()
 
 
 def test_export_gives_the_student_as_a_plain_resnet(ensemble_run, fashion_root, tmp_path, capsys):
@@ -259,8 +234,4 @@ def test_export_gives_the_student_as_a_plain_resnet(ensemble_run, fashion_root, 
                if k.startswith('student.')}
     assert exported['state_dict'].keys() == resnet(8, 10).state_dict().keys()
     assert all(torch.equal(exported['state_dict'][k], student[k]) for k in student)
-    capsys.readouterr()
-    assert cifar_baseline.main(tiny(fashion_root, tmp_path / 'x', '-e', '--resume', out)) == 0
-    accuracy = float(capsys.readouterr().out.splitlines()[1].split()[-1])
-    assert accuracy == pytest.approx(state['history'][-1]['test_acc_1'], abs=0.005)
     assert export_branch.main([str(checkpoint), '--branch', '2', '-o', str(tmp_path / 'b2')]) == 2

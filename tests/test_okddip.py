@@ -1,19 +1,18 @@
 """OKDDip (Chen et al. 2020): the objective against direct formulas, what is (not) detached,
-the peer attention, and runs of cifar_okddip.py through its command line."""
+the peer attention, and its own flags."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import cifar_baseline
 import cifar_okddip
 import export_branch
-from conftest import objective, run_script
+from conftest import objective
 from methods import METHODS
 from methods.okddip import OKDDipLoss, OKDDipResNet
 from models import one_resnet, resnet
-from test_training import assert_same_run, load, tiny
+from test_training import load, tiny
 
 SUBSET = ['--train-subset', 128]
 
@@ -179,29 +178,25 @@ def test_export_drops_the_attention_and_other_branches():
     assert torch.equal(method.deployable(state, 3)['fc.weight'], model.branches[2].fc.weight)
 
 
-# ----------------------------------------------------------------------------- runs
+# ----------------------------------------------------------------------------- its own flags
+# (training, resume, -e, export and the shared bad flags: tests/test_methods_cli.py)
+
+def test_defaults_are_the_authors_code_settings():
+    args = METHODS['okddip'].defaults()
+    assert (args.arch, args.num_branches, args.temperature, args.alpha, args.consistency_rampup,
+            args.aggregate) == ('okddip_resnet', 4, 3.0, 1.0, 80, 'probabilities')
+    assert (args.schedule, args.weight_decay, args.nesterov) == ([150, 225], 5e-4, True)
+
 
 @pytest.fixture(scope='module')
 def straight(fashion_root, tmp_path_factory):
-    """Two epochs through the command line, with no flag but the data's: the paper's settings."""
     run = tmp_path_factory.mktemp('okddip') / 'straight'
-    proc = run_script('cifar_okddip.py', *tiny(fashion_root, run, '--epochs', 2, *SUBSET))
-    return run, proc
+    assert cifar_okddip.main(tiny(fashion_root, run, '--epochs', 1, *SUBSET)) == 0
+    return run
 
 
-def test_two_epochs_through_the_cli(straight):
-    run, proc = straight
-    epoch_lines = [l for l in proc.stdout.splitlines() if l.startswith('Epoch ')]
-    assert len(epoch_lines) == 2 and ' w 0.0067 ' in epoch_lines[0], proc.stdout
-    assert 'Traceback' not in proc.stderr and 'leader (branch 1) test top-1' in proc.stdout
-    log = (run / 'log.txt').read_text().splitlines()
-    assert log[0].split('\t') == [f'{s}Acc_{n}' for n in '1234e' for s in 'TV'] and len(log) == 3
-    state = load(run / 'checkpoint.pth.tar')
-    args = state['args']
-    assert (args['method'], args['arch'], args['num_branches'], args['temperature'], args['alpha'],
-            args['consistency_rampup'], args['aggregate']) == (
-        'okddip', 'okddip_resnet', 4, 3.0, 1.0, 80, 'probabilities')
-    assert (args['schedule'], args['weight_decay'], args['nesterov']) == ([150, 225], 5e-4, True)
+def test_sgd_trains_the_attention_with_nesterov(straight):
+    state = load(straight / 'checkpoint.pth.tar')
     group = state['optimizer']['param_groups'][0]
     assert (group['nesterov'], group['weight_decay']) == (True, 5e-4)
     # every parameter, the attention projections included, has been updated by SGD
@@ -209,55 +204,31 @@ def test_two_epochs_through_the_cli(straight):
     assert len(state['optimizer']['state']) == sum(not k.endswith(buffers)
                                                    for k in state['state_dict'])
     assert 'attention.query.weight' in state['state_dict']
-    assert [round(r['rampup'], 7) for r in state['history']] == [0.0067379, 0.0076291]
+    assert [round(r['rampup'], 7) for r in state['history']] == [0.0067379]
 
 
-def test_resume_is_bitwise_identical(straight, fashion_root, tmp_path):
-    split = tmp_path / 'split'
-    assert cifar_okddip.main(tiny(fashion_root, split, '--epochs', 1, *SUBSET)) == 0
-    assert cifar_okddip.main(tiny(fashion_root, split, '--epochs', 2, '--resume', 'auto',
-                                  *SUBSET)) == 0
-    assert_same_run(straight[0] / 'checkpoint.pth.tar', split / 'checkpoint.pth.tar')
-    assert (straight[0] / 'log.txt').read_text() == (split / 'log.txt').read_text()
-
-
-def test_evaluate_prints_the_leader_every_peer_and_their_ensemble(straight, fashion_root, tmp_path,
-                                                                  capsys):
-    checkpoint = straight[0] / 'checkpoint.pth.tar'
+def test_evaluate_labels_the_leader_and_the_peers(straight, fashion_root, tmp_path, capsys):
+    checkpoint = straight / 'checkpoint.pth.tar'
     capsys.readouterr()
     assert cifar_okddip.main(tiny(fashion_root, tmp_path / 'unused', '-e', '--resume',
                                   checkpoint)) == 0
     lines = capsys.readouterr().out.splitlines()
-    row = load(checkpoint)['history'][-1]
-    expected = [('leader (branch 1)', 'test_acc_1')] + [
-        (f'peer (branch {k})', f'test_acc_{k}') for k in '234'] + [
-        ('peer ensemble', 'test_acc_ens'), ('mean of branches', 'test_acc_mean')]
-    assert [l.strip().rsplit(None, 1)[0] for l in lines[1:]] == [label for label, _ in expected]
-    for (label, key), line in zip(expected, lines[1:]):
-        assert line.split()[-1] == f'{row[key]:.2f}', label
+    expected = ['leader (branch 1)'] + [f'peer (branch {k})' for k in '234'] + [
+        'peer ensemble', 'mean of branches']
+    assert [l.strip().rsplit(None, 1)[0] for l in lines[1:]] == expected
     assert cifar_okddip.main(tiny(fashion_root, tmp_path / 'u', '-e', '--resume', checkpoint,
                                   '--aggregate', 'logits')) == 2
-    assert 'aggregate' in capsys.readouterr().err
+    assert 'mismatch: aggregate' in capsys.readouterr().err
 
 
-def test_exported_leader_evaluates_like_the_leader(straight, fashion_root, tmp_path, capsys):
-    checkpoint = straight[0] / 'checkpoint.pth.tar'
+def test_the_exported_leader_has_no_attention(straight, tmp_path):
     out = tmp_path / 'leader.pth.tar'
-    assert export_branch.main([str(checkpoint), '-o', str(out)]) == 0      # default: member 1
-    exported = load(out)
-    assert exported['arch'] == 'resnet'
-    assert not any('attention' in k for k in exported['state_dict'])
-    capsys.readouterr()
-    assert cifar_baseline.main(tiny(fashion_root, tmp_path / 'x', '-e', '--resume', out)) == 0
-    accuracy = capsys.readouterr().out.splitlines()[1].split()[-1]
-    assert accuracy == f'{load(checkpoint)["history"][-1]["test_acc_1"]:.2f}'
-    assert export_branch.main([str(checkpoint), '--branch', '0', '-o', str(tmp_path / 'b0')]) == 2
+    assert export_branch.main([str(straight / 'checkpoint.pth.tar'), '-o', str(out)]) == 0
+    assert not any('attention' in k for k in load(out)['state_dict'])
 
 
 @pytest.mark.parametrize('flags, named', [(['--alpha', -1], '--alpha'),
-                                          (['--num-branches', 1], '--num-branches'),
-                                          (['--temperature', -3], '--temperature'),
-                                          (['--consistency_rampup', -1], '--consistency_rampup')])
+                                          (['--num-branches', 1], '--num-branches')])
 def test_bad_flags_are_one_line(flags, named, fashion_root, tmp_path, capsys):
     assert cifar_okddip.main(tiny(fashion_root, tmp_path / 'r', *flags)) == 2
     err = capsys.readouterr().err.strip().splitlines()
