@@ -1,9 +1,10 @@
 """Train CL-ILR (Song & Chai, NeurIPS 2018): heads on a shared trunk learn from each other.
 
     python cifar_clilr.py --dataset cifar100 --depth 32 --checkpoint checkpoints/cifar100/CL-ILR-32
-Paper settings are the defaults: 4 heads, T = 2, beta = 0.5, backpropagation rescaling, LR / 10
-at epochs 150 and 225. Ablation: --no-rescaling. DefangChen/OKDDip's version: --form okddip
---temperature 3 --consistency_rampup 80.
+Defaults: 4 heads, T = 2, beta = 0.5 (qq456cvb's reimplementation; the paper's own values are
+unchecked), backpropagation rescaling, LR / 10 at epochs 150 and 225. Ablation: --no-rescaling.
+DefangChen/OKDDip's version: --form okddip --temperature 3 --consistency_rampup 80.
+See docs/FIDELITY.md (CL-ILR).
 """
 import sys
 

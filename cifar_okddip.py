@@ -3,7 +3,7 @@
     python cifar_okddip.py --dataset cifar100 --depth 32 --checkpoint checkpoints/cifar100/OKDDip-32
 The authors' settings are the defaults: 4 branches (leader = branch 1), T = 3, alpha = 1,
 ramp-up 80 epochs, weight decay 5e-4, Nesterov momentum, LR / 10 at epochs 150 and 225.
-The authors' code's logit aggregation: --aggregate logits.
+The authors' code's logit aggregation, which produced the published 25.65: --aggregate logits.
 """
 import sys
 

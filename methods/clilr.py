@@ -30,8 +30,11 @@ Where popular reimplementations differ:
     T^2 KL(q_h || softmax(z_h / T)), T = 3, ramp-up over 80 epochs, q_h NOT detached, no beta.
     `--form okddip` gives that objective (pass --temperature 3 --consistency_rampup 80 for
     its values).
-  - qq456cvb/Collaborative-Learning (TensorFlow, DenseNet-40-12): the paper's loss with T = 2,
-    beta = 0.5 and no T^2, 4 heads in a 2x2 tree, but q_h is not detached (its README says so).
+  - qq456cvb/Collaborative-Learning (main.py; TensorFlow, DenseNet-40-12 on CIFAR-10): the same
+    loss, T = 2, beta = 0.5, no T^2, q_h under tf.stop_gradient (only an early README said the
+    gradient passes through q), 4 heads as a 2 x 2 tree; batch 64, weight decay 1e-4, momentum
+    0.9, LR 0.1 divided by 10 after epochs 150, 225 and 290 (we stop at 150/225, batch 128).
+See docs/FIDELITY.md (CL-ILR) for every difference.
 """
 import torch
 import torch.nn.functional as F
@@ -128,7 +131,8 @@ class CLILR(BranchedMethod):
         parser.add_argument('--form', default='paper', choices=FORMS,
                             help="'okddip': DefangChen/OKDDip's CL-ILR objective (CE + w T^2 KL, "
                                  'no stop-gradient, no beta)')
-        # 150/225 as the CL and OKDDip code (ONE's scripts use 151/225).
+        # 150/225 as DefangChen/OKDDip's CL-ILR (qq456cvb's code adds a drop at 290; ONE's
+        # scripts use 151/225).
         parser.set_defaults(schedule=[150, 225])
 
     def check_flags(self, args):

@@ -8,8 +8,9 @@ Every number is a top-1 ERROR in percent (accuracies from a source are stored as
   arch     the backbone, 'resnet' (a ONE branch is a plain resnet)
   member   '1' the single deployed network, 'ens' the ensemble (ONE-E)
 All were obtained with 300 epochs (PUBLISHED_EPOCHS) as far as the sources say.
-`secondary` is True exactly where SPEC.md calls the source secondary. Numbers from the
-"comparison" sources have not yet been checked against the papers themselves.
+`secondary` is True exactly where docs/FIDELITY.md (Published numbers) calls the source
+secondary; that section lists every entry with its source and the test that pins it. Numbers
+from the "comparison" sources have not yet been checked against the papers themselves.
 """
 from dataclasses import dataclass
 
@@ -29,10 +30,11 @@ def reference_setup(method):
 ONE_PAPER = 'ONE paper (Lan, Zhu, Gong, NeurIPS 2018, arXiv 1806.04606)'
 ONE_BRANCH_STUDY = ONE_PAPER + ', branch-count study (ResNet-32, CIFAR-100)'
 ONE_ABLATION = 'ONE paper ablation (ResNet-110, CIFAR-100), secondary summary'
-PCL_README = ('PCL (AAAI 2021) as restated in its public code\'s README (accuracy; their '
-              'ResNet definitions may differ from ours)')
-OKDDIP_PAPER = ('OKDDip paper (Chen et al., AAAI 2020), CIFAR-100 ResNet-32 branch-based, as '
-                'quoted in the OKDDip repository\'s issue #1')
+PCL_README = ('PCL (Wu & Gong, AAAI 2021) as restated in the README of shaoeric\'s third-party '
+              'PCL reproduction, not PCL\'s own code (accuracy; the networks and settings behind '
+              'the numbers may differ from ours)')
+OKDDIP_PAPER = ('OKDDip paper (Chen et al., AAAI 2020), Table 2, CIFAR-100 ResNet-32 '
+                'branch-based, as quoted in the OKDDip repository\'s issue #1')
 IMAGENET = 'ONE paper, ImageNet (secondary source)'
 
 
@@ -93,7 +95,8 @@ def _one_ablation():
 
 
 def _pcl_readme():
-    """PCL's README gives accuracies (mean ± std on CIFAR-100, means on CIFAR-10)."""
+    """The reproduction's README gives accuracies, mean ± std on both datasets; the CIFAR-10
+    stds are not stored here."""
     cifar100 = {'dml': (73.68, 0.14), 'clilr': (72.33, 0.46), 'one': (73.79, 0.41),
                 'okddip': (73.25, 0.38)}
     cifar10 = {'dml': 93.94, 'clilr': 94.02, 'one': 94.20, 'okddip': 94.17}
@@ -109,8 +112,11 @@ def _pcl_readme():
 
 def _others():
     return [
-        Published('okddip', (), 'resnet', 32, 'cifar100', '1', 25.65, 0.15, source=OKDDIP_PAPER,
-                  note='which OKDDip network (peer or leader) the number is has not been checked'),
+        # Produced by the authors' code (train_GL.py), which mixes the peers' logits, so it is
+        # keyed to --aggregate logits, not to our default probability mix.
+        Published('okddip', (('aggregate', 'logits'),), 'resnet', 32, 'cifar100', '1', 25.65,
+                  0.15, source=OKDDIP_PAPER,
+                  note="the leader, trained by the authors' code (logit targets)"),
         Published('baseline', (), 'resnet', 18, 'imagenet', '1', 30.48, source=IMAGENET,
                   secondary=True),
         Published('one', (), 'resnet', 18, 'imagenet', '1', 29.45, source=IMAGENET,

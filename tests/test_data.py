@@ -20,7 +20,7 @@ from utils.data import (DeviceLoader, crop_and_flip, epoch_plan, load_dataset,
                         rank_share as loader_shard)
 from utils.errors import UserError
 
-# SPEC.md: CIFAR-10's statistics, used for CIFAR-100 too.
+# docs/FIDELITY.md (Data): CIFAR-10's statistics, used for CIFAR-100 too.
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 DEBIAN = '/usr/share/datasets/fashion-mnist'
 FASHION_FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',

@@ -1,4 +1,5 @@
-"""Loss tests: the ONE objective and the baseline against direct formulas from SPEC.md."""
+"""Loss tests: the ONE objective and the baseline against direct formulas (docs/FIDELITY.md,
+Objectives)."""
 import math
 
 import pytest
@@ -31,7 +32,8 @@ def ramp(epoch, R):
 
 
 def one_reference(logits, ensemble, targets, epoch, T, R):
-    """SPEC.md: sum_i CE(z_i) + CE(z_e) + w(epoch) * sum_i T^2 KL(p_e || p_i), p_e detached."""
+    """docs/FIDELITY.md (Objectives, ONE): sum_i CE(z_i) + CE(z_e) + w(epoch) * sum_i T^2
+    KL(p_e || p_i), p_e detached."""
     teacher = ensemble.detach()
     loss = sum(ce(z, targets) for z in logits) + ce(ensemble, targets)
     return loss + ramp(epoch, R) * sum(kl_times_t2(teacher, z, T) for z in logits)

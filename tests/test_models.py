@@ -1,4 +1,5 @@
-"""Model tests: sizes from SPEC.md, block types, shapes, the gate, init, export, backward."""
+"""Model tests: sizes, block types, shapes, the gate, init, export, backward (the facts and their
+sources: docs/FIDELITY.md, Networks and Parameter counts)."""
 import math
 
 import pytest
@@ -36,7 +37,7 @@ def perturb_batchnorm(model, generator):
             m.running_var = 0.5 + torch.rand(c, generator=generator)
 
 
-# SPEC.md's table: (constructor, depth, num_classes, exact parameter count).
+# docs/FIDELITY.md, Parameter counts: (constructor, depth, num_classes, exact parameter count).
 PARAM_COUNTS = [
     (resnet, 32, 100, 472_756), (resnet, 32, 10, 466_906),
     (one_resnet, 32, 100, 1_193_189), (one_resnet, 32, 10, 1_175_639),
@@ -119,8 +120,8 @@ def test_gate_and_ensemble_by_hand(num_branches, train):
         shared = trunk(model, x)
         assert shared.shape[-2:] == (16, 16)  # the gate reads stage 2's 16x16 map
         weights = model.gate(shared)
-        # The gate as SPEC.md describes it: global average pool -> Linear(C2, m) with bias
-        # -> BatchNorm1d(m) -> ReLU -> softmax over the m entries.
+        # The gate as docs/FIDELITY.md (Networks) records it: global average pool ->
+        # Linear(C2, m) with bias -> BatchNorm1d(m) -> ReLU -> softmax over the m entries.
         (linear,) = [m for m in model.gate.modules() if isinstance(m, nn.Linear)]
         (bn,) = [m for m in model.gate.modules() if isinstance(m, nn.BatchNorm1d)]
         assert (linear.in_features, linear.out_features) == (shared.shape[1], num_branches)

@@ -1,4 +1,5 @@
-"""Schedule tests: the step LR and the consistency ramp-up at their milestones (SPEC.md)."""
+"""Schedule tests: the step LR and the consistency ramp-up at their milestones (docs/FIDELITY.md,
+Schedules)."""
 import math
 
 import pytest
