@@ -9,6 +9,7 @@ learned gate by the plain mean of the branches ("without the gate").
 import torch
 import torch.nn as nn
 
+from .branched import GATES, branch_state_dict
 from .resnet import blocks_per_stage, init_weights, make_stage
 
 __all__ = ['one_resnet', 'ONEResNet', 'branch_state_dict', 'BRANCH_POINTS', 'GATES', 'STAGES']
@@ -16,7 +17,6 @@ __all__ = ['one_resnet', 'ONEResNet', 'branch_state_dict', 'BRANCH_POINTS', 'GAT
 # The first stage each branch owns -> the stages (name, planes, stride) it owns.
 STAGES = (('layer1', 16, 1), ('layer2', 32, 2), ('layer3', 64, 2))
 BRANCH_POINTS = {'stage1': STAGES, 'stage2': STAGES[1:], 'stage3': STAGES[2:]}
-GATES = ('learned', 'average')
 
 
 class Branch(nn.Module):
@@ -93,15 +93,3 @@ class ONEResNet(nn.Module):
 
 def one_resnet(depth, num_classes=10, num_branches=3, branch_point='stage3', gate='learned'):
     return ONEResNet(depth, num_classes, num_branches, branch_point, gate)
-
-
-def branch_state_dict(state_dict, branch):
-    """The weights of a plain `resnet` made of the shared trunk and branch `branch` (0-based)."""
-    prefix = f'branches.{branch}.'
-    plain = {}
-    for key, value in state_dict.items():
-        if key.startswith(prefix):
-            plain[key[len(prefix):]] = value
-        elif not key.startswith(('branches.', 'gate.')):
-            plain[key] = value
-    return plain
