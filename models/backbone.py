@@ -54,6 +54,13 @@ class Backbone(nn.Module):
     def forward(self, x):
         return self.fc(self.features(x))
 
+    def finish(self, stage_channels, num_classes):
+        """The end of a subclass's __init__: record stage_channels, add the classifier on the
+        last stage's channels, initialise every weight."""
+        self.stage_channels = tuple(stage_channels)
+        self.fc = nn.Linear(stage_channels[-1], num_classes)
+        init_weights(self)
+
 
 def depth_rule(depth, step, offset, examples, context=''):
     """n of depth = step * n + offset (n >= 1), or a ValueError naming the rule."""

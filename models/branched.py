@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from .backbone import Backbone, run_modules
 
-__all__ = ['branched', 'Branched', 'Branch', 'branch_points', 'branch_state_dict', 'GATES']
+__all__ = ['branched', 'Branched', 'GatedBranches', 'Branch', 'branch_points', 'branch_state_dict', 'GATES']
 
 GATES = ('learned', 'average')
 
@@ -48,13 +48,31 @@ class Branch(Backbone):
             self.add_module(name, getattr(backbone, name))
 
 
-class Branched(nn.Module):
+class GatedBranches(nn.Module):
     """forward(x) returns (branch_logits, ensemble_logits): branch_logits has shape
     (num_branches, batch, num_classes); ensemble_logits = sum_i gate_i * branch_logits[i]
-    (the plain mean with gate='average'), shape (batch, num_classes).
+    (the plain mean when the gate is None), shape (batch, num_classes).
 
-    The gate is AdaptiveAvgPool -> Linear(C_trunk, m) with bias -> BatchNorm1d(m) -> ReLU ->
-    softmax over the m entries, on the trunk's output."""
+    Subclasses build the trunk's modules (named in stem_names and shared_stages), `branches`
+    and `gate`: AdaptiveAvgPool -> Linear(C_trunk, m) with bias -> BatchNorm1d(m) -> ReLU ->
+    softmax over the m entries, on the trunk's output, or None."""
+    stem_names = shared_stages = ()
+
+    def trunk(self, x):
+        """The shared layers: the stem and the stages before the branch point."""
+        return run_modules(self, (*self.stem_names, *self.shared_stages), x)
+
+    def forward(self, x):
+        x = self.trunk(x)
+        logits = torch.stack([branch(x) for branch in self.branches])
+        if self.gate is None:
+            return logits, logits.mean(0)
+        weights = self.gate(x)                                   # (batch, num_branches)
+        return logits, torch.einsum('bm,mbc->bc', weights, logits)
+
+
+class Branched(GatedBranches):
+    """ONE's gated branches over `backbone_fn(**backbone_kwargs)`, cut at `branch_point`."""
 
     def __init__(self, backbone_fn, num_branches=3, branch_point=None, gate='learned',
                  **backbone_kwargs):
@@ -78,18 +96,6 @@ class Branched(nn.Module):
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_branches),
             nn.BatchNorm1d(num_branches), nn.ReLU(inplace=True), nn.Softmax(dim=1)
         ) if gate == 'learned' else None
-
-    def trunk(self, x):
-        """The shared layers: the stem and the stages before the branch point."""
-        return run_modules(self, self.stem_names + self.shared_stages, x)
-
-    def forward(self, x):
-        x = self.trunk(x)
-        logits = torch.stack([branch(x) for branch in self.branches])
-        if self.gate is None:
-            return logits, logits.mean(0)
-        weights = self.gate(x)                                   # (batch, num_branches)
-        return logits, torch.einsum('bm,mbc->bc', weights, logits)
 
 
 def branched(backbone_fn, num_branches=3, branch_point=None, gate='learned', **backbone_kwargs):

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .backbone import Backbone, depth_rule, init_weights, positive_int
+from .backbone import Backbone, depth_rule, positive_int
 
 __all__ = ['densenet', 'DenseNet', 'DenseLayer', 'DenseBlock', 'Transition']
 
@@ -129,12 +129,10 @@ class DenseNet(Backbone):
             parts['block'] = DenseBlock(block_in, n, growth_rate, bottleneck, memory_efficient)
             self.add_module(name, nn.Sequential(parts))
             channels.append(parts['block'].out_channels)
-        self.stage_channels = tuple(channels)
         self.norm = nn.BatchNorm2d(channels[-1])
         self.relu = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels[-1], num_classes)
-        init_weights(self)
+        self.finish(channels, num_classes)
 
 
 def densenet(depth=190, growth_rate=40, bottleneck=True, compression=0.5, num_classes=10,

@@ -88,10 +88,8 @@ class ResNet(Backbone):
             stage, out = make_stage(block, channels[-1], planes, n, stride)
             self.add_module(name, stage)
             channels.append(out)
-        self.stage_channels = tuple(channels)
         self.avgpool = nn.AvgPool2d(8)
-        self.fc = nn.Linear(channels[-1], num_classes)
-        init_weights(self)
+        self.finish(channels, num_classes)
 
 
 def resnet(depth, num_classes=10):

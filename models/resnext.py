@@ -12,7 +12,7 @@ parameters on CIFAR-10 (the ResNeXt paper's Table 7).
 """
 import torch.nn as nn
 
-from .backbone import Backbone, depth_rule, init_weights, positive_int
+from .backbone import Backbone, depth_rule, positive_int
 from .resnet import Bottleneck, make_stage
 
 __all__ = ['resnext', 'ResNeXt']
@@ -38,10 +38,8 @@ class ResNeXt(Backbone):
                                     width=cardinality * base_width * 2 ** s, groups=cardinality)
             self.add_module(name, stage)
             channels.append(out)
-        self.stage_channels = tuple(channels)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels[-1], num_classes)
-        init_weights(self)
+        self.finish(channels, num_classes)
 
 
 def resnext(depth=29, cardinality=8, base_width=64, num_classes=10):

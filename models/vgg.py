@@ -12,7 +12,7 @@ VGG-16 has 14,724,042 parameters for 10 classes, its classifier 5,130 of them.
 """
 import torch.nn as nn
 
-from .backbone import Backbone, init_weights
+from .backbone import Backbone
 
 __all__ = ['vgg', 'VGG']
 
@@ -43,10 +43,8 @@ class VGG(Backbone):
         for name, planes, convs in zip(self.stage_names, WIDTHS, CONVS_PER_STAGE[depth]):
             self.add_module(name, conv_stage(channels[-1], planes, convs))
             channels.append(planes)
-        self.stage_channels = tuple(channels)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels[-1], num_classes)
-        init_weights(self)
+        self.finish(channels, num_classes)
 
 
 def vgg(depth=16, num_classes=10):

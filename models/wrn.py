@@ -11,7 +11,7 @@ on CIFAR-10 (the paper's Table 4). Convs have no bias.
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbone import Backbone, depth_rule, init_weights, positive_int
+from .backbone import Backbone, depth_rule, positive_int
 
 __all__ = ['wrn', 'WideResNet', 'WideBlock']
 
@@ -54,12 +54,10 @@ class WideResNet(Backbone):
             blocks += [WideBlock(planes, planes, 1, dropout) for _ in range(1, n)]
             self.add_module(name, nn.Sequential(*blocks))
             channels.append(planes)
-        self.stage_channels = tuple(channels)
         self.norm = nn.BatchNorm2d(channels[-1])
         self.relu = nn.ReLU(inplace=True)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(channels[-1], num_classes)
-        init_weights(self)
+        self.finish(channels, num_classes)
 
 
 def wrn(depth=28, widen_factor=10, dropout=0.0, num_classes=10):
