@@ -14,7 +14,8 @@ import torch.nn as nn
 
 from .backbone import Backbone, run_modules
 
-__all__ = ['branched', 'Branched', 'GatedBranches', 'Branch', 'branch_points', 'branch_state_dict', 'GATES']
+__all__ = ['branched', 'Branched', 'GatedBranches', 'Branch', 'branch_points', 'branch_state_dict',
+           'GATES']
 
 GATES = ('learned', 'average')
 
@@ -83,8 +84,9 @@ class Branched(GatedBranches):
             raise ValueError(f'gate must be one of {", ".join(GATES)}, got {gate!r}')
         # One whole backbone per branch, so that each part is built and initialised exactly as
         # in the plain network; the first also gives the trunk, the others' trunks are dropped.
-        nets = [backbone_fn(**backbone_kwargs) for _ in range(num_branches)]
-        first = _first_owned_stage(nets[0], branch_point)
+        nets = [backbone_fn(**backbone_kwargs)]
+        first = _first_owned_stage(nets[0], branch_point)        # refuse before building more
+        nets += [backbone_fn(**backbone_kwargs) for _ in range(1, num_branches)]
         self.branch_point = branch_points(nets[0])[first]
         self.stem_names = nets[0].stem_names
         self.shared_stages = nets[0].stage_names[:first]

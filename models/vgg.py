@@ -37,7 +37,7 @@ class VGG(Backbone):
 
     def __init__(self, depth=16, num_classes=10):
         super().__init__()
-        if depth not in CONVS_PER_STAGE or isinstance(depth, bool):
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth not in CONVS_PER_STAGE:
             raise ValueError(f'depth must be one of 11, 13, 16, 19, got {depth!r}')
         channels = [3]
         for name, planes, convs in zip(self.stage_names, WIDTHS, CONVS_PER_STAGE[depth]):

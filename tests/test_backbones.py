@@ -135,7 +135,7 @@ def test_resnet_keeps_its_keys_and_forward():
     (wrn, dict(widen_factor=0), 'widen_factor'),
     (wrn, dict(dropout=1.0), r'dropout must be in \[0, 1\)'),
     (vgg, dict(depth=15), 'depth must be one of 11, 13, 16, 19, got 15'),
-    (vgg, dict(depth=True), 'depth must be one of'),
+    (vgg, dict(depth=16.0), 'depth must be one of'),
     (resnet, dict(depth=30), r'6n\+2'),
 ], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_arguments_raise(build, kwargs, match):
