@@ -1,5 +1,5 @@
 """ResNeXt for CIFAR (Xie, Girshick, Dollar, Tu, He, "Aggregated Residual Transformations for
-Deep Neural Networks", CVPR 2017, Sec. 5.4): depth = 9n + 2.
+Deep Neural Networks", CVPR 2017, its CIFAR experiments): depth = 9n + 2.
 
 A 3x3 conv of 64 filters (+ BN + ReLU), three stages of n bottleneck blocks with outputs of
 256, 512 and 1024 channels, global average pooling and a Linear classifier; ResNeXt-29 has

@@ -6,7 +6,7 @@ channels (stride 2 at the start of groups 2 and 3), then BN-ReLU, global average
 Linear classifier. A block is BN-ReLU-3x3 conv-BN-ReLU-dropout-3x3 conv plus the shortcut: the
 identity, or where the shape changes a 1x1 conv of the block's pre-activated input (the
 paper's dropout sits between the two convs, after the ReLU). WRN-28-10 has 36.5M parameters
-on CIFAR-10 (the paper's Table 4). Convs have no bias.
+on CIFAR-10 (the paper's CIFAR results). Convs have no bias.
 """
 import torch.nn as nn
 import torch.nn.functional as F
