@@ -1,7 +1,19 @@
-from .one_resnet import branch_state_dict, one_resnet
+"""CIFAR networks: the backbones (one file each, all keeping backbone.py's contract), ONE's
+gated branches over any of them (branched.py) and the seed's ONE ResNet (one_resnet.py)."""
+from .branched import branch_points, branch_state_dict, branched
+from .densenet import densenet
+from .one_resnet import one_resnet
 from .resnet import blocks_per_stage, resnet
+from .resnext import resnext
+from .vgg import vgg
+from .wrn import wrn
 
 # -a/--arch looks constructors up here; each takes (depth, num_classes, **kwargs).
 ARCHS = {'resnet': resnet, 'one_resnet': one_resnet}
 
-__all__ = ['ARCHS', 'resnet', 'one_resnet', 'branch_state_dict', 'blocks_per_stage']
+# The plain backbones, by their future -a name; each constructor takes its flags' names as
+# keyword arguments (depth, num_classes and the backbone's own width flags).
+BACKBONES = {'resnet': resnet, 'resnext': resnext, 'densenet': densenet, 'wrn': wrn, 'vgg': vgg}
+
+__all__ = ['ARCHS', 'BACKBONES', 'resnet', 'resnext', 'densenet', 'wrn', 'vgg', 'one_resnet',
+           'branched', 'branch_points', 'branch_state_dict', 'blocks_per_stage']

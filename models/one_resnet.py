@@ -6,9 +6,9 @@ both options here: `branch_point='stage1'` makes the branches start right after 
 ("without sharing layers"; 'stage2' lies between), and `gate='average'` replaces the
 learned gate by the plain mean of the branches ("without the gate").
 """
-import torch
 import torch.nn as nn
 
+from .branched import GATES, GatedBranches, branch_state_dict
 from .resnet import blocks_per_stage, init_weights, make_stage
 
 __all__ = ['one_resnet', 'ONEResNet', 'branch_state_dict', 'BRANCH_POINTS', 'GATES', 'STAGES']
@@ -16,7 +16,6 @@ __all__ = ['one_resnet', 'ONEResNet', 'branch_state_dict', 'BRANCH_POINTS', 'GAT
 # The first stage each branch owns -> the stages (name, planes, stride) it owns.
 STAGES = (('layer1', 16, 1), ('layer2', 32, 2), ('layer3', 64, 2))
 BRANCH_POINTS = {'stage1': STAGES, 'stage2': STAGES[1:], 'stage3': STAGES[2:]}
-GATES = ('learned', 'average')
 
 
 class Branch(nn.Module):
@@ -43,10 +42,11 @@ class Branch(nn.Module):
         return self.fc(self.features(x))
 
 
-class ONEResNet(nn.Module):
+class ONEResNet(GatedBranches):
     """forward(x) returns (branch_logits, ensemble_logits): branch_logits has shape
     (num_branches, batch, num_classes); ensemble_logits = sum_i gate_i * branch_logits[i],
     shape (batch, num_classes)."""
+    stem_names = ('conv1', 'bn1', 'relu')
 
     def __init__(self, depth, num_classes=10, num_branches=3, branch_point='stage3',
                  gate='learned'):
@@ -74,34 +74,6 @@ class ONEResNet(nn.Module):
         ) if gate == 'learned' else None
         init_weights(self)
 
-    def trunk(self, x):
-        """The shared layers: the stem and the stages before the branch point."""
-        x = self.relu(self.bn1(self.conv1(x)))
-        for name in self.shared_stages:
-            x = getattr(self, name)(x)
-        return x
-
-    def forward(self, x):
-        x = self.trunk(x)
-        logits = torch.stack([branch(x) for branch in self.branches])
-        if self.gate is None:
-            return logits, logits.mean(0)
-        weights = self.gate(x)                                   # (batch, num_branches)
-        ensemble = torch.einsum('bm,mbc->bc', weights, logits)
-        return logits, ensemble
-
 
 def one_resnet(depth, num_classes=10, num_branches=3, branch_point='stage3', gate='learned'):
     return ONEResNet(depth, num_classes, num_branches, branch_point, gate)
-
-
-def branch_state_dict(state_dict, branch):
-    """The weights of a plain `resnet` made of the shared trunk and branch `branch` (0-based)."""
-    prefix = f'branches.{branch}.'
-    plain = {}
-    for key, value in state_dict.items():
-        if key.startswith(prefix):
-            plain[key[len(prefix):]] = value
-        elif not key.startswith(('branches.', 'gate.')):
-            plain[key] = value
-    return plain

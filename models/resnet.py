@@ -1,7 +1,7 @@
 """CIFAR ResNet of He et al. as used by ONE (bearpaw layout): depth = 6n + 2."""
-import math
-
 import torch.nn as nn
+
+from .backbone import Backbone, depth_rule, init_weights
 
 __all__ = ['resnet', 'ResNet', 'BasicBlock', 'Bottleneck', 'blocks_per_stage', 'make_stage',
            'init_weights']
@@ -27,15 +27,18 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
+    """1x1 -> 3x3(stride) -> 1x1 to planes * 4. ResNeXt's block is this one with a wider,
+    grouped 3x3 (`width` channels in `groups` groups; by default planes and 1)."""
     expansion = 4
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None):
+    def __init__(self, inplanes, planes, stride=1, downsample=None, width=None, groups=1):
         super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        width = width or planes
+        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, planes * 4, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * 4)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
@@ -50,38 +53,29 @@ class Bottleneck(nn.Module):
 
 def blocks_per_stage(depth):
     """n of depth = 6n + 2, and the block type the original picks for that depth."""
-    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6 != 0:
-        raise ValueError(f'depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 44, 110, ...), got {depth}')
-    block = Bottleneck if depth >= 44 else BasicBlock
-    return (depth - 2) // 6, block
+    n = depth_rule(depth, 6, 2, '8, 14, 20, 32, 44, 110')
+    return n, Bottleneck if depth >= 44 else BasicBlock
 
 
-def make_stage(block, inplanes, planes, blocks, stride):
+def make_stage(block, inplanes, planes, blocks, stride, **block_kwargs):
     """A stage of `blocks` residual blocks; returns (stage, its output channels)."""
     downsample = None
     if stride != 1 or inplanes != planes * block.expansion:
         downsample = nn.Sequential(
             nn.Conv2d(inplanes, planes * block.expansion, 1, stride, bias=False),
             nn.BatchNorm2d(planes * block.expansion))
-    layers = [block(inplanes, planes, stride, downsample)]
+    layers = [block(inplanes, planes, stride, downsample, **block_kwargs)]
     inplanes = planes * block.expansion
-    layers += [block(inplanes, planes) for _ in range(1, blocks)]
+    layers += [block(inplanes, planes, **block_kwargs) for _ in range(1, blocks)]
     return nn.Sequential(*layers), inplanes
 
 
-def init_weights(module):
-    """The original's init: conv ~ N(0, sqrt(2 / (k*k*out))), BN (1, 0); Linear keeps PyTorch's."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-            m.weight.data.normal_(0, math.sqrt(2.0 / fan_out))
-        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-            m.weight.data.fill_(1)
-            m.bias.data.zero_()
-
-
-class ResNet(nn.Module):
-    """forward(x) returns the class logits, shape (batch, num_classes)."""
+class ResNet(Backbone):
+    """forward(x) returns the class logits, shape (batch, num_classes). Keeps the bearpaw
+    names (conv1, bn1, layer1..3, fc), so its checkpoints load unchanged; see backbone.py."""
+    stem_names = ('conv1', 'bn1', 'relu')
+    stage_names = ('layer1', 'layer2', 'layer3')
+    head_names = ('avgpool',)
 
     def __init__(self, depth, num_classes=10):
         super().__init__()
@@ -89,17 +83,13 @@ class ResNet(nn.Module):
         self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=True)
-        self.layer1, channels = make_stage(block, 16, 16, n, 1)
-        self.layer2, channels = make_stage(block, channels, 32, n, 2)
-        self.layer3, channels = make_stage(block, channels, 64, n, 2)
+        channels = [16]
+        for name, planes, stride in (('layer1', 16, 1), ('layer2', 32, 2), ('layer3', 64, 2)):
+            stage, out = make_stage(block, channels[-1], planes, n, stride)
+            self.add_module(name, stage)
+            channels.append(out)
         self.avgpool = nn.AvgPool2d(8)
-        self.fc = nn.Linear(channels, num_classes)
-        init_weights(self)
-
-    def forward(self, x):
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(self.avgpool(x).flatten(1))
+        self.finish(channels, num_classes)
 
 
 def resnet(depth, num_classes=10):
