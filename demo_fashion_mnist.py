@@ -1,7 +1,7 @@
 """ONE versus the baseline on real Fashion-MNIST, over several seeds, in minutes on 2 CPU cores.
 
 Trains a plain ResNet and a ONE ResNet for each seed (same data, schedule and seed for both)
-through the two entry scripts, two runs at a time with one thread each, then prints the
+through the two entry scripts, two runs at a time (one thread each on 2 cores), then prints the
 last-epoch test top-1 of the baseline, ONE (branch 1) and ONE-E (gated ensemble) as mean ±
 sample std over the seeds, and plots the test curves. Re-running continues or reuses the runs.
 The default settings were chosen by a seed study: docs/DEMO.md.
@@ -69,7 +69,7 @@ def run_commands(args):
 
 def train(runs, jobs):
     """Run the commands, `jobs` at a time, each writing its output to RUN/demo.log.
-    Returns the keys of the runs that failed, each with the last line it wrote. On Ctrl-C
+    Returns (key, exit status, last line written) of each run that failed. On Ctrl-C
     no further run starts and the running ones get SIGINT, on which they save and stop."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, cpus // jobs)))
@@ -101,7 +101,7 @@ def train(runs, jobs):
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    return [(key, last) for key, code, last in results if code != 0]
+    return [(key, code, last) for key, code, last in results if code != 0]
 
 
 def mean_std(values):
@@ -168,9 +168,10 @@ def main(argv=None):
               'stopped', file=sys.stderr)
         return 130
     if failed:
-        print(f'demo_fashion_mnist.py: error: {len(failed)} run(s) failed, e.g. '
-              f'{runs[failed[0][0]][0]}: {failed[0][1]}', file=sys.stderr)
-        return 1
+        key, code, last = failed[0]
+        print(f'demo_fashion_mnist.py: error: {len(failed)} run(s) failed, e.g. {runs[key][0]}: '
+              f'{last}', file=sys.stderr)
+        return code  # 2 when the entry script refused a flag or the data
     histories = {key: load_checkpoint(os.path.join(folder, 'checkpoint.pth.tar'))['history']
                  for key, (folder, _) in runs.items()}
     print_table(histories, args, num_test)

@@ -244,6 +244,6 @@ def test_demo_refuses_one_seed_and_reports_a_failed_run(fashion_root, tmp_path, 
     assert exit_.value.code == 2
     assert '--seeds needs at least two different seeds' in capsys.readouterr().err
     argv = ['--data-dir', fashion_root, '--out', str(tmp_path), '--depth', '9', '--seeds', '0', '1']
-    assert demo_fashion_mnist.main(argv) == 1
+    assert demo_fashion_mnist.main(argv) == 2  # the entry scripts' status for a bad flag
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and '4 run(s) failed' in err and '6n+2' in err
