@@ -3,6 +3,7 @@ import csv
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -175,16 +176,46 @@ def test_shell_scripts_hold_the_paper_settings(script):
     assert f'{"ONE" if script.startswith("ONE") else "baseline"}-{depth}' in text
 
 
-def test_demo_prints_baseline_one_and_one_e(fashion_root, tmp_path, capsys):
+def test_demo_prints_mean_and_std_over_seeds(fashion_root, tmp_path, capsys):
     argv = ['--data-dir', fashion_root, '--out', str(tmp_path), '--depth', '8', '--epochs', '2',
-            '--train-subset', '256']
+            '--train-subset', '256', '--rampup', '2', '--seeds', '3', '4', '--jobs', '2']
     assert demo_fashion_mnist.main(argv) == 0
     out = capsys.readouterr().out
-    table = dict(line.rsplit(None, 1) for line in out[out.index('top-1 (%)'):].splitlines()[1:4])
-    baseline = load(tmp_path / 'baseline-8' / 'checkpoint.pth.tar')['history'][-1]
-    one = load(tmp_path / 'one-8' / 'checkpoint.pth.tar')['history'][-1]
-    assert float(table['  baseline']) == pytest.approx(baseline['test_acc_1'], abs=0.005)
-    assert float(table['  ONE (branch 1)']) == pytest.approx(one['test_acc_1'], abs=0.005)
-    assert float(table['  ONE-E (ensemble)']) == pytest.approx(one['test_acc_ens'], abs=0.005)
+    assert 'mean ± sample std over n = 2 seeds (3 4)' in out
+    assert '(200 images)' in out  # the generated test split's size, not a fixed 10,000
+    table = {line[2:20].strip(): line[20:].split()
+             for line in out[out.index('mean ± std   per seed'):].splitlines()[1:6]}
+    last = {}
+    for name, run, column in (('baseline', 'baseline', '1'), ('ONE (branch 1)', 'one', '1'),
+                              ('ONE-E (ensemble)', 'one', 'ens')):
+        checkpoints = [load(tmp_path / f'{run}-8-seed{seed}' / 'checkpoint.pth.tar')
+                       for seed in (3, 4)]
+        assert [c['args']['manualSeed'] for c in checkpoints] == [3, 4]
+        assert all(c['args']['epochs'] == 2 and c['args']['schedule'] == [1, 1]
+                   for c in checkpoints)
+        last[name] = [c['history'][-1][f'test_acc_{column}'] for c in checkpoints]
+        mean, _, std, *per_seed = table[name]
+        assert float(mean) == pytest.approx(statistics.mean(last[name]), abs=0.005)
+        assert float(std) == pytest.approx(statistics.stdev(last[name]), abs=0.005)
+        assert [float(a) for a in per_seed] == pytest.approx(last[name], abs=0.005)
+    assert checkpoints[0]['args']['consistency_rampup'] == 2
+    gains = [a - b for a, b in zip(last['ONE-E (ensemble)'], last['baseline'])]
+    assert float(table['ONE-E - baseline'][0]) == pytest.approx(statistics.mean(gains), abs=0.005)
+    assert float(table['ONE-E - baseline'][2]) == pytest.approx(statistics.stdev(gains), abs=0.005)
     assert (tmp_path / 'comparison.png').stat().st_size > 1000
     assert demo_fashion_mnist.main(argv) == 0  # a second run reuses the finished runs
+    again = capsys.readouterr().out
+    assert again[again.index('mean ± std'):] == out[out.index('mean ± std'):]
+    assert load(tmp_path / 'one-8-seed4' / 'checkpoint.pth.tar')['history'] == \
+        checkpoints[1]['history']
+
+
+def test_demo_refuses_one_seed_and_reports_a_failed_run(fashion_root, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        demo_fashion_mnist.main(['--data-dir', fashion_root, '--seeds', '1', '1'])
+    assert exit_.value.code == 2
+    assert '--seeds needs at least two different seeds' in capsys.readouterr().err
+    argv = ['--data-dir', fashion_root, '--out', str(tmp_path), '--depth', '9', '--seeds', '0', '1']
+    assert demo_fashion_mnist.main(argv) == 2  # the entry scripts' status for a bad flag
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and '4 run(s) failed' in err and '6n+2' in err
