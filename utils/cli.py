@@ -9,7 +9,7 @@ from .data import LOADERS
 BOOKKEEPING = frozenset({
     'method', 'manualSeed', 'seed', 'run_id', 'checkpoint', 'resume', 'data_dir', 'gpu_id',
     'device', 'workers', 'overwrite', 'evaluate', 'compile', 'cuda_graphs', 'channels_last',
-    'sync_bn', 'tensorboard', 'start_epoch', 'fast', 'amp', 'teacher', 'test_batch',
+    'sync_bn', 'tensorboard', 'start_epoch', 'fast', 'amp', 'test_batch',
     'print_freq', 'log_interval', 'threads', 'progress', 'quiet', 'verbose', 'rewind',
     'deterministic'})  # init_from is not: a fork never merges with runs from scratch
 
