@@ -4,10 +4,10 @@
                      [--plots/--no-plots] [--allow-mixed-schedules]
 
 Finds run folders (those holding args.json, searched recursively), skips unfinished,
-diverged and unreadable runs (saying why: any file it cannot make sense of, such as a
-wrongly typed args.json value, a NaN accuracy or a repeated epoch row, skips its run rather
-than stopping the report), groups the rest by method, variant flags, arch,
-depth and dataset, and prints a Markdown table of top-1 error (100 - accuracy) as mean and
+diverged and unreadable runs, saying why (any file it cannot make sense of, such as a wrongly
+typed args.json value, a NaN accuracy or a repeated epoch row, skips its run; a copy of a
+run, by its run id, counts once), groups the rest by method, variant flags, arch, depth and
+dataset, and prints a Markdown table of top-1 error (100 - accuracy) as mean and
 sample std (ddof=1) over seeds, at the last epoch (or with --best at each network's best
 epoch, which is selected on the test set). Beside each row: the published value from
 methods/published.py, its source, and ours - published. Writes table_{last,best}.md/.csv,
@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 
 from methods import METHODS
 from utils.atomic import write_atomic
-from utils.cli import BOOKKEEPING, Parser
+from utils.cli import BOOKKEEPING as ENGINE_BOOKKEEPING, Parser
 from utils.errors import UserError
+from utils.run_folder import CHECKPOINT, PREVIOUS
 from methods.published import PUBLISHED_EPOCHS, lookup, reference_setup
 
 EXIT_REFUSED = 2
@@ -37,6 +38,9 @@ ARGS, SUMMARY, STATUS = 'args.json', 'summary.csv', 'status.json'
 GROUP_KEYS = ('method', 'arch', 'depth', 'dataset')
 SCHEDULE_KEYS = ('epochs', 'schedule', 'gamma', 'lr')   # must agree to average or compare
 DATA_KEYS = ('train_subset',)
+# args.json keys that do not change what is trained (utils/cli.py's), and KD's teacher path
+# (its teacher_* keys name the teacher).
+BOOKKEEPING = ENGINE_BOOKKEEPING | {'teacher'}
 PATH_SUFFIXES = ('_path', '_checkpoint', '_file', '_dir', '_folder')
 MEMBERS = ('1', 'leader', 'ens')          # the networks a report row is made for, in order
 METHOD_ORDER = ('baseline', 'kd', 'dml', 'clilr', 'okddip', 'one')
@@ -96,13 +100,17 @@ class Run:
 
 
 def find_run_folders(paths):
-    """Folders holding args.json at or below each path (hidden folders not searched)."""
+    """Folders holding args.json at or below each path. Not searched: hidden folders, and a
+    run folder's previous-* folders, where --overwrite and --rewind put the files they
+    replace (an earlier run, or a later state of this one)."""
     found = {}
     for path in paths:
         if not os.path.isdir(path):
             raise Refusal(f'{path!r} is not a folder')
         for folder, subfolders, files in os.walk(path):
-            subfolders[:] = sorted(d for d in subfolders if not d.startswith('.'))
+            in_run = ARGS in files or CHECKPOINT in files
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith('.') and not (
+                in_run and d.startswith(PREVIOUS)))
             if ARGS in files:
                 found.setdefault(os.path.realpath(folder), folder)
     return sorted(found.values())
@@ -259,7 +267,7 @@ def same_value(a, b):
 def is_variant_key(key):
     if key in BOOKKEEPING or key in GROUP_KEYS or key in SCHEDULE_KEYS or key in DATA_KEYS:
         return False
-    return not (key.startswith('teacher_') and key.endswith(PATH_SUFFIXES))
+    return not (key.startswith(TEACHER) and key.endswith(PATH_SUFFIXES))
 
 
 def kind(value):
@@ -305,7 +313,21 @@ def load_runs(folders):
             runs.append(load_run(folder))
         except Unusable as e:
             skipped.append((folder, ' '.join(str(e).split())))
-    return runs, skipped
+    return without_copies(runs, skipped)
+
+
+def without_copies(runs, skipped):
+    """A run id seen before is the same run (a copied folder): reported once, from the first
+    folder that holds it."""
+    first, kept = {}, []
+    for run in runs:
+        run_id = run.args.get('run_id')
+        if isinstance(run_id, str) and run_id in first:
+            skipped.append((run.folder, f'the same run (id {run_id}) as {first[run_id]}'))
+        else:
+            first.setdefault(run_id, run.folder)
+            kept.append(run)
+    return kept, skipped
 
 
 # ----------------------------------------------------------------------------- groups

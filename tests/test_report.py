@@ -277,6 +277,25 @@ def test_a_run_started_at_a_later_epoch_is_not_averaged_with_full_runs(tmp_path,
     assert_refused(capsys, tmp_path / 'out', root, says='trained from epoch 2 (--start-epoch 1)')
 
 
+def test_moved_aside_files_and_copies_of_a_run_are_not_reported_again(tmp_path, capsys):
+    """RUN/previous-*/ holds what --overwrite or --rewind replaced; a folder with a run id seen
+    before is a copy of that run. Neither is another seed; a folder merely named previous-*
+    that is no run's is searched."""
+    root = tmp_path / 'runs'
+    baseline_run(root / 'a', 0, 70.0, run_id='20260101-000000-aaaaaaaa')
+    baseline_run(root / 'a' / 'previous-20260102-000000', 0, 50.0,
+                 run_id='20260101-000000-aaaaaaaa')
+    baseline_run(root / 'b', 1, 68.0, run_id='20260101-000000-bbbbbbbb')
+    baseline_run(root / 'copy-of-b', 1, 68.0, run_id='20260101-000000-bbbbbbbb')
+    baseline_run(root / 'previous-work' / 'c', 2, 66.0, run_id='20260101-000000-cccccccc')
+    code, out, err = report_main(capsys, root, '--out', tmp_path / 'out', '--no-plots')
+    assert code == 0, err
+    row = row_of(read_csv(tmp_path / 'out' / 'table_last.csv'), 'baseline')
+    assert row['runs'].split(';') == [str(root / f) for f in ('a', 'b', 'previous-work/c')]
+    assert f'- {root / "copy-of-b"}: the same run (id 20260101-000000-bbbbbbbb) as ' \
+           f'{root / "b"}' in out and 'Skipped runs (1)' in out
+
+
 def test_a_kd_run_is_reported_with_its_teacher(tmp_path, capsys):
     teacher = {'teacher': '/elsewhere/ONE-32/model_best.pth.tar', 'teacher_member': 'ens',
                'teacher_method': 'one', 'teacher_arch': 'one_resnet', 'teacher_depth': 32,
