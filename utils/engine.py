@@ -415,7 +415,7 @@ class Trainer:
                              torch.tensor(stop.signum, device=self.device)])
         nonfinite, signum = self.world.all_reduce(flags, torch.distributed.ReduceOp.MAX).tolist()
         if nonfinite:
-            kept = [self.path(name) for name in (CHECKPOINT, BEST) if os.path.exists(self.path(name))]
+            kept = [path for path in map(self.path, (CHECKPOINT, BEST)) if os.path.exists(path)]
             raise Diverged(f'the loss became NaN or Inf in epoch {self.epoch + 1} (by batch '
                            f'{self.step}); the last good state is in '
                            f'{" and ".join(kept) or "no file (none was saved)"}')
