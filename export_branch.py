@@ -5,12 +5,12 @@ CIFAR ResNet of the same depth; the other branches and the gate are dropped). Ev
 says which of its members it can export (methods/*.py, `deployable`). Evaluate the result with
     python cifar_baseline.py -e --resume OUT --dataset DATASET --depth DEPTH
 """
-import argparse
 import os
 import sys
 
 from methods import METHODS
 from utils.checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic
+from utils.cli import Parser
 from utils.errors import UserError
 
 
@@ -26,13 +26,13 @@ def export(path, member, out, overwrite=False):
                  'depth': state['depth'], 'dataset': state['dataset'], 'num_branches': 1,
                  'num_classes': state['num_classes'], 'epoch': state['epoch'],
                  'state_dict': plain,
-                 'exported_from': {'checkpoint': os.path.abspath(path),
-                                   'method': method.name, 'member': member}}, out)
+                 'exported_from': {'checkpoint': os.path.abspath(path), 'method': method.name,
+                                   'member': member, 'run_id': state.get('run_id')}}, out)
     return state
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(description=__doc__.splitlines()[0])
     p.add_argument('checkpoint', help="a checkpoint of any method (e.g. model_best.pth.tar)")
     p.add_argument('--branch', '--member', type=int, default=1, dest='member',
                    help="1-based member to keep (ONE: the branch; DML: the network)")

@@ -4,14 +4,17 @@
                      [--plots/--no-plots] [--allow-mixed-schedules]
 
 Finds run folders (those holding args.json, searched recursively), skips unfinished,
-diverged and unreadable runs (saying why), groups the rest by method, variant flags, arch,
-depth and dataset, and prints a Markdown table of top-1 error (100 - accuracy) as mean and
+diverged and unreadable runs, saying why (any file it cannot make sense of, such as a wrongly
+typed args.json value, a NaN accuracy or a repeated epoch row, skips its run; a copy of a
+run, by its run id, counts once), groups the rest by method, variant flags, arch, depth and
+dataset, and prints a Markdown table of top-1 error (100 - accuracy) as mean and
 sample std (ddof=1) over seeds, at the last epoch (or with --best at each network's best
 epoch, which is selected on the test set). Beside each row: the published value from
 methods/published.py, its source, and ours - published. Writes table_{last,best}.md/.csv,
 curves.png and bars_{last,best}.png into --out. Refuses (exit 2, nothing written) to average
 runs of different schedules or training data, and to put different schedules side by side
-unless --allow-mixed-schedules.
+unless --allow-mixed-schedules. A run's schedule includes the epochs it trained (a run
+started with --start-epoch 1 is not a full run).
 """
 import argparse
 import csv
@@ -25,8 +28,9 @@ from dataclasses import dataclass, field
 
 from methods import METHODS
 from utils.atomic import write_atomic
-from utils.cli import Parser
+from utils.cli import BOOKKEEPING as ENGINE_BOOKKEEPING, Parser
 from utils.errors import UserError
+from utils.run_folder import CHECKPOINT, PREVIOUS
 from methods.published import PUBLISHED_EPOCHS, lookup, reference_setup
 
 EXIT_REFUSED = 2
@@ -34,12 +38,9 @@ ARGS, SUMMARY, STATUS = 'args.json', 'summary.csv', 'status.json'
 GROUP_KEYS = ('method', 'arch', 'depth', 'dataset')
 SCHEDULE_KEYS = ('epochs', 'schedule', 'gamma', 'lr')   # must agree to average or compare
 DATA_KEYS = ('train_subset',)
-# args.json keys that do not change what is trained (amp included: its rounding is ignored).
-BOOKKEEPING = {'method', 'manualSeed', 'seed', 'checkpoint', 'resume', 'data_dir', 'gpu_id',
-               'device', 'workers', 'overwrite', 'evaluate', 'compile', 'cuda_graphs', 'channels_last',
-               'sync_bn', 'tensorboard', 'start_epoch', 'fast', 'amp', 'teacher', 'test_batch',
-               'print_freq', 'log_interval', 'threads', 'progress', 'quiet', 'verbose',
-               'rewind', 'deterministic'}  # init_from stays a variant: a fork never merges with scratch runs
+# args.json keys that do not change what is trained (utils/cli.py's), and KD's teacher path
+# (its teacher_* keys name the teacher).
+BOOKKEEPING = ENGINE_BOOKKEEPING | {'teacher'}
 PATH_SUFFIXES = ('_path', '_checkpoint', '_file', '_dir', '_folder')
 MEMBERS = ('1', 'leader', 'ens')          # the networks a report row is made for, in order
 METHOD_ORDER = ('baseline', 'kd', 'dml', 'clilr', 'okddip', 'one')
@@ -47,6 +48,7 @@ ARCH_METHODS = {'one_resnet': 'one', 'resnet': 'baseline'}   # folders older tha
 FLAG_NAMES = {'num_branches': 'm', 'temperature': 'T', 'consistency_rampup': 'R',
               'weight_decay': 'wd', 'train_batch': 'batch', 'no_distill': 'no distill'}
 BEST_LABEL = 'best epoch, selected on the test set'
+TEACHER = 'teacher_'   # a KD run's record of its teacher (methods/kd.py)
 
 
 class Refusal(Exception):
@@ -73,8 +75,13 @@ class Run:
         return self.args.get('manualSeed')
 
     @property
+    def start(self):
+        """The epochs before the first one trained (--start-epoch), from summary.csv."""
+        return int(self.rows[0]['epoch']) - 1
+
+    @property
     def schedule(self):
-        return tuple(hashable(self.args.get(key)) for key in SCHEDULE_KEYS)
+        return tuple(hashable(self.args.get(key)) for key in SCHEDULE_KEYS) + (self.start,)
 
     @property
     def data(self):
@@ -93,13 +100,17 @@ class Run:
 
 
 def find_run_folders(paths):
-    """Folders holding args.json at or below each path (hidden folders not searched)."""
+    """Folders holding args.json at or below each path. Not searched: hidden folders, and a
+    run folder's previous-* folders, where --overwrite and --rewind put the files they
+    replace (an earlier run, or a later state of this one)."""
     found = {}
     for path in paths:
         if not os.path.isdir(path):
             raise Refusal(f'{path!r} is not a folder')
         for folder, subfolders, files in os.walk(path):
-            subfolders[:] = sorted(d for d in subfolders if not d.startswith('.'))
+            in_run = ARGS in files or CHECKPOINT in files
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith('.') and not (
+                in_run and d.startswith(PREVIOUS)))
             if ARGS in files:
                 found.setdefault(os.path.realpath(folder), folder)
     return sorted(found.values())
@@ -109,11 +120,44 @@ def read_json(folder, name):
     try:
         with open(os.path.join(folder, name)) as f:
             value = json.load(f)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise Unusable(f'unreadable {name} ({getattr(e, "strerror", None) or e})') from None
     if not isinstance(value, dict):
         raise Unusable(f'unreadable {name} (not a JSON object)')
     return value
+
+
+def is_count(value):
+    return type(value) is int and value >= 0
+
+
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def args_problem(args):
+    """What makes args.json unusable, or None: the values the report reads must have the
+    types the engine writes, and no number may be NaN or infinite."""
+    for key in ('dataset', 'arch') + (('method',) if 'method' in args else ()):
+        if not (isinstance(args[key], str) and args[key]):
+            return f'{key} is {args[key]!r}, not a name'
+    for key in ('depth', 'epochs'):
+        if not (is_count(args[key]) and args[key] > 0):
+            return f'{key} is {args[key]!r}, not a whole number above 0'
+    for key in ('start_epoch', 'train_subset', 'manualSeed'):
+        if args.get(key) is not None and not is_count(args[key]):
+            return f'{key} is {args[key]!r}, not a whole number'
+    if 'schedule' in args and not (isinstance(args['schedule'], list)
+                                   and all(is_count(m) for m in args['schedule'])):
+        return f'schedule is {args["schedule"]!r}, not a list of epochs'
+    for key in ('gamma', 'lr'):
+        if key in args and not is_number(args[key]):
+            return f'{key} is {args[key]!r}, not a number'
+    for key, value in args.items():
+        if any(isinstance(v, float) and not math.isfinite(v)
+               for v in (value if isinstance(value, list) else [value])):
+            return f'{key} is {value!r}'
+    return None
 
 
 def read_args(folder):
@@ -121,6 +165,9 @@ def read_args(folder):
     missing = [key for key in ('dataset', 'arch', 'depth', 'epochs') if key not in args]
     if missing:
         raise Unusable(f'unreadable {ARGS} (no {", ".join(missing)})')
+    problem = args_problem(args)
+    if problem:
+        raise Unusable(f'unreadable {ARGS} ({problem})')
     return args
 
 
@@ -142,20 +189,42 @@ def read_summary(folder):
                     for row in csv.DictReader(f)]
     except (OSError, csv.Error, UnicodeDecodeError) as e:
         raise Unusable(f'unreadable {SUMMARY} ({e})') from None
-    for i, row in enumerate(rows, start=1):
-        bad = [key for key in ['epoch'] + [k for k in row if k.startswith('test_acc_')]
-               if not isinstance(row.get(key), float)]
-        if bad:
-            raise Unusable(f'unreadable {SUMMARY} (row {i}: {bad[0]} is not a number)')
-    if rows and 'test_acc_1' not in rows[0]:
-        raise Unusable(f'unreadable {SUMMARY} (no test_acc_1 column)')
+    problem = summary_problem(rows)
+    if problem:
+        raise Unusable(f'unreadable {SUMMARY} ({problem})')
     return rows
+
+
+def summary_problem(rows):
+    """What makes summary.csv rows unusable, or None: every row as long as the header, the
+    epoch and every test accuracy a finite number (accuracies in [0, 100]), and the epochs
+    whole and consecutive (a repeated or missing epoch row is a damaged file)."""
+    for i, row in enumerate(rows, start=1):
+        if None in row or None in row.values():
+            return f'row {i} has {"more" if None in row else "fewer"} fields than the header'
+        for key in ['epoch'] + [k for k in row if k.startswith('test_acc_')]:
+            value = row.get(key)
+            if not isinstance(value, float):
+                return f'row {i}: {key} is not a number'
+            if not math.isfinite(value) or (key != 'epoch' and not 0 <= value <= 100):
+                return f'row {i}: {key} is {value:g}'
+    if rows and 'test_acc_1' not in rows[0]:
+        return 'no test_acc_1 column'
+    for i, row in enumerate(rows, start=1):
+        expected = rows[0]['epoch'] + i - 1
+        if row['epoch'] != expected or not float(expected).is_integer() or expected < 1:
+            return f'row {i}: epoch {row["epoch"]:g} where epoch {expected:g} should be'
+    return None
 
 
 def read_status(folder):
     if not os.path.exists(os.path.join(folder, STATUS)):
         return None
-    return read_json(folder, STATUS)
+    status = read_json(folder, STATUS)
+    for key in ('state', 'message'):
+        if not isinstance(status.get(key) or '', str):
+            raise Unusable(f'unreadable {STATUS} ({key} is {status[key]!r}, not text)')
+    return status
 
 
 def unfinished_reason(args, rows, status):
@@ -163,6 +232,8 @@ def unfinished_reason(args, rows, status):
     reached, epochs = (int(rows[-1]['epoch']) if rows else 0), args['epochs']
     state = (status or {}).get('state')
     message = (status or {}).get('message') or ''
+    if reached > epochs:
+        return f'{SUMMARY} reaches epoch {reached}, beyond the {epochs} epochs of {ARGS}'
     if state == 'diverged':
         return f'diverged after epoch {reached}/{epochs}' + (f': {message}' if message else '')
     if reached == epochs and state in (None, 'done'):
@@ -196,16 +267,26 @@ def same_value(a, b):
 def is_variant_key(key):
     if key in BOOKKEEPING or key in GROUP_KEYS or key in SCHEDULE_KEYS or key in DATA_KEYS:
         return False
-    return not (key.startswith('teacher_') and key.endswith(PATH_SUFFIXES))
+    return not (key.startswith(TEACHER) and key.endswith(PATH_SUFFIXES))
+
+
+def kind(value):
+    """A JSON value's type, whole and decimal numbers alike."""
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return 'number' if numeric else type(value).__name__
 
 
 def variant_flags(method, args):
     """(flags off the method's reference setup, flags that setup has no value for); unknown
-    flags that are off (False, None, '') count as the default a store_true flag has."""
+    flags that are off (False, None, '') count as the default a store_true flag has. A flag
+    of another type than its default (a string for a number) makes args.json unusable."""
     reference = reference_setup(method)
     variant, unchecked = [], []
     for key in sorted(k for k in args if is_variant_key(k)):
         value = hashable(args[key])
+        if reference.get(key) is not None and kind(args[key]) != kind(reference[key]):
+            raise Unusable(f'unreadable {ARGS} ({key} is {args[key]!r}, not of the type of its '
+                           f'default {reference[key]!r})')
         if key in reference:
             if not same_value(value, reference[key]):
                 variant.append((key, value))
@@ -232,7 +313,21 @@ def load_runs(folders):
             runs.append(load_run(folder))
         except Unusable as e:
             skipped.append((folder, ' '.join(str(e).split())))
-    return runs, skipped
+    return without_copies(runs, skipped)
+
+
+def without_copies(runs, skipped):
+    """A run id seen before is the same run (a copied folder): reported once, from the first
+    folder that holds it."""
+    first, kept = {}, []
+    for run in runs:
+        run_id = run.args.get('run_id')
+        if isinstance(run_id, str) and run_id in first:
+            skipped.append((run.folder, f'the same run (id {run_id}) as {first[run_id]}'))
+        else:
+            first.setdefault(run_id, run.folder)
+            kept.append(run)
+    return kept, skipped
 
 
 # ----------------------------------------------------------------------------- groups
@@ -281,9 +376,28 @@ def format_flag(key, value):
 
 
 def method_label(method, member, flags):
-    title = METHODS[method].title if method in METHODS else method
+    title = METHODS[method].title if method in METHODS else str(method)
     title += {'ens': '-E', 'leader': ' (leader)'}.get(member, '')
-    return title + (f' ({", ".join(format_flag(k, v) for k, v in flags)})' if flags else '')
+    return title + (f' ({", ".join(flag_texts(flags))})' if flags else '')
+
+
+def flag_texts(flags):
+    """Each flag as a label shows it; a KD run's teacher_* flags as one 'teacher ...'."""
+    teacher = {k[len(TEACHER):]: v for k, v in flags if k.startswith(TEACHER)}
+    texts = [format_flag(k, v) for k, v in flags if not k.startswith(TEACHER)]
+    return ([teacher_text(teacher)] if teacher else []) + texts
+
+
+def teacher_text(teacher):
+    """e.g. 'teacher ONE-E ResNet-32 at epoch 300', 'teacher ONE ResNet-32 branch 2 at epoch
+    300': the network a KD run distilled from."""
+    method, member = teacher.get('method'), str(teacher.get('member'))
+    text = 'teacher ' + method_label(method, member, ())
+    if 'arch' in teacher:
+        text += f' {network_name(str(teacher["arch"]), teacher.get("depth"))}'
+    if member not in ('1', 'ens', 'None'):
+        text += f' {METHODS[method].label(member) if method in METHODS else member}'
+    return text + (f' at epoch {teacher["epoch"]}' if 'epoch' in teacher else '')
 
 
 def group_name(key):
@@ -292,10 +406,12 @@ def group_name(key):
 
 
 def describe_schedule(run):
-    epochs, milestones, gamma, lr = run.schedule
+    epochs, milestones, gamma, lr, start = run.schedule
     text = f'{epochs} epochs, lr {format_value(lr)}'
     if milestones:
         text += f', x{format_value(gamma)} at {"/".join(map(str, milestones))}'
+    if start:
+        text += f', trained from epoch {start + 1} (--start-epoch {start})'
     subset = run.data[0]
     return text + (f', first {subset} training images' if subset else '')
 

@@ -310,8 +310,8 @@ def test_a_mid_epoch_checkpoint_refuses_another_batch_size(fashion_root, tmp_pat
         assert cifar_one.main(tiny(fashion_root, run, *flags, '--resume', 'auto') + list(
             map(str, changed))) == 2
         line = error_line(capsys)
-        assert 'was saved in the middle of epoch 2, after batch 2 of ' + saved in line
-        assert f'continue it with {saved}' in line
+        assert f'continues a run trained with {saved}, not {" ".join(map(str, changed))}' in line
+        assert '--init-from' in line
         assert digests(run) == before
     assert cifar_one.main(tiny(fashion_root, run, *flags, '--resume', 'auto')) == 0
     assert cifar_one.main(tiny(fashion_root, straight, *flags)) == 0

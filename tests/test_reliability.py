@@ -109,7 +109,9 @@ def test_divergence_stops_and_keeps_the_last_good_files(fashion_root, trained, t
     run = tmp_path / 'r'
     run.mkdir()
     for name in ('checkpoint.pth.tar', 'model_best.pth.tar'):
-        (run / name).write_bytes((trained / name).read_bytes())
+        state = load_checkpoint(trained / name)
+        state['args']['lr'] = 1e12  # a run with far too high an LR (a resume keeps its flags)
+        save_atomic(state, str(run / name))
     kept = {name: digest(run / name) for name in ('checkpoint.pth.tar', 'model_best.pth.tar')}
     argv = tiny(fashion_root, run, '--epochs', 3, '--resume', 'auto', '--lr', '1e12')
     assert cifar_one.main(argv) == 3

@@ -206,6 +206,109 @@ def test_unfinished_diverged_and_unreadable_runs_are_skipped_with_the_reason(run
     assert row_of(read_csv(tmp_path / 'out' / 'table_last.csv'), 'baseline')['n'] == '3'
 
 
+def rewrite_summary(folder, edit):
+    """Apply EDIT to summary.csv's lines (the header first)."""
+    lines = (folder / 'summary.csv').read_text().splitlines()
+    (folder / 'summary.csv').write_text('\n'.join(edit(lines)) + '\n')
+
+
+def set_value(column, row, value):
+    """An edit of summary.csv that puts VALUE in COLUMN of data row ROW (1-based)."""
+    def edit(lines):
+        fields = lines[row].split(',')
+        fields[lines[0].split(',').index(column)] = value
+        lines[row] = ','.join(fields)
+        return lines
+    return edit
+
+
+DAMAGED = {
+    'duplicated epoch row': (lambda lines: lines[:3] + lines[2:], None,
+                             'row 3: epoch 2 where epoch 3 should be'),
+    'extra field': (lambda lines: lines[:2] + [lines[2] + ',7'] + lines[3:], None,
+                    'row 2 has more fields than the header'),
+    'missing field': (lambda lines: lines[:2] + [lines[2].rsplit(',', 1)[0]] + lines[3:], None,
+                      'row 2 has fewer fields than the header'),
+    'NaN last accuracy': (set_value('test_acc_1', 3, 'nan'), None, 'row 3: test_acc_1 is nan'),
+    'Inf accuracy': (set_value('test_acc_1', 1, 'inf'), None, 'row 1: test_acc_1 is inf'),
+    'NaN epoch': (set_value('epoch', 2, 'nan'), None, 'row 2: epoch is nan'),
+    'accuracy above 100': (set_value('test_acc_1', 2, '250'), None, 'row 2: test_acc_1 is 250'),
+    'string depth': (None, {'depth': '32'}, "depth is '32', not a whole number above 0"),
+    'null dataset': (None, {'dataset': None}, 'dataset is None, not a name'),
+    'list dataset': (None, {'dataset': ['cifar100']}, "dataset is ['cifar100'], not a name"),
+    'string schedule': (None, {'schedule': '151 225'},
+                        "schedule is '151 225', not a list of epochs"),
+    'string gamma': (None, {'gamma': '0.1'}, "gamma is '0.1', not a number"),
+    'NaN flag': (None, {'weight_decay': float('nan')}, 'weight_decay is nan'),
+    'retyped flag': (None, {'train_batch': '128'},
+                     "train_batch is '128', not of the type of its default 128"),
+    'epochs below the rows': (None, {'epochs': 2},
+                              'summary.csv reaches epoch 3, beyond the 2 epochs of args.json'),
+}
+
+
+@pytest.mark.parametrize('best', [False, True])
+@pytest.mark.parametrize('damage', sorted(DAMAGED))
+def test_a_damaged_run_is_skipped_with_the_reason_never_reported(tmp_path, capsys, damage, best):
+    """Each damage beside a sound run of the same group: the report has the sound run alone
+    (n = 1, its own numbers; --best never picks a NaN epoch) and says why the other is out."""
+    edit, overrides, reason = DAMAGED[damage]
+    root = tmp_path / 'runs'
+    baseline_run(root / 'sound', 0, 70.0)
+    damaged = baseline_run(root / 'damaged', 1, 10.0, **(overrides or {}))
+    if edit:
+        rewrite_summary(damaged, edit)
+    flags = ['--best'] if best else []
+    code, out, err = report_main(capsys, root, '--out', tmp_path / 'out', '--no-plots', *flags)
+    assert code == 0, err
+    row = row_of(read_csv(tmp_path / 'out' / f'table_{"best" if best else "last"}.csv'),
+                 'baseline')
+    assert (row['n'], row['error_mean'], row['runs']) == ('1', '30.0', str(root / 'sound'))
+    skipped = out.split('Skipped runs (1):\n')[1]
+    assert skipped.startswith(f'- {damaged}: ') and reason in skipped, skipped
+    assert 'nan' not in out.split('Skipped runs')[0].lower()
+
+
+def test_a_run_started_at_a_later_epoch_is_not_averaged_with_full_runs(tmp_path, capsys):
+    root = tmp_path / 'runs'
+    one_run(root / 'full', 0, 73.0, 75.0)
+    late = one_run(root / 'late', 1, 74.0, 76.0, start_epoch=1)
+    rewrite_summary(late, lambda lines: lines[:1] + lines[2:])   # epochs 2 and 3 only
+    assert_refused(capsys, tmp_path / 'out', root, says='trained from epoch 2 (--start-epoch 1)')
+
+
+def test_moved_aside_files_and_copies_of_a_run_are_not_reported_again(tmp_path, capsys):
+    """RUN/previous-*/ holds what --overwrite or --rewind replaced; a folder with a run id seen
+    before is a copy of that run. Neither is another seed; a folder merely named previous-*
+    that is no run's is searched."""
+    root = tmp_path / 'runs'
+    baseline_run(root / 'a', 0, 70.0, run_id='20260101-000000-aaaaaaaa')
+    baseline_run(root / 'a' / 'previous-20260102-000000', 0, 50.0,
+                 run_id='20260101-000000-aaaaaaaa')
+    baseline_run(root / 'b', 1, 68.0, run_id='20260101-000000-bbbbbbbb')
+    baseline_run(root / 'copy-of-b', 1, 68.0, run_id='20260101-000000-bbbbbbbb')
+    baseline_run(root / 'previous-work' / 'c', 2, 66.0, run_id='20260101-000000-cccccccc')
+    code, out, err = report_main(capsys, root, '--out', tmp_path / 'out', '--no-plots')
+    assert code == 0, err
+    row = row_of(read_csv(tmp_path / 'out' / 'table_last.csv'), 'baseline')
+    assert row['runs'].split(';') == [str(root / f) for f in ('a', 'b', 'previous-work/c')]
+    assert f'- {root / "copy-of-b"}: the same run (id 20260101-000000-bbbbbbbb) as ' \
+           f'{root / "b"}' in out and 'Skipped runs (1)' in out
+
+
+def test_a_kd_run_is_reported_with_its_teacher(tmp_path, capsys):
+    teacher = {'teacher': '/elsewhere/ONE-32/model_best.pth.tar', 'teacher_member': 'ens',
+               'teacher_method': 'one', 'teacher_arch': 'one_resnet', 'teacher_depth': 32,
+               'teacher_dataset': 'cifar100', 'teacher_num_classes': 100, 'teacher_epoch': 3}
+    root = tmp_path / 'runs'
+    for seed in (0, 1):
+        make_run(root / f'kd-{seed}', 'kd', seed, {'1': [40.0, 60.0, 70.0 + seed],
+                                                  'teacher': [45.0, 65.0, 75.0]}, **teacher)
+    code, out, err = report_main(capsys, root, '--out', tmp_path / 'out', '--no-plots')
+    assert code == 0, err
+    assert '| cifar100 | ResNet-32 | KD (teacher ONE-E ResNet-32 at epoch 3) | 2 | 29.50 |' in out
+
+
 def test_nothing_finished_is_an_error(tmp_path, capsys):
     make_run(tmp_path / 'runs' / 'a', 'baseline', 0, {'1': [50.0]}, epochs=300, status='running')
     code, out, err = report_main(capsys, tmp_path / 'runs', '--out', tmp_path / 'out')

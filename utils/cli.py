@@ -3,6 +3,16 @@ import argparse
 
 from .data import LOADERS
 
+# args.json keys that do not change what a run trains: report.py groups runs without them, and
+# a run may continue with other values (amp included: its rounding is ignored). `run_id` names
+# the run (utils/run_folder.py); `start_epoch` is kept from a run's first command.
+BOOKKEEPING = frozenset({
+    'method', 'manualSeed', 'seed', 'run_id', 'checkpoint', 'resume', 'data_dir', 'gpu_id',
+    'device', 'workers', 'overwrite', 'evaluate', 'compile', 'cuda_graphs', 'channels_last',
+    'sync_bn', 'tensorboard', 'start_epoch', 'fast', 'amp', 'test_batch',
+    'print_freq', 'log_interval', 'threads', 'progress', 'quiet', 'verbose', 'rewind',
+    'deterministic'})  # init_from is not: a fork never merges with runs from scratch
+
 
 class Parser(argparse.ArgumentParser):
     def error(self, message):
@@ -84,3 +94,28 @@ def build_parser(description, method):
     p.add_argument('--tensorboard', action='store_true',
                    help='also write TensorBoard event files into RUN/tensorboard (rank 0)')
     return p
+
+
+def flag_names(method):
+    """{dest: how the command line spells it}, e.g. 'weight_decay': '--weight-decay'."""
+    actions = build_parser('', method)._actions  # argparse lists a parser's flags nowhere public
+    return {a.dest: next((o for o in a.option_strings if o.startswith('--')), a.dest)
+            for a in actions if a.dest != 'help'}
+
+
+def _shown(value):
+    if isinstance(value, bool):
+        return 'on' if value else 'off'
+    if isinstance(value, (list, tuple)):
+        return ' '.join(map(str, value))
+    return str(value)
+
+
+def changed_flags(method, saved, args):
+    """[(flag, saved value, value in args)] for every flag that defines what a run trains
+    (not bookkeeping, not --epochs or --start-epoch) whose value in args differs from the
+    run's saved args. Flags one of them lacks (another version's) are not compared."""
+    names = flag_names(method)
+    return [(names[key], _shown(saved[key]), _shown(getattr(args, key)))
+            for key in sorted(saved) if key in names and hasattr(args, key)
+            and key not in BOOKKEEPING and key != 'epochs' and saved[key] != getattr(args, key)]

@@ -15,14 +15,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import (FORMAT_VERSION, TRAINING, check_identity, check_keys, load_checkpoint,
                          rng_states, save_atomic, set_rng_states)
-from .cli import build_parser
+from .cli import build_parser, changed_flags
 from .distributed import world_from_env
 from .errors import UserError
 from .graphs import GraphedStep
 from .logger import epoch_line, result_line, write_args, write_run_files
-from .run_folder import (BEST, CHECKPOINT, check_writable, describe_position, files_to_rewind,
-                         fingerprint, make_room, move_aside, remove_temporaries, resolve_run,
-                         write_status)
+from .run_folder import (BEST, CHECKPOINT, RUN_ID, STATUS, check_writable, describe_position,
+                         files_to_rewind, fingerprint, make_room, move_aside, new_run_id,
+                         position, read_record, remove_temporaries, resolve_run,
+                         run_id_to_continue, write_status)
 from .runlock import hold_run_lock
 from .schedule import learning_rate
 from .setup import build_model, build_optimizer, load_data, seed_everything, setup
@@ -32,6 +33,12 @@ from .stops import Diverged, Preempted, StopRequest, quiet_unless, run_to_exit_c
 # curves.png is redrawn after an epoch at most this often, and after the last epoch: drawing
 # takes about 0.3 s, as long as a whole epoch of CIFAR on a large GPU.
 PLOT_EVERY_SECONDS = 30
+# Kept from a run's first command whatever a later one says (--resume overrides --start-epoch).
+FIRST_COMMAND = ('start_epoch', 'init_from', 'init_from_epoch')
+
+
+class AlreadyDone(Exception):
+    """A finished run continued with no more epochs: the line to print; nothing is written."""
 
 
 def main(method, description, argv=None):
@@ -91,15 +98,15 @@ class Trainer:
         self.world, self.device = setup(args, method)
         run = resolve_run(args)
         self.folder = args.checkpoint = run.folder
-        state = self.load_resumable(run.resume) if run.resume else None
+        state = self.load_resumable(run) if run.resume else None
         source = load_checkpoint(run.init_from) if run.init_from else None
         if source is not None:
             check_identity(source, run.init_from, identity(args, method))
-        if state is not None:
-            files_to_rewind(run, state, args.rewind)  # refuses a rewind not asked for
         if state is None and args.start_epoch >= args.epochs:
             raise UserError(f'--start-epoch {args.start_epoch} leaves nothing to train with '
                             f'--epochs {args.epochs}: it must be below --epochs')
+        if state is None:
+            args.run_id = new_run_id()
         self.seed = state['seed'] if state else (
             args.manualSeed if args.manualSeed is not None else random.randint(1, 10000))
         args.manualSeed = self.seed
@@ -128,17 +135,66 @@ class Trainer:
         if self.world.is_main:
             self.take_folder(run, resources, state)
 
-    def load_resumable(self, path):
-        """The state of the run to continue, checked (identity, keys) before anything is written."""
+    def load_resumable(self, run):
+        """The state of the run to continue, checked before anything is written: its model
+        (identity), keys, run (a folder continues only its own), flags (unchanged), position
+        (no rewind unasked, no shortening). AlreadyDone when nothing is left to do."""
+        args, path = self.args, run.resume
         fingerprint_before = fingerprint(path)
         state = load_checkpoint(path)
-        check_identity(state, path, identity(self.args, self.method))
+        check_identity(state, path, identity(args, self.method))
         if 'optimizer' not in state:
             raise UserError(f'{path!r} holds weights only (an export): evaluate it with -e, or '
                             f'start a new run from its weights with --init-from {path}')
         check_keys(state, path, TRAINING)
+        if not all(type(state[key]) is int and state[key] >= 0 for key in ('epoch', 'step')):
+            raise UserError(f'{path!r} is damaged: its epoch and batch are not counts')
+        args.run_id = run_id_to_continue(run, state)
+        saved = state['args'] if isinstance(state['args'], dict) else {}
+        for key in FIRST_COMMAND:  # provenance outlives the first command
+            if key in saved:
+                setattr(args, key, saved[key])
+        self.check_unchanged(saved, state, path)
+        files_to_rewind(run, state, args.rewind)  # refuses a rewind not asked for
+        self.check_epochs_left(run, state)
         self.resume_fingerprint = fingerprint_before
         return state
+
+    def check_unchanged(self, saved, state, path):
+        """A run keeps the schedule and objective it started with: any other value of a flag
+        that is not bookkeeping (utils/cli.py), or of --manualSeed, is refused in one line
+        (not recorded as a change), so args.json and the report describe the whole run.
+        --epochs may change (check_epochs_left): the LR and ramp-up are functions of the
+        epoch, so a run continued to more epochs is the run those epochs would have made."""
+        changed = changed_flags(self.method, saved, self.args)
+        if self.args.manualSeed is not None and self.args.manualSeed != state['seed']:
+            changed.append(('--manualSeed', state['seed'], self.args.manualSeed))
+        if changed:
+            raise UserError(
+                f'{path!r} continues a run trained with '
+                f'{", ".join(f"{flag} {old}" for flag, old, _ in changed)}, not '
+                f'{", ".join(f"{flag} {new}" for flag, _, new in changed)}: a run keeps the '
+                'schedule and objective it started with. Continue it with its own values (see '
+                f'its args.json), or start a new run from its weights with --init-from {path} '
+                '-c NEW_FOLDER')
+
+    def check_epochs_left(self, run, state):
+        """A run is never shortened: --epochs below the epochs trained is refused, nothing
+        written. A run that has trained exactly --epochs and says so in status.json is left
+        as it is (AlreadyDone); one whose end was not recorded (stopped after its last save)
+        is finished: its files are rewritten from the checkpoint and it is marked done."""
+        epochs = self.args.epochs
+        if position(state) > (epochs, 0):
+            least = state['epoch'] + (1 if state['step'] else 0)
+            raise UserError(f'{run.resume!r} has trained {describe_position(state)}, more than '
+                            f'--epochs {epochs}: a run is never shortened, nothing was changed. '
+                            f'Continue it with --epochs {least} or more')
+        status = read_record(os.path.join(run.folder, STATUS)) or {}
+        if (position(state) == (epochs, 0) and status.get('state') == 'done'
+                and status.get('epochs') == epochs
+                and status.get(RUN_ID) in (None, self.args.run_id)):
+            raise AlreadyDone(f'{run.folder}: the run has already trained its {epochs} epochs; '
+                              'nothing to do (no file was touched)')
 
     def init_weights(self, source, path):
         """--init-from: a new run from another checkpoint's weights only."""
@@ -163,6 +219,7 @@ class Trainer:
         if state is None:
             note = make_room(self.folder, args.overwrite)
         else:
+            run_id_to_continue(run, state)  # refuses another run's files, now under the lock
             stale = files_to_rewind(run, state, args.rewind)
             note = (f'--rewind: {self.folder} steps back to {describe_position(state)} of '
                     f'{run.resume}; the newer files ({", ".join(stale)}) are in '
@@ -176,7 +233,7 @@ class Trainer:
                 print(f'New run in {self.folder} from the weights of {run.init_from} (epoch '
                       f'{args.init_from_epoch}); starting at epoch {self.epoch + 1}', flush=True)
         else:
-            if stale:  # the folder now shows the rewound run, whatever happens next
+            if stale or self.epoch >= args.epochs:  # the folder shows this state's run
                 self.rewrite_files()
             print(f'Resuming {run.resume}: epoch {self.epoch + 1}, batch {self.step}, '
                   f'best {self.method.label(self.names[0])} test top-1 so far '
@@ -202,21 +259,7 @@ class Trainer:
         return torch.compile(model) if self.args.compile else model
 
     def restore(self, state, path):
-        """Continue from a checkpoint. Mid-epoch, the batch size and the training set must be
-        the checkpoint's: the epoch's order and batch boundaries depend on them (refused with
-        one line; at an epoch boundary they may change)."""
-        args, saved = self.args, state['args'] if isinstance(state['args'], dict) else {}
-        if state['step']:
-            for flag, key in (('--train-batch', 'train_batch'), ('--train-subset', 'train_subset')):
-                if key in saved and saved[key] != getattr(args, key):
-                    raise UserError(
-                        f'{path!r} was saved in the middle of epoch {state["epoch"] + 1}, after '
-                        f'batch {state["step"]} of {flag} {saved[key]}; continue it with {flag} '
-                        f'{saved[key]} (got {getattr(args, key)}); it may change once an epoch '
-                        'is done')
-        for key in ('init_from', 'init_from_epoch'):  # provenance outlives the first command
-            if saved.get(key) is not None:
-                setattr(args, key, saved[key])
+        """Continue from a checkpoint (checked by load_resumable)."""
         try:
             self.model.load_state_dict(state['state_dict'])
             self.optimizer.load_state_dict(state['optimizer'])
@@ -233,7 +276,7 @@ class Trainer:
     def checkpoint_state(self, meters=None):
         """Everything an uninterrupted run would still have in memory at this point."""
         return {'format': FORMAT_VERSION, **identity(self.args, self.method),
-                'num_classes': self.data.num_classes, 'seed': self.seed,
+                RUN_ID: self.args.run_id, 'num_classes': self.data.num_classes, 'seed': self.seed,
                 'epoch': self.epoch, 'step': self.step, 'best_acc': self.best_acc,
                 'state_dict': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
                 'scaler': self.scaler.state_dict() if self.scaler.is_enabled() else None,
@@ -245,7 +288,8 @@ class Trainer:
 
     def set_status(self, state, message=''):
         if self.world.is_main:
-            write_status(self.folder, state, len(self.history), self.args.epochs, message)
+            write_status(self.folder, state, len(self.history), self.args.epochs, message,
+                         self.args.run_id)
 
     def run(self):
         """Train to the last epoch, recording in status.json how the run ended."""
@@ -371,9 +415,10 @@ class Trainer:
                              torch.tensor(stop.signum, device=self.device)])
         nonfinite, signum = self.world.all_reduce(flags, torch.distributed.ReduceOp.MAX).tolist()
         if nonfinite:
+            kept = [path for path in map(self.path, (CHECKPOINT, BEST)) if os.path.exists(path)]
             raise Diverged(f'the loss became NaN or Inf in epoch {self.epoch + 1} (by batch '
-                           f'{self.step}); {self.path(CHECKPOINT)} and {self.path(BEST)} keep '
-                           'the last good state')
+                           f'{self.step}); the last good state is in '
+                           f'{" and ".join(kept) or "no file (none was saved)"}')
         if signum and self.step < len(self.train_loader):
             self.preempt(meters.reduce(self.world), signum)
 
@@ -393,4 +438,10 @@ class Trainer:
 
 def train(args, method):
     with ExitStack() as resources:
-        return Trainer(args, method, resources).run()
+        try:
+            trainer = Trainer(args, method, resources)
+        except AlreadyDone as e:
+            if world_from_env().is_main:
+                print(e.args[0], flush=True)
+            return 0
+        return trainer.run()

@@ -12,10 +12,16 @@ Three ways to start, and what each may do to the files already there:
   while checkpoint.pth.tar is later) would step the run back: refused unless --rewind, which
   first moves the newer files into FOLDER/previous-YYYYmmdd-HHMMSS/.
 
+A folder continues only its own run. Every run gets an id when it starts (new_run_id), kept
+in args.json, status.json and every checkpoint; a checkpoint of another run (copied into the
+folder, say) is refused, pointing to --init-from (run_id_to_continue).
+
 Every decision here is taken before anything is written, and taken again once the run holds
 the folder's lock (utils/runlock.py), just before its first write.
 """
+import json
 import os
+import secrets
 import shutil
 import socket
 import time
@@ -35,6 +41,7 @@ RESULTS = (BEST, LOG, SUMMARY, PLOT, TENSORBOARD)
 # Describe a run's history; regenerated from the checkpoint, so moved aside with a newer state.
 HISTORY_FILES = (LOG, SUMMARY, PLOT, ARGS, STATUS, TENSORBOARD)
 PREVIOUS = 'previous-'
+RUN_ID = 'run_id'
 
 
 class Run(NamedTuple):
@@ -128,6 +135,20 @@ def describe_position(state):
     return f'epoch {epoch}' + (f' + {step} batches' if step else '')
 
 
+def other_checkpoints(run):
+    """The folder's checkpoints besides run.resume: [(name, state or None if unreadable)]."""
+    found = []
+    for name in (CHECKPOINT, BEST):
+        path = os.path.join(run.folder, name)
+        if not os.path.exists(path) or os.path.samefile(path, run.resume):
+            continue
+        try:
+            found.append((name, load_checkpoint(path, required=('epoch',))))
+        except UserError:
+            found.append((name, None))
+    return found
+
+
 def newer_states(run, state):
     """The folder's checkpoints holding a later point of the run than run.resume (`state`):
     [(name, state or None if unreadable)]. The folder's own checkpoint.pth.tar is its run's
@@ -136,19 +157,83 @@ def newer_states(run, state):
     own = os.path.join(run.folder, CHECKPOINT)
     if os.path.exists(own) and os.path.samefile(own, run.resume):
         return []
-    newer = []
-    for name in (CHECKPOINT, BEST):
-        path = os.path.join(run.folder, name)
-        if not os.path.exists(path) or os.path.samefile(path, run.resume):
-            continue
-        try:
-            other = load_checkpoint(path, required=('epoch',))
-        except UserError:
-            newer.append((name, None))
-            continue
-        if position(other) > position(state):
-            newer.append((name, other))
-    return newer
+    return [(name, other) for name, other in other_checkpoints(run)
+            if other is None or position(other) > position(state)]
+
+
+def new_run_id():
+    """A run's name for good: when it started, then random bits (from the OS, not `random`,
+    whose state is part of the run) so that no two runs share one."""
+    return f'{time.strftime("%Y%m%d-%H%M%S")}-{secrets.token_hex(4)}'
+
+
+def read_record(path):
+    """A JSON record of the run (args.json, status.json) as a dict, or None if unreadable."""
+    try:
+        with open(path) as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def run_records(run):
+    """What the folder says of its run besides run.resume: [(name, dict)] of its other
+    checkpoints, args.json and status.json (an unreadable one says nothing)."""
+    records = [(name, state) for name, state in other_checkpoints(run) if state is not None]
+    for name in (ARGS, STATUS):
+        record = read_record(os.path.join(run.folder, name))
+        if record is not None:
+            records.append((name, record))
+    return records
+
+
+def _seed(record):
+    return record.get('seed', record.get('manualSeed'))
+
+
+def _same_lineage(state, record):
+    """For records without an id: the same seed, and the same epoch history up to the
+    shorter one (seconds aside: two runs with equal histories are the same training)."""
+    if _seed(record) is not None and _seed(record) != _seed(state):
+        return False
+    ours, theirs = state.get('history'), record.get('history')
+    if not (isinstance(ours, list) and isinstance(theirs, list)):
+        return True
+    n = min(len(ours), len(theirs))
+    strip = (lambda rows: [{k: v for k, v in row.items() if k != 'seconds'}
+                           if isinstance(row, dict) else row for row in rows[:n]])
+    return strip(ours) == strip(theirs)
+
+
+def describe_run(record):
+    run_id, seed = record.get(RUN_ID), _seed(record)
+    text = f'run {run_id}' if run_id else 'a run saved without an id'
+    return text + (f' (seed {seed})' if seed is not None else '')
+
+
+def run_id_to_continue(run, state):
+    """The id of the run that continuing run.resume (`state`) continues, or a UserError when
+    the folder's other records (checkpoints, args.json, status.json) belong to another run.
+
+    Checkpoints and records saved before runs had ids have none. Where either side has none,
+    the two belong to one run when they agree: the same seed and the same epoch history as
+    far as both go. A state without an id then takes the one the folder's records carry (the
+    first of checkpoint.pth.tar, model_best.pth.tar, args.json, status.json), or a new one if
+    none does: a run from before ids gets one when it continues."""
+    mine, adopted = state.get(RUN_ID), None
+    for name, record in run_records(run):
+        theirs = record.get(RUN_ID)
+        same = mine == theirs if mine and theirs else _same_lineage(state, record)
+        if not same:
+            raise UserError(
+                f'{run.resume!r} belongs to {describe_run(state)}, but '
+                f'{os.path.join(run.folder, name)} to {describe_run(record)}: a folder '
+                'continues only its own run. '
+                f'Start a new run from the weights of {run.resume!r} with --init-from '
+                f'{run.resume} -c NEW_FOLDER')
+        adopted = adopted or theirs
+    return mine or adopted or new_run_id()
 
 
 def files_to_rewind(run, state, rewind):
@@ -243,13 +328,13 @@ def check_writable(folder):
         raise UserError(f'cannot write to checkpoint folder {folder!r}: {e.strerror or e}') from None
 
 
-def write_status(folder, state, epoch, epochs, message=''):
-    """status.json: running, done, preempted, diverged or failed, and the epochs completed.
-    sweep.py --status and report.py read it; a live run also holds the folder's lock.
+def write_status(folder, state, epoch, epochs, message='', run_id=None):
+    """status.json: running, done, preempted, diverged or failed, the epochs completed and the
+    run's id. sweep.py --status and report.py read it; a live run also holds the folder's lock.
     Only 'running' must be written: a status that cannot be recorded at the end of a run
     (a full disk) must not hide the error that ended it."""
     status = {'state': state, 'epoch': epoch, 'epochs': epochs, 'message': message,
-              'host': socket.gethostname(), 'pid': os.getpid(),
+              RUN_ID: run_id, 'host': socket.gethostname(), 'pid': os.getpid(),
               'updated': datetime.now(timezone.utc).isoformat(timespec='seconds')}
     try:
         write_json_atomic(os.path.join(folder, STATUS), status)

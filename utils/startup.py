@@ -1,10 +1,15 @@
-"""Ctrl-C while an entry script imports torch (seconds, before anything is written).
+"""Ctrl-C while an entry script imports torch, and SIGTERM outside the engine's handling.
 
 A KeyboardInterrupt raised in the middle of a library's import can be swallowed by a bare
 `except:` (the run then goes on as if nothing happened) or leave a half-imported module that
 fails later with an unrelated error (numpy: RecursionError). So while the imports run, SIGINT
 ends the process at once with one line; afterwards the usual KeyboardInterrupt is back, and
-engine.main turns it into one line too. Imports nothing heavy.
+engine.main turns it into one line too.
+
+SIGTERM's default action kills the process silently (exit -15). From the imports on, it ends
+the process with one line and status 143 instead; engine.main handles it itself while it runs
+(the training loop saves and stops), and hands it back here once the run has ended (after
+"Done.", while the interpreter shuts down). Imports nothing heavy.
 
     with interrupt_exits_while_importing(__name__ == '__main__'):
         from methods import METHODS
@@ -16,18 +21,35 @@ import sys
 from contextlib import contextmanager
 
 EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+def _name():
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else 'python'
 
 
 def _exit_now(signum, frame):
-    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else 'python'
-    os.write(2, f'{name}: interrupted (Ctrl-C) while starting; nothing was written\n'.encode())
+    os.write(2, f'{_name()}: interrupted (Ctrl-C) while starting; nothing was written\n'.encode())
     os._exit(EXIT_INTERRUPTED)
+
+
+def _terminated(signum, frame):
+    try:  # what was printed before the signal still reaches a pipe or file
+        sys.stdout.flush()
+    except Exception:  # noqa: BLE001 (a handler may interrupt a write to stdout itself)
+        pass
+    os.write(2, f'{_name()}: stopped by SIGTERM outside training; files already saved are '
+                'untouched\n'.encode())
+    os._exit(EXIT_TERMINATED)
 
 
 @contextmanager
 def interrupt_exits_while_importing(enabled=True):
-    """Within the block, SIGINT exits with status 130 and one line (when `enabled`, i.e. run
-    as a script, and SIGINT is not ignored, as for a background job)."""
+    """Within the block, SIGINT exits with status 130 and one line; from the block on, SIGTERM
+    exits with status 143 and one line (when `enabled`, i.e. run as a script, and the signal
+    is not ignored, as SIGINT is for a background job)."""
+    if enabled and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, _terminated)
     previous = signal.getsignal(signal.SIGINT)
     if not enabled or previous is signal.SIG_IGN:
         yield
