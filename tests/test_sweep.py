@@ -16,6 +16,8 @@ import submitit
 from submitit.core.utils import DelayedSubmission
 
 import sweep
+from sweeps import grid, state
+from sweeps.job import RunFailed, RunJob
 from conftest import ROOT
 from utils.errors import UserError
 from utils.runlock import lock_holder
@@ -30,9 +32,9 @@ ONE_FLAGS = BASELINE_FLAGS | {'--num-branches', '--temperature'}
 FLAGS = {'cifar_baseline.py': BASELINE_FLAGS, 'cifar_one.py': ONE_FLAGS}
 
 
-def grid(root, scripts, vary, fixed=()):
-    axes, groups = sweep.parse_vary(vary), sweep.split_fixed(list(fixed))
-    return sweep.expand(str(root), scripts, axes, groups, {s: FLAGS[s] for s in scripts}, ROOT)
+def make_grid(root, scripts, vary, fixed=()):
+    axes, groups = grid.parse_vary(vary), grid.split_fixed(list(fixed))
+    return grid.expand(str(root), scripts, axes, groups, {s: FLAGS[s] for s in scripts}, ROOT)
 
 
 def launch(root, data, *args, epochs=1, vary=()):
@@ -68,8 +70,8 @@ def write_status(folder, state, epoch, epochs, message=''):
 def test_grid_folders_and_commands_are_deterministic(tmp_path):
     vary = ['num-branches=1,2', 'manualSeed=0,1']
     fixed = ['--epochs', '300', '--schedule', '151', '225', '--temperature', '3']
-    runs = grid(tmp_path, ['cifar_one.py', 'cifar_baseline.py'], vary, fixed)
-    assert runs == grid(tmp_path, ['cifar_one.py', 'cifar_baseline.py'], vary, fixed)
+    runs = make_grid(tmp_path, ['cifar_one.py', 'cifar_baseline.py'], vary, fixed)
+    assert runs == make_grid(tmp_path, ['cifar_one.py', 'cifar_baseline.py'], vary, fixed)
     # the baseline has no --num-branches: that axis (and --temperature) is left out for it
     assert [r['name'] for r in runs] == [
         'cifar_one/num-branches=1/manualSeed=0', 'cifar_one/num-branches=1/manualSeed=1',
@@ -89,22 +91,22 @@ def test_grid_folders_and_commands_are_deterministic(tmp_path):
 
 def test_grid_refusals(tmp_path):
     with pytest.raises(UserError, match='NAME=V1,V2'):
-        sweep.parse_vary(['depth'])
+        grid.parse_vary(['depth'])
     with pytest.raises(UserError, match='sets -c'):
-        sweep.split_fixed(['--resume', 'x'])
+        grid.split_fixed(['--resume', 'x'])
     with pytest.raises(UserError, match='sets -c'):
-        sweep.parse_vary(['checkpoint=a,b'])
-    axes, groups = sweep.parse_vary(['depthh=8']), sweep.split_fixed(['--epochs', '1'])
+        grid.parse_vary(['checkpoint=a,b'])
+    axes, groups = grid.parse_vary(['depthh=8']), grid.split_fixed(['--epochs', '1'])
     with pytest.raises(UserError, match='--depthh is not a flag of cifar_baseline.py'):
-        sweep.check_flags_known(axes, groups, {'cifar_baseline.py': BASELINE_FLAGS})
+        grid.check_flags_known(axes, groups, {'cifar_baseline.py': BASELINE_FLAGS})
     with pytest.raises(UserError, match='share the folder'):
-        grid(tmp_path, ['cifar_baseline.py'], ['lr=0.1 ,0.1'])
+        make_grid(tmp_path, ['cifar_baseline.py'], ['lr=0.1 ,0.1'])
 
 
 # ----------------------------------------------------------------------------- --dry-run, --status
 
 def test_dry_run_lists_runs_and_skips_done(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sweep, 'help_flags', lambda script, cwd: FLAGS[script])
+    monkeypatch.setattr(grid, 'help_flags', lambda script, cwd: FLAGS[script])
     monkeypatch.chdir(ROOT)
     done = tmp_path / 'cifar_baseline' / 'depth=8'
     write_status(done, 'done', 2, 2)
@@ -120,8 +122,8 @@ def test_dry_run_lists_runs_and_skips_done(tmp_path, monkeypatch, capsys):
 
 
 def test_status_of_each_state(tmp_path, capsys):
-    runs = grid(tmp_path, ['cifar_baseline.py'], ['manualSeed=0,1,2,3,4'], ['--epochs', '2'])
-    sweep.update_manifest(str(tmp_path), runs)
+    runs = make_grid(tmp_path, ['cifar_baseline.py'], ['manualSeed=0,1,2,3,4'], ['--epochs', '2'])
+    state.update_manifest(str(tmp_path), runs)
     done, failed, running, killed, fresh = [r['folder'] for r in runs]
     write_status(done, 'done', 2, 2)
     with open(os.path.join(done, 'summary.csv'), 'w') as f:
@@ -196,7 +198,7 @@ def test_local_grid_runs_resumes_a_killed_run_then_skips(fashion_root, tmp_path,
 
     # The same launch once more (in this process, the scripts' flags given: no --help run).
     logs = sorted(os.listdir(root / 'jobs'))
-    monkeypatch.setattr(sweep, 'help_flags', lambda script, cwd: FLAGS[script])
+    monkeypatch.setattr(grid, 'help_flags', lambda script, cwd: FLAGS[script])
     monkeypatch.chdir(ROOT)
     capsys.readouterr()
     assert sweep.main(cmd[2:]) == 0
@@ -227,7 +229,7 @@ def fake_run_job(tmp_path):
     script.write_text(FAKE_RUN)
     run = {'name': 'fake/run', 'folder': str(tmp_path / 'run'),
            'argv': [sys.executable, str(script), str(tmp_path / 'run')]}
-    return sweep.RunJob(run, str(tmp_path), env={'OMP_NUM_THREADS': '1'}, stop_timeout_s=20)
+    return RunJob(run, str(tmp_path), env={'OMP_NUM_THREADS': '1'}, stop_timeout_s=20)
 
 
 def test_run_job_checkpoint_stops_child_and_resubmits_itself(tmp_path):
@@ -246,28 +248,28 @@ def test_run_job_checkpoint_stops_child_and_resubmits_itself(tmp_path):
         seen['delayed'] = job.checkpoint()
     thread = threading.Thread(target=preempt)
     thread.start()
-    with pytest.raises(sweep.RunFailed, match='exit 143: saved'):
+    with pytest.raises(RunFailed, match='exit 143: saved'):
         job()
     thread.join(timeout=30)
     assert seen['alive after SIGUSR2']
     delayed = seen['delayed']
     assert isinstance(delayed, DelayedSubmission) and delayed.function is not job
     assert delayed.function.argv == job.argv and delayed.function._proc is None
-    outcome = json.loads(open(sweep.outcome_path(str(tmp_path), 'fake/run')).read())
+    outcome = json.loads(open(state.outcome_path(str(tmp_path), 'fake/run')).read())
     assert outcome['state'] == 'preempted' and outcome['message'].endswith('saved')
 
 
 def test_local_time_limit_requeues_and_continues(tmp_path, monkeypatch):
     """Through submitit itself: near the time limit the job is signalled, stops its run,
     requeues, and the requeued job continues from the run's checkpoint."""
-    monkeypatch.setenv('PYTHONPATH', ROOT)             # the job process imports sweep
+    monkeypatch.setenv('PYTHONPATH', ROOT)             # the job process imports sweeps
     executor = submitit.LocalExecutor(folder=str(tmp_path / 'jobs'), max_num_timeout=5)
     executor.update_parameters(timeout_min=0.1, signal_delay_s=3, stderr_to_stdout=True)
     job = executor.submit(fake_run_job(tmp_path))      # SIGUSR2 after 3 s
     assert job.result() == {'name': 'fake/run', 'folder': str(tmp_path / 'run')}
     log = open(job.paths.stdout).read()
     assert 'training' in log and 'saved' in log and 'Resuming from batch 7' in log, log
-    outcome = json.loads(open(sweep.outcome_path(str(tmp_path), 'fake/run')).read())
+    outcome = json.loads(open(state.outcome_path(str(tmp_path), 'fake/run')).read())
     assert outcome['state'] == 'done'
 
 
@@ -285,7 +287,7 @@ def test_slurm_array_sbatch_file(tmp_path, monkeypatch, capsys):
         (bin_dir / tool).chmod(stat.S_IRWXU)
     monkeypatch.setenv('PATH', f'{bin_dir}{os.pathsep}{os.environ["PATH"]}')
     monkeypatch.setenv('PYTHONPATH', os.environ.get('PYTHONPATH', ''))   # restored after
-    monkeypatch.setattr(sweep, 'help_flags', lambda script, cwd: FLAGS[script])
+    monkeypatch.setattr(grid, 'help_flags', lambda script, cwd: FLAGS[script])
     monkeypatch.chdir(ROOT)
     root = tmp_path / 'grid'
     assert sweep.main(['--root', str(root), '--scripts', 'cifar_baseline.py',   # auto: srun found
@@ -303,6 +305,6 @@ def test_slurm_array_sbatch_file(tmp_path, monkeypatch, capsys):
     manifest = json.loads((root / 'sweep.json').read_text())
     assert [r['job'] for r in manifest['runs']] == ['4242_0', '4242_1', '4242_2']
     job = DelayedSubmission.load(root / 'jobs' / '4242_1_submitted.pkl').function
-    assert isinstance(job, sweep.RunJob) and type(job).__module__ == 'sweep'
+    assert isinstance(job, RunJob) and type(job).__module__ == 'sweeps.job'
     folder = str(root / 'cifar_baseline' / 'manualSeed=1')
     assert job.argv[-4:] == ['-c', folder, '--resume', 'auto']

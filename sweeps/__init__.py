@@ -1,0 +1,61 @@
+"""Launch a grid of training runs through submitit, on SLURM or on this machine; resume it;
+report it.
+
+    python sweep.py --root ROOT --scripts SCRIPT [SCRIPT ...] [--vary NAME=V1,V2,... ...]
+                    [options] [-- FIXED FLAGS...]
+
+The grid is every combination of the --vary values, in the order given, for every script.
+NAME is a flag of the entry scripts without its dashes (depth, dataset, manualSeed,
+num-branches, lr...), a one-letter NAME is a short flag (d=cifar10 is -d cifar10); a value
+holding spaces becomes several words (--vary "schedule=151 225,100 150"). Flags after `--`
+are given to every run unchanged. A flag, varied or fixed, is passed only to the scripts whose
+--help lists it (so --vary num-branches=1,2,3 gives ONE three runs and the baseline one); a
+flag that no script lists is refused. The sweep itself sets -c and --resume auto.
+
+Run folders follow from the script and the varied values alone, so the same grid always
+gives the same folders:
+
+    ROOT/SCRIPT_STEM/NAME1=VALUE1/NAME2=VALUE2/...    e.g. ROOT/cifar_one/depth=32/manualSeed=0
+
+and every run is `python SCRIPT FIXED... VARIED... -c FOLDER --resume auto` (the python that
+runs sweep.py), so a requeued, preempted or relaunched run continues from its checkpoint.
+Fixed flags are not part of the folder name: a grid with other fixed flags (another
+schedule, another lr) needs another --root, or it would continue the old runs. Launching
+skips runs that are done (status.json says done with at least the run's --epochs, or the last
+row of summary.csv reaches them), running (their folder's lock is held) or diverged (resuming
+would repeat the same steps); everything else starts or continues.
+
+Executors (--executor, default auto: slurm where `srun` is on the PATH, else local):
+  slurm  one job array, one task and at most one GPU per run, --max-parallel array tasks at a
+         time, #SBATCH --requeue, and --signal=USR2@SIGNAL_DELAY before the time limit: the
+         job then stops the run (SIGTERM: it saves the exact batch), and requeues itself,
+         which resumes it. A preemption's SIGTERM reaches the run directly and saves likewise;
+         SLURM requeues it if the partition preempts by requeueing, else relaunch the sweep.
+         sweep.py returns once the array is submitted.
+  local  submitit's LocalExecutor on this machine, --max-parallel runs at a time, sweep.py
+         waiting for all of them. Each job slot k owns GPUs (CUDA_VISIBLE_DEVICES is set to
+         slot k's GPU for every run it starts; GPUs are taken from --gpus, else
+         CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`), and every run gets OMP_NUM_THREADS =
+         --cpus-per-run (default: the CPU count over --max-parallel). Ctrl-C stops the
+         running runs at a batch boundary with a checkpoint; run the same command to go on.
+
+--dry-run prints one line per run (what it would do, the folder, the command) and submits
+nothing. --status prints, for each run, its state and the epochs it completed:
+  done, running (lock held: host and pid), preempted (stopped by a signal, checkpoint
+  saved), interrupted (status.json says running but no process holds the lock, or files
+  without a status: killed, out of memory or node failure; relaunch continues from the last
+  checkpoint), incomplete (finished fewer epochs than the grid asks, e.g. --epochs raised),
+  failed (with the last error line), diverged, not started.
+The launch writes ROOT/sweep.json (the runs and their commands), so `--status --root ROOT`
+alone works; with --scripts it reports that grid instead. Job logs (the run's output, one
+file per job) are ROOT/jobs/JOBID_0_log.out; ROOT/jobs/outcomes/ records how each job's run
+exited.
+
+Examples: the paper's comparison (24 runs), then the branch study on one GPU machine:
+
+    python sweep.py --root checkpoints/paper --scripts cifar_baseline.py cifar_one.py \
+        --vary dataset=cifar10,cifar100 depth=32,110 manualSeed=0,1,2 --partition gpu \
+        -- --epochs 300 --schedule 151 225 --gamma 0.1 --lr 0.1 --wd 1e-4 --train-batch 128
+    python sweep.py --root checkpoints/branches --executor local --scripts cifar_one.py \
+        --vary num-branches=1,2,3,4,5 manualSeed=0,1,2 -- --dataset cifar100 --depth 32
+"""

@@ -1,0 +1,44 @@
+"""What sweep.py prints: the plan of a launch and the state of every run."""
+import os
+import shlex
+
+from .state import SKIPPED, STATES, classify
+
+def shown(path):
+    """PATH relative to the current folder when under it, else absolute."""
+    relative = os.path.relpath(path)
+    return os.path.abspath(path) if relative.startswith('..') else relative
+
+
+def epochs_text(state):
+    epoch = '-' if state['epoch'] is None else state['epoch']
+    epochs = '?' if state['epochs'] is None else state['epochs']
+    return f'{epoch}/{epochs}'
+
+
+def print_status(runs, root):
+    states = [classify(run, root) for run in runs]
+    counts = {s: sum(st['state'] == s for st in states) for s in STATES}
+    print(f'{root}: {len(runs)} runs: ' +
+          ', '.join(f'{n} {s}' for s, n in counts.items() if n))
+    print(f'{"state":<12} {"epoch":>9}  run')
+    for run, st in zip(runs, states):
+        detail = ''
+        if st['holder']:
+            detail = f'  pid {st["holder"].get("pid")} on {st["holder"].get("host")}'
+        elif st['message']:
+            detail = f'  {st["message"]}'
+        print(f'{st["state"]:<12} {epochs_text(st):>9}  {run["name"]}{detail}')
+    return states
+
+
+def print_plan(runs, states):
+    todo = [r for r, s in zip(runs, states) if s['state'] not in SKIPPED]
+    print(f'{len(runs)} runs: {len(todo)} to run, {len(runs) - len(todo)} skipped')
+    for run, st in zip(runs, states):
+        if st['state'] in SKIPPED:
+            print(f'skip ({st["state"]})  {run["folder"]}')
+        else:
+            verb = 'start' if st['state'] == 'not started' else 'resume'
+            print(f'{verb}  {run["folder"]}  {shlex.join(run["argv"])}')
+    return todo
