@@ -1,4 +1,4 @@
-"""Launch a grid of training runs through submitit, on SLURM or on this machine; resume it;
+r"""Launch a grid of training runs through submitit, on SLURM or on this machine; resume it;
 report it.
 
     python sweep.py --root ROOT --scripts SCRIPT [SCRIPT ...] [--vary NAME=V1,V2,... ...]
@@ -22,34 +22,50 @@ runs sweep.py), so a requeued, preempted or relaunched run continues from its ch
 Fixed flags are not part of the folder name: a grid with other fixed flags (another
 schedule, another lr) needs another --root, or it would continue the old runs. Launching
 skips runs that are done (status.json says done with at least the run's --epochs, or the last
-row of summary.csv reaches them), running (their folder's lock is held) or diverged (resuming
+row of summary.csv reaches them), running (their folder's lock is held), queued (SLURM still
+holds their last job: pending, requeued or starting, as squeue says) or diverged (resuming
 would repeat the same steps); everything else starts or continues.
+
+Before anything is submitted, every run to start is checked by its own script, run with
+--check-only on this machine: its flags and values, its data (downloaded here if missing)
+and the checkpoint it would continue. If any run would be refused, each refusal is listed in
+one line and nothing is submitted. On SLURM, a run no node of the partition can hold is
+refused too (sinfo: a GPU where there is none, more CPUs or memory than any node has), with
+the flag to change. Every error is one line and exit status 2.
 
 Executors (--executor, default auto: slurm where `srun` is on the PATH, else local):
   slurm  one job array, one task and at most one GPU per run, --max-parallel array tasks at a
          time, #SBATCH --requeue, and --signal=USR2@SIGNAL_DELAY before the time limit: the
          job then stops the run (SIGTERM: it saves the exact batch), and requeues itself,
-         which resumes it. A preemption's SIGTERM reaches the run directly and saves likewise;
-         SLURM requeues it if the partition preempts by requeueing, else relaunch the sweep.
-         sweep.py returns once the array is submitted.
+         which resumes it (a run that has finished by then is not requeued). A preemption's
+         SIGTERM (or `scontrol requeue`, or scancel) reaches the run directly and saves
+         likewise; SLURM requeues it if the partition preempts by requeueing, else relaunch
+         the sweep. sweep.py returns once the array is submitted.
   local  submitit's LocalExecutor on this machine, --max-parallel runs at a time, sweep.py
          waiting for all of them. Each job slot k owns GPUs (CUDA_VISIBLE_DEVICES is set to
          slot k's GPU for every run it starts; GPUs are taken from --gpus, else
          CUDA_VISIBLE_DEVICES, else `nvidia-smi -L`), and every run gets OMP_NUM_THREADS =
-         --cpus-per-run (default: the CPU count over --max-parallel). Ctrl-C stops the
-         running runs at a batch boundary with a checkpoint; run the same command to go on.
+         --cpus-per-run (default: the CPU count over --max-parallel). Ctrl-C or SIGTERM
+         stops the running runs at a batch boundary with a checkpoint (a second one stops
+         waiting for them); run the same command to go on. submitit's local controller
+         starts a job at most 6 times per launch (5 time-limit requeues).
+--time limits each job (slurm default 24 h, local none); --signal-delay seconds before it
+(default 120, at most half the limit) the job is told to save, and requeues itself.
 
 --dry-run prints one line per run (what it would do, the folder, the command) and submits
 nothing. --status prints, for each run, its state and the epochs it completed:
-  done, running (lock held: host and pid), preempted (stopped by a signal, checkpoint
-  saved), interrupted (status.json says running but no process holds the lock, or files
-  without a status: killed, out of memory or node failure; relaunch continues from the last
+  done, running (lock held: host and pid; or its SLURM job starting), queued (SLURM holds
+  its job: id, state and reason), preempted (stopped by a signal, checkpoint saved),
+  interrupted (status.json says running but no process holds the lock, or files without a
+  status: killed, out of memory or node failure; relaunch continues from the last
   checkpoint), incomplete (finished fewer epochs than the grid asks, e.g. --epochs raised),
-  failed (with the last error line), diverged, not started.
+  failed (with the last error line), diverged, not started. The epochs are those finished,
+  as status.json (rewritten after every epoch) or summary.csv says, whichever is further.
 The launch writes ROOT/sweep.json (the runs and their commands), so `--status --root ROOT`
 alone works; with --scripts it reports that grid instead. Job logs (the run's output, one
-file per job) are ROOT/jobs/JOBID_0_log.out; ROOT/jobs/outcomes/ records how each job's run
-exited.
+file per job, ending with one line that says how the run ended) are
+ROOT/jobs/ARRAYID_TASK_0_log.out on SLURM (ROOT/jobs/PID_0_log.out locally);
+ROOT/jobs/outcomes/ records how each job's run exited.
 
 Examples: the paper's comparison (24 runs), then the branch study on one GPU machine:
 

@@ -1,21 +1,42 @@
-"""sweep.py's command line: parse, expand the grid, then report, plan or launch."""
+"""sweep.py's command line: parse, expand the grid, ask the scheduler, check every run, then
+report, plan or launch. Every anticipated failure is one line and exit status 2."""
 import argparse
 import os
 import shlex
+import subprocess
 import sys
 
-import submitit
-
 import sweeps
-from utils.errors import UserError
-from .executors import REPO, run_local, slurm_available, submit_slurm
+from utils.errors import Parser, UserError
+from .check import check_runs
 from .grid import check_flags_known, expand, flags_of_scripts, parse_vary, split_fixed
+from .local import run_local
 from .show import print_plan, print_status
-from .state import MANIFEST, SKIPPED, STATES, classify, runs_of_manifest, update_manifest
+from .slurm import (DEFAULT_TIME_MIN, REPO, check_resources, queued_jobs, slurm_available,
+                    submit_slurm, undone_on_failure)
+from .state import (MANIFEST, SKIPPED, STATES, classify, runs_of_manifest, slurm_jobs,
+                    update_manifest)
+
+SIGNAL_DELAY_S = 120
+
+
+def at_least(minimum):
+    """An argparse type: a whole number >= MINIMUM."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'expected a whole number, got {text!r}') from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f'must be at least {minimum}, got {value}')
+        return value
+    return parse
+
 
 def build_parser():
-    p = argparse.ArgumentParser(
-        prog='sweep.py', description=sweeps.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = Parser(
+        prog='sweep.py', description=sweeps.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         usage='%(prog)s --root ROOT --scripts SCRIPT [SCRIPT ...] [--vary NAME=V1,V2 ...] '
               '[options] [-- FIXED FLAGS ...]')
     p.add_argument('--root', required=True, help='folder holding the runs, sweep.json and jobs/')
@@ -24,32 +45,35 @@ def build_parser():
     p.add_argument('--vary', nargs='+', action='extend', default=[], metavar='NAME=V1,V2',
                    help='a grid axis: a flag of the scripts and its values')
     what = p.add_mutually_exclusive_group()
-    what.add_argument('--dry-run', action='store_true', help='print the plan, submit nothing')
+    what.add_argument('--dry-run', action='store_true',
+                      help='print the plan and check every run to start, submit nothing')
     what.add_argument('--status', action='store_true', help='report the state of every run')
     p.add_argument('--executor', choices=['auto', 'slurm', 'local'], default='auto',
                    help='auto: slurm where srun is on the PATH, else local')
-    p.add_argument('--max-parallel', type=int, default=None, metavar='N',
+    p.add_argument('--max-parallel', type=at_least(1), default=None, metavar='N',
                    help='runs at a time (slurm: array parallelism, default all; local: '
                         'default one per GPU, or 1 on CPU)')
     p.add_argument('--gpus-per-run', type=int, choices=[0, 1], default=None,
                    help='GPUs per run (runs are one process; default 1 on slurm, on local 1 '
                         'if a GPU is visible)')
-    p.add_argument('--cpus-per-run', type=int, default=None, metavar='C',
+    p.add_argument('--cpus-per-run', type=at_least(1), default=None, metavar='C',
                    help='CPU cores per run: slurm --cpus-per-task (default 4) and '
                         'OMP_NUM_THREADS (local default: CPU count / runs at a time)')
     p.add_argument('--gpus', default=None, metavar='IDS',
                    help='local: GPU ids to hand out one per run (default CUDA_VISIBLE_DEVICES, '
                         'else all that nvidia-smi lists)')
-    p.add_argument('--time', type=int, default=None, metavar='MIN',
-                   help='time limit per job in minutes (slurm default 1440; local: none); '
-                        'a job reaching it saves, requeues and continues')
-    p.add_argument('--signal-delay', type=int, default=120, metavar='S',
-                   help='seconds before the time limit at which the job is told to save')
+    p.add_argument('--time', type=at_least(1), default=None, metavar='MIN',
+                   help=f'time limit per job in minutes (slurm default {DEFAULT_TIME_MIN}; '
+                        'local: none); a job reaching it saves, requeues and continues')
+    p.add_argument('--signal-delay', type=at_least(0), default=None, metavar='S',
+                   help='seconds before the time limit at which the job is told to save '
+                        f'(default {SIGNAL_DELAY_S}, or half of a shorter time limit)')
     p.add_argument('--partition', help='slurm partition')
     p.add_argument('--account', help='slurm account')
     p.add_argument('--qos', help='slurm quality of service')
     p.add_argument('--constraint', help='slurm node constraint, e.g. a GPU type')
-    p.add_argument('--mem-gb', type=int, default=None, help='slurm memory per job (GB)')
+    p.add_argument('--mem-gb', type=at_least(1), default=None,
+                   help='slurm memory per job (GB)')
     p.add_argument('--job-name', default=None, help='slurm job name (default sweep-ROOTNAME)')
     return p
 
@@ -60,6 +84,19 @@ def split_argv(argv):
         i = argv.index('--')
         return argv[:i], argv[i + 1:]
     return argv, []
+
+
+def set_signal_delay(opts, executor):
+    """The seconds before the time limit at which a job is told to save: they must leave the
+    job time to run (else the signal never comes, or comes at once)."""
+    limit = opts.time or (DEFAULT_TIME_MIN if executor == 'slurm' else None)
+    if opts.signal_delay is None:
+        opts.signal_delay = SIGNAL_DELAY_S if limit is None else min(SIGNAL_DELAY_S,
+                                                                      limit * 60 // 2)
+    elif limit is not None and opts.signal_delay >= limit * 60:
+        raise UserError(f'--signal-delay {opts.signal_delay} is not shorter than the time limit '
+                        f'of {limit} min ({limit * 60} s): the job would never be told to save '
+                        'before it; pass a smaller --signal-delay or a longer --time')
 
 
 def grid_runs(opts, fixed):
@@ -73,15 +110,47 @@ def grid_runs(opts, fixed):
     return expand(opts.root, opts.scripts, axes, groups, flags_of, cwd)
 
 
+def in_scheduler(root, launching):
+    """{run name: squeue's entry} of the runs whose last SLURM job is still queued, requeued or
+    running. A launch refuses to go on when squeue cannot answer (it could submit a run
+    twice); --status and --dry-run say so in one line and go on from the run files."""
+    jobs = slurm_jobs(root)
+    if not jobs:
+        return {}
+    try:
+        found = queued_jobs(set(jobs.values()))
+    except UserError as e:
+        if launching:
+            raise UserError(f'{e}: cannot tell which runs of {root} SLURM still holds, so '
+                            'nothing is submitted (launch where squeue answers)') from None
+        print(f'sweep.py: warning: {e}: the states below ignore what SLURM still holds',
+              file=sys.stderr)
+        return {}
+    return {name: found[job] for name, job in jobs.items() if job in found}
+
+
+def refuse_any(refusals, count, doing):
+    """Each run a script refuses, in one line; then stop, with nothing submitted."""
+    for run, line in refusals:
+        print(f'refused  {run["name"]}: {line}', file=sys.stderr)
+    if refusals:
+        raise UserError(f'{len(refusals)} of {count} runs would be refused (listed above): '
+                        f'{doing}')
+
+
 def main(argv=None):
     own, fixed = split_argv(sys.argv[1:] if argv is None else list(argv))
-    parser = build_parser()
-    opts = parser.parse_args(own)
+    opts = build_parser().parse_args(own)
     try:
         return run_command(opts, fixed)
     except UserError as e:
-        print(f'sweep.py: error: {e}', file=sys.stderr)
-        return 2
+        message = str(e)
+    except OSError as e:   # a filesystem error the steps below did not name: still one line
+        message = f'{e.filename}: {e.strerror or e}' if e.filename else str(e)
+    except subprocess.SubprocessError as e:
+        message = ' '.join(str(e).split())
+    print(f'sweep.py: error: {message}', file=sys.stderr)
+    return 2
 
 
 def run_command(opts, fixed):
@@ -91,7 +160,7 @@ def run_command(opts, fixed):
         if not runs:
             raise UserError(f'no {MANIFEST} under {opts.root!r}: pass the launch\'s --scripts '
                             'and --vary (and fixed flags) to report that grid')
-        print_status(runs, opts.root)
+        print_status(runs, opts.root, in_scheduler(root, launching=False))
         return 0
     if not opts.scripts:
         raise UserError('--scripts is required (e.g. --scripts cifar_baseline.py cifar_one.py)')
@@ -101,41 +170,45 @@ def run_command(opts, fixed):
     if executor == 'slurm' and not slurm_available() and not (opts.status or opts.dry_run):
         raise UserError('--executor slurm: srun is not on the PATH (run this on a SLURM login '
                         'node, or use --executor local)')
+    set_signal_delay(opts, executor)
     runs = grid_runs(opts, fixed)
+    queued = in_scheduler(root, launching=not (opts.status or opts.dry_run))
     if opts.status:
-        print_status(runs, opts.root)
+        print_status(runs, opts.root, queued)
         return 0
-    states = [classify(run, root) for run in runs]
-    if opts.dry_run:
-        print_plan(runs, states)
-        return 0
+    states = [classify(run, root, queued.get(run['name'])) for run in runs]
     todo = [r for r, s in zip(runs, states) if s['state'] not in SKIPPED]
-    for run, st in zip(runs, states):
-        if st['state'] in SKIPPED:
-            print(f'skip ({st["state"]})  {run["name"]}')
-    skipped = len(runs) - len(todo)
-    print(f'{len(runs)} runs under {opts.root}: {len(todo)} to run on {executor}, '
-          f'{skipped} skipped (done, running or diverged)', flush=True)
-    update_manifest(root, runs, executor=executor)
-    if not todo:
-        return 0
-    # The job processes unpickle sweeps.job.RunJob: let them import it.
+    # The check and job processes import sweeps (the jobs unpickle sweeps.job.RunJob).
     os.environ['PYTHONPATH'] = os.pathsep.join(
         [REPO] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p])
+    if opts.dry_run:
+        print_plan(runs, states)
+        refuse_any(check_runs(todo, os.getcwd()), len(todo), 'launching would submit nothing')
+        return 0
+    for run, st in zip(runs, states):
+        if st['state'] in SKIPPED:
+            print(f'skip ({st["state"]})  {run["name"]}' +
+                  (f'  {st["message"]}' if st['state'] == 'queued' else ''))
+    print(f'{len(runs)} runs under {opts.root}: {len(todo)} to run on {executor}, '
+          f'{len(runs) - len(todo)} skipped (done, running, queued or diverged)', flush=True)
+    if not todo:
+        update_manifest(root, runs, executor=executor)
+        return 0
     if executor == 'slurm':
-        try:
+        check_resources(opts)
+    print(f'checking the {len(todo)} runs to start (each script with --check-only)', flush=True)
+    refuse_any(check_runs(todo, os.getcwd()), len(todo), 'nothing was submitted')
+    if executor == 'slurm':
+        with undone_on_failure(root):
+            update_manifest(root, runs, executor=executor)
             jobs = submit_slurm(todo, root, opts)
-        except (submitit.core.utils.FailedJobError,
-                submitit.core.utils.FailedSubmissionError) as e:
-            raise UserError('sbatch refused the job array: ' +
-                            ' '.join(str(e).split())[:300]) from None
-        update_manifest(root, [{'name': r['name'], 'job': j.job_id, 'log': str(j.paths.stdout)}
-                               for r, j in zip(todo, jobs)])
+        update_manifest(root, [{'name': r['name'], 'job': j.job_id, 'executor': 'slurm',
+                                'log': str(j.paths.stdout)} for r, j in zip(todo, jobs)])
         print(f'follow with: python sweep.py --root {shlex.quote(opts.root)} --status')
         return 0
-    ok = run_local(todo, root, opts)
+    update_manifest(root, runs, executor=executor)
+    code = run_local(todo, root, opts)
     states = [classify(run, root) for run in runs]
     counts = {s: sum(st['state'] == s for st in states) for s in STATES}
     print(f'{opts.root}: ' + ', '.join(f'{n} {s}' for s, n in counts.items() if n))
-    return 0 if ok else 1
-
+    return code

@@ -79,6 +79,10 @@ def flags_of_scripts(scripts, cwd):
 
 
 def check_flags_known(axes, groups, flags_of):
+    for script, flags in flags_of.items():
+        if '--check-only' not in flags:
+            raise UserError(f'{script} has no --check-only flag: sweep.py runs the entry scripts '
+                            'of this repository (it checks every run with it before submitting)')
     for flag in [a[0] for a in axes] + [g[0].split('=', 1)[0] for g in groups]:
         if not any(flag in flags for flags in flags_of.values()):
             raise UserError(f'{flag} is not a flag of {", ".join(flags_of)} (see their --help)')
@@ -96,6 +100,14 @@ def target_epochs(argv):
         return int(epochs) if epochs is not None else None
     except ValueError:
         return None
+
+
+def words(flag, value):
+    """A --vary value as the words of the command ('151 225' -> ['151', '225'])."""
+    try:
+        return shlex.split(value)
+    except ValueError as e:  # an unbalanced quote
+        raise UserError(f'--vary {flag.lstrip("-")}: value {value!r}: {e}') from None
 
 
 def expand(root, scripts, axes, groups, flags_of, cwd):
@@ -118,7 +130,7 @@ def expand(root, scripts, axes, groups, flags_of, cwd):
             name = '/'.join(parts)
             folder = os.path.join(root, *parts)
             varied = [t for (flag, _, _), value in zip(own_axes, values)
-                      for t in [flag, *shlex.split(value)]]
+                      for t in [flag, *words(flag, value)]]
             argv = [sys.executable, script_path, *fixed, *varied, '-c', folder, '--resume', 'auto']
             runs.append({'name': name, 'folder': folder, 'script': script_path, 'argv': argv,
                          'epochs': target_epochs(argv)})

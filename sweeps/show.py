@@ -4,6 +4,7 @@ import shlex
 
 from .state import SKIPPED, STATES, classify
 
+
 def shown(path):
     """PATH relative to the current folder when under it, else absolute."""
     relative = os.path.relpath(path)
@@ -16,8 +17,10 @@ def epochs_text(state):
     return f'{epoch}/{epochs}'
 
 
-def print_status(runs, root):
-    states = [classify(run, root) for run in runs]
+def print_status(runs, root, queued):
+    """One line per run: its state, the epochs it finished, and who holds it or why it
+    stopped; QUEUED: the runs whose job SLURM still holds (sweeps.cli.in_scheduler)."""
+    states = [classify(run, root, queued.get(run['name'])) for run in runs]
     counts = {s: sum(st['state'] == s for st in states) for s in STATES}
     print(f'{root}: {len(runs)} runs: ' +
           ', '.join(f'{n} {s}' for s, n in counts.items() if n))

@@ -16,8 +16,8 @@ import submitit
 from submitit.core.utils import DelayedSubmission
 
 import sweep
-from sweeps import grid, state
-from sweeps.job import RunFailed, RunJob
+from sweeps import cli, grid, state
+from sweeps.job import RunJob
 from conftest import ROOT
 from utils.errors import UserError
 from utils.runlock import lock_holder
@@ -27,7 +27,7 @@ TINY = ['-d', 'fashionmnist', '--depth', '8', '--train-batch', '64', '--test-bat
         '--train-subset', '256']
 BASELINE_FLAGS = {'-d', '--dataset', '--depth', '--epochs', '--lr', '--manualSeed', '-c',
                   '--resume', '--schedule', '--wd', '--weight-decay', '--train-batch',
-                  '--test-batch', '--train-subset', '--data-dir'}
+                  '--test-batch', '--train-subset', '--data-dir', '--check-only'}
 ONE_FLAGS = BASELINE_FLAGS | {'--num-branches', '--temperature'}
 FLAGS = {'cifar_baseline.py': BASELINE_FLAGS, 'cifar_one.py': ONE_FLAGS}
 
@@ -107,6 +107,8 @@ def test_grid_refusals(tmp_path):
 
 def test_dry_run_lists_runs_and_skips_done(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(grid, 'help_flags', lambda script, cwd: FLAGS[script])
+    checked = []
+    monkeypatch.setattr(cli, 'check_runs', lambda runs, cwd: checked.extend(runs) or [])
     monkeypatch.chdir(ROOT)
     done = tmp_path / 'cifar_baseline' / 'depth=8'
     write_status(done, 'done', 2, 2)
@@ -119,6 +121,7 @@ def test_dry_run_lists_runs_and_skips_done(tmp_path, monkeypatch, capsys):
     assert out[2] == (f'start  {other}  {sys.executable} {ROOT}/cifar_baseline.py --epochs 2 '
                       f'--depth 14 -c {other} --resume auto')
     assert not (tmp_path / 'sweep.json').exists() and not other.exists()  # nothing written
+    assert [r['name'] for r in checked] == ['cifar_baseline/depth=14']  # the run to start
 
 
 def test_status_of_each_state(tmp_path, capsys):
@@ -248,8 +251,9 @@ def test_run_job_checkpoint_stops_child_and_resubmits_itself(tmp_path):
         seen['delayed'] = job.checkpoint()
     thread = threading.Thread(target=preempt)
     thread.start()
-    with pytest.raises(RunFailed, match='exit 143: saved'):
+    with pytest.raises(SystemExit) as stopped:
         job()
+    assert stopped.value.code == 143
     thread.join(timeout=30)
     assert seen['alive after SIGUSR2']
     delayed = seen['delayed']
@@ -275,27 +279,62 @@ def test_local_time_limit_requeues_and_continues(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- SLURM
 
-def test_slurm_array_sbatch_file(tmp_path, monkeypatch, capsys):
-    """The real submission path, with stand-ins for srun and sbatch that record the file."""
-    bin_dir = tmp_path / 'bin'
-    bin_dir.mkdir()
-    record = tmp_path / 'submitted.sh'
-    (bin_dir / 'srun').write_text('#!/bin/sh\nexit 0\n')
-    (bin_dir / 'sbatch').write_text(
-        f'#!/bin/sh\ncp "$1" {record}\necho "Submitted batch job 4242"\n')
-    for tool in ('srun', 'sbatch'):
-        (bin_dir / tool).chmod(stat.S_IRWXU)
-    monkeypatch.setenv('PATH', f'{bin_dir}{os.pathsep}{os.environ["PATH"]}')
+class FakeSlurm:
+    """Stand-ins for srun, sbatch, sinfo and squeue, first on the PATH: sbatch keeps the file
+    it is given and answers job 4242; what sinfo and squeue print, or that they (or sbatch)
+    fail, is set per test."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.sinfo('gpu*|8|64000|gpu:4')
+        self.squeue('')
+        for tool in ('srun', 'sbatch', 'sinfo', 'squeue'):
+            answer = {'srun': 'exit 0',
+                      'sbatch': f'cp "$1" {folder}/submitted.sh\necho "Submitted batch job 4242"'
+                      }.get(tool, f'cat {folder}/{tool}.out')
+            (folder / tool).write_text(
+                f'#!/bin/sh\nif [ -e {folder}/{tool}.fail ]; then cat {folder}/{tool}.fail >&2; '
+                f'exit 1; fi\n{answer}\n')
+            (folder / tool).chmod(stat.S_IRWXU)
+
+    def sinfo(self, text):
+        (self.folder / 'sinfo.out').write_text(text + '\n')
+
+    def squeue(self, text):
+        (self.folder / 'squeue.out').write_text(text + '\n')
+
+    def fail(self, tool, message):
+        (self.folder / f'{tool}.fail').write_text(message + '\n')
+
+    @property
+    def submitted(self):
+        path = self.folder / 'submitted.sh'
+        return path.read_text() if path.exists() else None
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """sweep.main in this process on a FakeSlurm, the scripts' flags given (no --help run) and
+    every run passing its check."""
+    folder = tmp_path / 'bin'
+    folder.mkdir()
+    monkeypatch.setenv('PATH', f'{folder}{os.pathsep}{os.environ["PATH"]}')
     monkeypatch.setenv('PYTHONPATH', os.environ.get('PYTHONPATH', ''))   # restored after
     monkeypatch.setattr(grid, 'help_flags', lambda script, cwd: FLAGS[script])
+    monkeypatch.setattr(cli, 'check_runs', lambda runs, cwd: [])
     monkeypatch.chdir(ROOT)
+    return FakeSlurm(folder)
+
+
+def test_slurm_array_sbatch_file(fake_slurm, tmp_path, capsys):
+    """The real submission path, with stand-ins for the SLURM commands."""
     root = tmp_path / 'grid'
     assert sweep.main(['--root', str(root), '--scripts', 'cifar_baseline.py',   # auto: srun found
                        '--vary', 'manualSeed=0,1,2', '--max-parallel', '2', '--partition', 'gpu',
                        '--time', '600', '--', '--epochs', '300']) == 0
     out = capsys.readouterr().out
     assert '3 to run on slurm' in out and 'job 4242_2' in out
-    text = record.read_text()
+    text = fake_slurm.submitted
     for line in ('#SBATCH --array=0-2%2', '#SBATCH --signal=USR2@120', '#SBATCH --requeue',
                  '#SBATCH --partition=gpu', '#SBATCH --time=600', '#SBATCH --gpus-per-node=1',
                  '#SBATCH --cpus-per-task=4', '#SBATCH --ntasks-per-node=1',

@@ -2,6 +2,7 @@
 import argparse
 
 from .data import LOADERS
+from .errors import Parser
 
 # args.json keys that do not change what a run trains: report.py groups runs without them, and
 # a run may continue with other values (amp included: its rounding is ignored). `run_id` names
@@ -11,13 +12,7 @@ BOOKKEEPING = frozenset({
     'device', 'workers', 'overwrite', 'evaluate', 'compile', 'cuda_graphs', 'channels_last',
     'sync_bn', 'tensorboard', 'start_epoch', 'fast', 'amp', 'test_batch',
     'print_freq', 'log_interval', 'threads', 'progress', 'quiet', 'verbose', 'rewind',
-    'deterministic'})  # init_from is not: a fork never merges with runs from scratch
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        """One line on stderr and exit status 2, instead of the usage block."""
-        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+    'deterministic', 'check_only'})  # init_from is not: a fork never merges with runs from scratch
 
 
 def build_parser(description, method):
@@ -93,6 +88,13 @@ def build_parser(description, method):
                         'one): deterministic kernels, no cuDNN autotuning; slower')
     p.add_argument('--tensorboard', action='store_true',
                    help='also write TensorBoard event files into RUN/tensorboard (rank 0)')
+    p.add_argument('--check-only', action='store_true',
+                   help='check everything a run checks before its first write (flags, data, '
+                        'the checkpoint it would continue), say what it would do, and exit 0: '
+                        'nothing is trained or written into the run folder; a missing dataset '
+                        'is downloaded as a run would. Runs on the CPU: checks of this '
+                        "machine's GPUs are left to the run. sweep.py checks every run this way "
+                        'before it submits any')
     return p
 
 

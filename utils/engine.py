@@ -71,6 +71,9 @@ def evaluate_checkpoint(args, method):
     data, _, test = load_data(args, device, world)
     model = build_model(args, method, data.num_classes, device)
     model.load_state_dict(state['state_dict'])
+    if args.check_only:
+        print(f'check-only: would evaluate {args.resume} (epoch {state["epoch"]})')
+        return 0
     names = method.columns(args)
     metrics = evaluate(model, test, method, method.objective(args), state['epoch'], names,
                        world, args.amp)
@@ -129,6 +132,9 @@ class Trainer:
             self.restore(state, run.resume)
         elif source is not None:
             self.init_weights(source, run.init_from)
+        self.run_folder = run
+        if args.check_only:
+            return
         self.train_model = self.wrap(self.model)
         self.graphed_step = GraphedStep(self.train_and_count) if args.cuda_graphs else None
         # ---- nothing above has written a file; everything below writes into the run folder
@@ -319,6 +325,19 @@ class Trainer:
                     raise Preempted(f'stopped by signal {stop.signum} after epoch {self.epoch}; '
                                     f'resume with --resume {self.path(CHECKPOINT)}', stop.signum)
 
+    def say_what_it_would_do(self):
+        """--check-only: every check has passed; nothing was written."""
+        run = self.run_folder
+        if run.resume:
+            what = (f'would resume {run.resume} at epoch {self.epoch + 1}, batch {self.step}'
+                    if self.epoch < self.args.epochs else
+                    f'{run.resume} has trained all {self.args.epochs} epochs: would mark '
+                    'it done')
+        else:
+            what = f'would start a new run in {self.folder} at epoch {self.epoch + 1}'
+        print(f'check-only: {what}', flush=True)
+        return 0
+
     def print_result(self):
         if self.world.is_main and self.history:
             print(result_line(self.history, self.names, self.method.label(self.names[0])))
@@ -350,6 +369,7 @@ class Trainer:
         self.best_acc = max(self.best_acc, row[first])
         if self.world.is_main:
             self.save_epoch(is_best)
+            self.set_status('running')  # now with this epoch done
             print(epoch_line(row, self.names, self.args.epochs), flush=True)
 
     def save_epoch(self, is_best):
@@ -444,4 +464,4 @@ def train(args, method):
             if world_from_env().is_main:
                 print(e.args[0], flush=True)
             return 0
-        return trainer.run()
+        return trainer.say_what_it_would_do() if args.check_only else trainer.run()

@@ -28,6 +28,9 @@ def check_flags(args, method, world):
         raise UserError(f'--train-batch {args.train_batch} gives {args.train_batch // world.size} '
                         f'image(s) per batch to each of {world.size} rank(s); BatchNorm needs at '
                         f'least 2: use --train-batch {2 * world.size} or more')
+    if args.gpu_id is not None and not args.gpu_id.isdigit():
+        raise UserError(f'--gpu-id takes one GPU index, got {args.gpu_id!r}; '
+                        'for several GPUs use torchrun --nproc_per_node N')
     if args.manualSeed is not None and not 0 <= args.manualSeed < 2**32:
         raise UserError(f'--manualSeed must be in [0, 2**32), got {args.manualSeed}')
     if args.train_subset < 0 or args.start_epoch < 0:
@@ -57,9 +60,6 @@ def pick_device(args, world):
         if world.distributed:
             raise UserError('under torchrun each rank uses GPU LOCAL_RANK: drop --gpu-id and '
                             'choose GPUs with CUDA_VISIBLE_DEVICES')
-        if not args.gpu_id.isdigit():
-            raise UserError(f'--gpu-id takes one GPU index, got {args.gpu_id!r}; '
-                            'for several GPUs use torchrun --nproc_per_node N')
         if int(args.gpu_id) >= count:
             raise UserError(f'GPU {args.gpu_id} does not exist: this machine has {count} CUDA '
                             'GPU(s); pass another --gpu-id, or --device cpu')
@@ -95,7 +95,7 @@ def check_cuda_graphs(args, device, world):
     """--cuda-graphs asked for where a graph cannot hold the step: one line each."""
     if not args.cuda_graphs:
         return
-    if device.type != 'cuda':
+    if device.type != 'cuda' and not args.check_only:
         raise UserError('--cuda-graphs needs a CUDA GPU (this run is on the CPU)')
     if world.distributed:
         raise UserError('--cuda-graphs runs in one process only: drop it under torchrun '
@@ -122,7 +122,9 @@ def configure_cuda(device, args):
 def setup(args, method):
     world = world_from_env()
     check_flags(args, method, world)
-    device = pick_device(args, world)
+    # --check-only may run where the run will not (a login node): this machine's GPUs say
+    # nothing about the run's, so their checks are left to the run.
+    device = torch.device('cpu') if args.check_only else pick_device(args, world)
     apply_fast_preset(args, device, world.distributed)
     check_cuda_graphs(args, device, world)
     if args.sync_bn and world.distributed and device.type != 'cuda':
