@@ -64,7 +64,8 @@ nothing. --status prints, for each run, its state and the epochs it completed:
 The launch writes ROOT/sweep.json (the runs and their commands), so `--status --root ROOT`
 alone works; with --scripts it reports that grid instead. Job logs (the run's output, one
 file per job, ending with one line that says how the run ended) are
-ROOT/jobs/ARRAYID_TASK_0_log.out on SLURM (ROOT/jobs/PID_0_log.out locally);
+ROOT/jobs/ARRAYID_TASK_0_log.out on SLURM (a grid of one run is one job: JOBID_0_log.out;
+locally PID_0_log.out);
 ROOT/jobs/outcomes/ records how each job's run exited.
 
 Examples: the paper's comparison (24 runs), then the branch study on one GPU machine:

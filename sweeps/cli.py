@@ -171,8 +171,11 @@ def run_command(opts, fixed):
         raise UserError('--executor slurm: srun is not on the PATH (run this on a SLURM login '
                         'node, or use --executor local)')
     set_signal_delay(opts, executor)
+    launching = not (opts.status or opts.dry_run)
+    if launching and executor == 'slurm':
+        check_resources(opts)
     runs = grid_runs(opts, fixed)
-    queued = in_scheduler(root, launching=not (opts.status or opts.dry_run))
+    queued = in_scheduler(root, launching)
     if opts.status:
         print_status(runs, opts.root, queued)
         return 0
@@ -194,8 +197,6 @@ def run_command(opts, fixed):
     if not todo:
         update_manifest(root, runs, executor=executor)
         return 0
-    if executor == 'slurm':
-        check_resources(opts)
     print(f'checking the {len(todo)} runs to start (each script with --check-only)', flush=True)
     refuse_any(check_runs(todo, os.getcwd()), len(todo), 'nothing was submitted')
     if executor == 'slurm':

@@ -49,11 +49,12 @@ class RunJob(submitit.helpers.Checkpointable):
         self.outcome = outcome_path(root, run['name'])
         self.env, self.cwd = dict(env or {}), cwd or os.getcwd()
         self.stop_timeout_s = stop_timeout_s
-        self._proc = self._started = self._last = self._tee = None
+        self._proc = self._started = self._last = self._tee = self._forwarded = None
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state['_proc'] = state['_started'] = state['_last'] = state['_tee'] = None
+        for name in ('_proc', '_started', '_last', '_tee', '_forwarded'):
+            state[name] = None
         return state
 
     def _record(self, state, returncode, message):
@@ -69,7 +70,7 @@ class RunJob(submitit.helpers.Checkpointable):
         self._proc = subprocess.Popen(
             self.argv, cwd=self.cwd, env={**os.environ, **self.env}, stderr=subprocess.PIPE,
             text=True, errors='replace', preexec_fn=lambda: signal.signal(preempt, signal.SIG_IGN))
-        self._last = ['']
+        self._last, self._forwarded = [''], set()
         self._tee = threading.Thread(target=copy_lines, daemon=True,
                                      args=(self._proc.stderr, sys.stderr, self._last))
         self._tee.start()
@@ -104,7 +105,11 @@ class RunJob(submitit.helpers.Checkpointable):
         return {'name': self.name, 'folder': self.folder}
 
     def _forward(self, signum, frame):
-        if self._proc is not None and self._proc.poll() is None:
+        """Pass a stop signal on to the run, once of each kind: a repeat (sweep.py sends its
+        stop again until every job has it) could reach a run that has saved and is exiting,
+        with its own handlers gone, and kill it."""
+        if signum not in self._forwarded and self._proc is not None and self._proc.poll() is None:
+            self._forwarded.add(signum)
             self._proc.send_signal(signum)
 
     def _wait_child(self):

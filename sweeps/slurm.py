@@ -1,12 +1,13 @@
 """SLURM: what its nodes offer (sinfo), which of a sweep's jobs it still holds (squeue), and
 the runs submitted as one job array. Every failure of a SLURM command is one line."""
 import getpass
+import io
 import os
 import re
 import shlex
 import shutil
 import subprocess
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 
 import submitit
 
@@ -174,9 +175,11 @@ def submit_slurm(runs, root, opts):
     """Submit RUNS as one job array; returns the jobs (submitit.SlurmJob)."""
     threads = {'OMP_NUM_THREADS': str(opts.cpus_per_run or DEFAULT_CPUS)}
     try:
-        jobs = slurm_executor(root, opts, len(runs)).submit_array(
-            [RunJob(run, root, env=threads, stop_timeout_s=max(10, opts.signal_delay - 30))
-             for run in runs])
+        # submitit prints a failed sbatch's stderr, which its error repeats: one line, below
+        with redirect_stderr(io.StringIO()):
+            jobs = slurm_executor(root, opts, len(runs)).submit_array(
+                [RunJob(run, root, env=threads, stop_timeout_s=max(10, opts.signal_delay - 30))
+                 for run in runs])
     except (submitit.core.utils.FailedJobError,
             submitit.core.utils.FailedSubmissionError) as e:
         raise UserError('sbatch refused the job array: ' +

@@ -38,14 +38,19 @@ def test_a_preempted_run_says_so_and_then_finishes(fashion_root, tmp_path, monke
     run = tmp_path / 'r'
     check = engine.Trainer.check
 
+    seen = {}
+
     def signal_at_epoch2_batch1(self, meters, stop):
         if (self.epoch, self.step) == (1, 1):
+            seen['during epoch 2'] = status(run)
             os.kill(os.getpid(), signal.SIGTERM)
         return check(self, meters, stop)
 
     monkeypatch.setattr(engine.Trainer, 'check', signal_at_epoch2_batch1)
     flags = ['--epochs', 2, '--train-subset', 256]
     assert cifar_baseline.main(tiny(fashion_root, run, *flags)) == 128 + signal.SIGTERM
+    # rewritten once epoch 1 was done, not only at the start (sweep.py --status reads it)
+    assert (seen['during epoch 2']['state'], seen['during epoch 2']['epoch']) == ('running', 1)
     s = status(run)
     assert (s['state'], s['epoch']) == ('preempted', 1) and '--resume' in s['message']
     monkeypatch.undo()

@@ -1,6 +1,9 @@
-"""sweep.py: the grid, its folders and commands, --dry-run, --status, the local executor with
-real runs (skip when done, resume after SIGKILL), and the sbatch file of the SLURM path."""
+"""sweep.py: the grid, its folders and commands, the checks before anything is submitted,
+--dry-run, --status, one-line errors, the local executor with real runs (skip when done, resume
+after SIGKILL, Ctrl-C and SIGTERM), the job's endings, and the SLURM path on stand-ins for its
+commands (tests/test_slurm.py runs it on a real SLURM)."""
 import csv
+import getpass
 import json
 import os
 import signal
@@ -10,15 +13,18 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import submitit
 from submitit.core.utils import DelayedSubmission
 
+import cifar_baseline
 import sweep
 from sweeps import cli, grid, state
 from sweeps.job import RunJob
 from conftest import ROOT
+from test_training import tiny
 from utils.errors import UserError
 from utils.runlock import lock_holder
 
@@ -101,6 +107,8 @@ def test_grid_refusals(tmp_path):
         grid.check_flags_known(axes, groups, {'cifar_baseline.py': BASELINE_FLAGS})
     with pytest.raises(UserError, match='share the folder'):
         make_grid(tmp_path, ['cifar_baseline.py'], ['lr=0.1 ,0.1'])
+    with pytest.raises(UserError, match="schedule: value '151 \"225': No closing quotation"):
+        make_grid(tmp_path, ['cifar_baseline.py'], ['schedule=151 "225'])
 
 
 # ----------------------------------------------------------------------------- --dry-run, --status
@@ -132,7 +140,9 @@ def test_status_of_each_state(tmp_path, capsys):
     with open(os.path.join(done, 'summary.csv'), 'w') as f:
         f.write('epoch,lr\n1,0.1\n2,0.1\n')
     write_status(failed, 'failed', 1, 2, 'RuntimeError: CUDA out of memory')
-    write_status(killed, 'running', 1, 2)
+    write_status(killed, 'running', 0, 2)    # its epoch 1 is in summary.csv only
+    with open(os.path.join(killed, 'summary.csv'), 'w') as f:
+        f.write('epoch,lr\n1,0.1\n')
     write_status(running, 'running', 1, 2)
     holder = subprocess.Popen(
         [sys.executable, '-c', 'import sys, time\nfrom utils.runlock import hold_run_lock\n'
@@ -157,6 +167,205 @@ def test_status_of_each_state(tmp_path, capsys):
     assert rows['cifar_baseline/manualSeed=3'].split()[:2] == ['interrupted', '1/2']
     assert 'the process died' in rows['cifar_baseline/manualSeed=3']
     assert rows['cifar_baseline/manualSeed=4'].split()[:3] == ['not', 'started', '-/2']
+
+
+def test_queued_in_the_scheduler_is_neither_resubmitted_nor_stale(fake_slurm, tmp_path, capsys):
+    """Runs whose job squeue still lists (running, pending after a requeue) are skipped; the
+    others are submitted. When squeue cannot answer, a launch submits nothing (one line) and
+    --status says so and goes on from the files."""
+    root = tmp_path / 'grid'
+    launch = ['--root', str(root), '--scripts', 'cifar_baseline.py', '--gpus-per-run', '0',
+              '--vary', 'manualSeed=0,1,2', '--', '--epochs', '2']
+    assert sweep.main(launch) == 0
+    fake_slurm.squeue('4242_0|RUNNING|None\n4242_1|PENDING|BeginTime\n77_0|PENDING|None')
+    (fake_slurm.folder / 'submitted.sh').unlink()
+    capsys.readouterr()
+    assert sweep.main(launch) == 0
+    out = capsys.readouterr().out
+    assert 'skip (running)  cifar_baseline/manualSeed=0' in out
+    assert 'skip (queued)  cifar_baseline/manualSeed=1  job 4242_1 PENDING (BeginTime)' in out
+    assert '1 to run on slurm, 2 skipped' in out and 'submitted cifar_baseline/manualSeed=2' in out
+    assert '--array' not in fake_slurm.submitted     # the one run left: one job
+    rows = {next(w for w in line.split() if w.startswith('cifar_baseline/')): line.split()
+            for line in status_lines(root, capsys)[2:]}
+    assert rows['cifar_baseline/manualSeed=1'][:2] == ['queued', '-/2']
+    assert rows['cifar_baseline/manualSeed=0'][:2] == ['running', '-/2']
+
+    fake_slurm.fail('squeue', 'slurm_load_jobs error: Unable to contact slurm controller')
+    (fake_slurm.folder / 'submitted.sh').unlink()
+    assert sweep.main(launch) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f'sweep.py: error: squeue --noheader --array --user {getpass.getuser()} '
+                   '--format \'%i|%T|%r\' failed: slurm_load_jobs error: Unable to contact slurm '
+                   f'controller: cannot tell which runs of {root} SLURM still holds, so nothing is '
+                   'submitted (launch where squeue answers)']
+    assert fake_slurm.submitted is None
+    assert sweep.main(['--root', str(root), '--status']) == 0
+    assert 'the states below ignore what SLURM still holds' in capsys.readouterr().err
+
+
+def test_impossible_slurm_resources_are_refused_before_sbatch(fake_slurm, tmp_path, capsys):
+    """sinfo's nodes decide: no GPU, too few CPUs or too little memory, or no such partition,
+    is one line naming the flag to change; a refused sbatch leaves the root as it was."""
+    root = tmp_path / 'grid'
+    launch = ['--root', str(root), '--scripts', 'cifar_baseline.py', '--vary', 'manualSeed=0',
+              '--', '--epochs', '2']
+    fake_slurm.sinfo('debug*|2|4000|(null)')
+    cases = [([], '--gpus-per-run 1 (the default): no node of partition debug has a GPU (sinfo '
+                  'lists no gpu GRES); to run on CPUs pass --gpus-per-run 0'),
+             (['--gpus-per-run', '0'], '--cpus-per-run 4 (the default): the largest node of '
+                                       'partition debug has 2 CPUs; pass --cpus-per-run 2 or fewer'),
+             (['--gpus-per-run', '0', '--cpus-per-run', '2', '--mem-gb', '8'],
+              '--mem-gb 8: the largest node of partition debug has 4000 MB; pass --mem-gb 3 or less'),
+             (['--partition', 'gpu'], '--partition gpu: sinfo lists no such partition (there are: '
+                                      'debug)')]
+    for flags, message in cases:
+        assert sweep.main(launch[:6] + flags + launch[6:]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f'sweep.py: error: {message}']
+    fake_slurm.sinfo('cpu*|64|256000|(null)\ngpu|16|128000|gpu:a100:4(S:0-1)')
+    assert sweep.main(launch[:6] + ['--partition', 'gpu', '--cpus-per-run', '32'] + launch[6:]) == 2
+    assert 'the largest GPU node of partition gpu has 16 CPUs' in capsys.readouterr().err
+    assert not root.exists() and fake_slurm.submitted is None
+
+    fake_slurm.fail('sbatch', 'sbatch: error: Batch job submission failed: Invalid generic '
+                              'resource (gres) specification')
+    assert sweep.main(launch[:6] + ['--partition', 'gpu'] + launch[6:]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith('sweep.py: error: sbatch refused the job array: ') and \
+        'Invalid generic resource' in line
+    assert not root.exists()                         # no sweep.json, no jobs/ left behind
+
+
+def test_check_only_checks_like_a_run_and_writes_nothing(fashion_root, tmp_path, capsys):
+    run = tmp_path / 'run'
+    assert cifar_baseline.main(tiny(fashion_root, run, '--epochs', 1, '--check-only')) == 0
+    assert capsys.readouterr().out.strip() == f'check-only: would start a new run in {run} at epoch 1'
+    assert not run.exists()
+    assert cifar_baseline.main(tiny(fashion_root, run, '--epochs', 1, '--train-subset', 128)) == 0
+    files = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    capsys.readouterr()
+    assert cifar_baseline.main(tiny(fashion_root, run, '--epochs', 2, '--train-subset', 128,
+                                    '--resume', 'auto', '--check-only')) == 0
+    assert capsys.readouterr().out.strip() == (f'check-only: would resume {run}/checkpoint.pth.tar '
+                                               'at epoch 2, batch 0')
+    assert cifar_baseline.main(tiny(fashion_root, run, '--epochs', 2, '--check-only')) == 2
+    assert 'already holds a run' in capsys.readouterr().err       # no --resume: refused
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == files
+    # This machine's GPUs say nothing about the run's: left to the run itself.
+    assert cifar_baseline.main(tiny(fashion_root, tmp_path / 'gpu', '--epochs', 1, '--gpu-id', '3',
+                                    '--cuda-graphs', '--check-only')) == 0
+
+
+def test_every_run_is_checked_and_one_refusal_submits_nothing(fashion_root, tmp_path,
+                                                              monkeypatch, capsys):
+    """Values no script takes (a depth, a float, data that is not Fashion-MNIST): every run
+    the scripts refuse is listed in one line, and nothing is submitted or written."""
+    corrupt = tmp_path / 'corrupt'
+    raw = corrupt / 'FashionMNIST' / 'raw'
+    raw.mkdir(parents=True)
+    for name in ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte', 't10k-images-idx3-ubyte',
+                 't10k-labels-idx1-ubyte'):
+        (raw / name).write_bytes(os.urandom(4096))
+    monkeypatch.setattr(grid, 'help_flags', lambda script, cwd: FLAGS[script])
+    monkeypatch.chdir(ROOT)
+    root = tmp_path / 'grid'
+    assert sweep.main(['--root', str(root), '--scripts', 'cifar_baseline.py', '--executor',
+                       'local', '--vary', 'depth=8,7', 'lr=0.1,abc',
+                       f'data-dir={fashion_root},{corrupt}', '--', *TINY, '--epochs', '1']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ('sweep.py: error: 7 of 8 runs would be refused (listed above): nothing '
+                       'was submitted')
+    refused = dict(line.split(': ', 1) for line in err[:-1])
+    assert len(refused) == 7 and all(k.startswith('refused  cifar_baseline/') for k in refused)
+    for name, line in refused.items():
+        if 'lr=abc' in name:
+            assert line == ("cifar_baseline.py: error: argument --lr/--learning-rate: invalid "
+                            "float value: 'abc' (see --help)"), line
+        elif 'depth=7' in name:
+            assert line.startswith('cifar_baseline.py: error: --depth: depth must be 6n+2'), line
+        else:
+            assert 'corrupt' in name and 'fashionmnist is missing or corrupt' in line, line
+    assert not root.exists()
+
+
+def test_an_unwritable_root_or_a_damaged_manifest_is_one_line(fake_slurm, tmp_path, capsys):
+    a_file = tmp_path / 'a-file'
+    a_file.write_text('not a folder\n')
+    launch = ['--scripts', 'cifar_baseline.py', '--vary', 'manualSeed=0', '--', '--epochs', '1']
+    roots = [(a_file / 'grid', 'local'), (a_file, 'local'), (a_file / 'grid', 'slurm')]
+    readonly = tmp_path / 'readonly'
+    readonly.mkdir()
+    mounted = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'ro,size=1m', 'tmpfs', str(readonly)],
+                             capture_output=True).returncode == 0
+    if mounted:                                       # a real read-only filesystem
+        roots += [(readonly / 'grid', 'local'), (readonly / 'grid', 'slurm')]
+    try:
+        for root, executor in roots:
+            assert sweep.main(['--root', str(root), '--executor', executor, '--gpus-per-run', '0',
+                               *launch]) == 2, root
+            (line,) = capsys.readouterr().err.strip().splitlines()
+            assert line.startswith('sweep.py: error: cannot create ') or \
+                line.startswith('sweep.py: error: ') and 'Read-only file system' in line, line
+    finally:
+        if mounted:
+            subprocess.run(['umount', '-l', str(readonly)], check=False)
+    assert a_file.read_text() == 'not a folder\n'
+
+    root = tmp_path / 'grid'
+    root.mkdir()
+    for content in ('{"runs": [{"name": 5}]}', '{"runs": "x"}', '[1]', '{',
+                    '{"runs": [{"name": "a", "epochs": "2"}]}', '{"runs": [{"name": "a", "job": 3}]}'):
+        (root / 'sweep.json').write_text(content)
+        for argv in (['--status'], launch):
+            assert sweep.main(['--root', str(root), *argv]) == 2, (content, argv)
+            (line,) = capsys.readouterr().err.strip().splitlines()
+            assert line.startswith(f'sweep.py: error: {root}/sweep.json is not a sweep manifest')
+        assert (root / 'sweep.json').read_text() == content     # never replaced
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--time', '-5'], 'argument --time: must be at least 1, got -5'),
+    (['--max-parallel', '-1'], 'argument --max-parallel: must be at least 1, got -1'),
+    (['--max-parallel', '0'], 'argument --max-parallel: must be at least 1, got 0'),
+    (['--cpus-per-run', '0'], 'argument --cpus-per-run: must be at least 1, got 0'),
+    (['--signal-delay', '-1'], 'argument --signal-delay: must be at least 0, got -1'),
+    (['--mem-gb', 'x'], "argument --mem-gb: expected a whole number, got 'x'"),
+])
+def test_numbers_are_checked(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        sweep.main(['--root', str(tmp_path), '--scripts', 'cifar_baseline.py', *flags])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f'sweep.py: error: {message} (see --help)']
+
+
+def test_the_signal_delay_leaves_the_job_time_to_run(tmp_path, capsys):
+    """--executor local --time 1 with the default delay of 120 s would never signal the job
+    before its limit (so it was stopped there and not requeued): the default is at most half
+    the limit, and a delay not shorter than the limit is refused."""
+    for time_min, executor, delay in ((1, 'local', 30), (3, 'slurm', 90), (None, 'local', 120),
+                                      (None, 'slurm', 120), (60, 'local', 120)):
+        opts = SimpleNamespace(time=time_min, signal_delay=None)
+        cli.set_signal_delay(opts, executor)
+        assert opts.signal_delay == delay
+    assert sweep.main(['--root', str(tmp_path), '--scripts', 'cifar_baseline.py', '--executor',
+                       'local', '--time', '1', '--signal-delay', '60']) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        'sweep.py: error: --signal-delay 60 is not shorter than the time limit of 1 min (60 s): '
+        'the job would never be told to save before it; pass a smaller --signal-delay or a '
+        'longer --time']
+
+
+def test_help_keeps_the_examples_line_breaks_and_names_the_job_logs(capsys):
+    with pytest.raises(SystemExit):
+        sweep.main(['--help'])
+    out = capsys.readouterr().out.splitlines()
+    i = out.index('    python sweep.py --root checkpoints/paper --scripts cifar_baseline.py '
+                  'cifar_one.py \\')
+    assert out[i + 1].startswith('        --vary dataset=cifar10,cifar100 depth=32,110')
+    readme = open(os.path.join(ROOT, 'README.md')).read()
+    for text in ('\n'.join(out), readme):   # what tests/test_slurm.py finds on a real SLURM
+        assert 'ROOT/jobs/ARRAYID_TASK_0_log.out' in text and 'JOBID_0_log.out' in text
 
 
 # ----------------------------------------------------------------------------- real runs
@@ -261,6 +470,95 @@ def test_run_job_checkpoint_stops_child_and_resubmits_itself(tmp_path):
     assert delayed.function.argv == job.argv and delayed.function._proc is None
     outcome = json.loads(open(state.outcome_path(str(tmp_path), 'fake/run')).read())
     assert outcome['state'] == 'preempted' and outcome['message'].endswith('saved')
+
+
+ENDS = """import sys
+if sys.argv[1] != '0':
+    print('cifar_x.py: error: run folder is in use by pid 7 on host h', file=sys.stderr)
+sys.exit(int(sys.argv[1]))
+"""
+
+
+def ending_job(tmp_path, code):
+    script = tmp_path / 'ends.py'
+    script.write_text(ENDS)
+    run = {'name': 'fake/run', 'folder': str(tmp_path / 'run'),
+           'argv': [sys.executable, str(script), str(code)]}
+    return RunJob(run, str(tmp_path), env={'OMP_NUM_THREADS': '1'}, stop_timeout_s=20)
+
+
+def test_a_job_ends_in_one_line_and_a_finished_run_is_never_requeued(tmp_path, capfd):
+    """Done or failed (e.g. refused: another job holds the folder), the job's own output ends
+    with one line, never a traceback; the time-limit signal arriving after the run has ended
+    ends the job as it is instead of requeueing it."""
+    job = ending_job(tmp_path, 0)
+    assert job() == {'name': 'fake/run', 'folder': str(tmp_path / 'run')}
+    assert capfd.readouterr().err.splitlines()[-1] == 'sweep: fake/run: done'
+    with pytest.raises(SystemExit) as ended:
+        job.checkpoint()                             # the signal, just too late: no requeue
+    assert ended.value.code == 0
+    outcome = json.loads(open(state.outcome_path(str(tmp_path), 'fake/run')).read())
+    assert outcome['state'] == 'done'
+
+    job = ending_job(tmp_path, 2)
+    with pytest.raises(SystemExit) as ended:
+        job()
+    assert ended.value.code == 2
+    assert capfd.readouterr().err.splitlines()[-1] == (
+        'sweep: fake/run: failed (cifar_x.py: error: run folder is in use by pid 7 on host h)')
+    with pytest.raises(SystemExit) as ended:
+        job.checkpoint()
+    assert ended.value.code == 2
+
+    # Through submitit's local executor: the job's log ends on that line.
+    executor = submitit.LocalExecutor(folder=str(tmp_path / 'jobs'))
+    executor.update_parameters(timeout_min=5, stderr_to_stdout=True)
+    submitted = executor.submit(ending_job(tmp_path, 2))
+    deadline = time.time() + 120
+    while not submitted.done():
+        assert time.time() < deadline
+        time.sleep(0.1)
+    log = open(submitted.paths.stdout).read()
+    assert 'Traceback' not in log, log
+    assert log.strip().splitlines()[-1] == ('sweep: fake/run: failed (cifar_x.py: error: run '
+                                            'folder is in use by pid 7 on host h)')
+
+
+def test_ctrl_c_and_sigterm_stop_a_local_sweep_in_one_line(fashion_root, tmp_path, capsys):
+    """Ctrl-C (SIGINT to the terminal's whole process group), then SIGTERM to sweep.py alone:
+    each time the run saves and stops, sweep.py says so in one line and exits 128+N, and no
+    process prints a traceback; each launch continues where the last stopped."""
+    root = tmp_path / 'grid'
+    folder = root / 'cifar_baseline' / 'lr=0.1'
+    cmd = [sys.executable, SWEEP, '--root', str(root), '--scripts', 'cifar_baseline.py',
+           '--executor', 'local', '--vary', 'lr=0.1', '--', *TINY, '--data-dir', fashion_root,
+           '--epochs', '100']
+    for signum, epoch in ((signal.SIGINT, 1), (signal.SIGTERM, 2)):
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        deadline = time.time() + 180
+        while len(summary_epochs(folder) if (folder / 'summary.csv').exists() else []) < epoch:
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.02)
+        if signum == signal.SIGINT:
+            os.killpg(proc.pid, signum)   # what the terminal does on Ctrl-C
+        else:
+            proc.send_signal(signum)
+        out, err = proc.communicate(timeout=180)
+        name = signal.Signals(signum).name
+        assert proc.returncode == 128 + signum, (out, err)
+        assert 'Traceback' not in out + err, (out, err)
+        assert err.strip().splitlines() == [f'sweep.py: stopped by {name}: the runs saved a '
+                                            'checkpoint and stopped; run the same command to '
+                                            'continue'], err
+        manifest = json.loads((root / 'sweep.json').read_text())
+        log = open(manifest['runs'][0]['log']).read()
+        assert 'Traceback' not in log, log
+        last = [l for l in log.splitlines() if not l.startswith('submitit ')][-1]
+        assert last.startswith('sweep: cifar_baseline/lr=0.1: stopped (cifar_baseline.py: '
+                               'stopped by signal '), log
+        row = [l for l in status_lines(root, capsys) if 'lr=0.1' in l][0].split()
+        assert row[0] == 'preempted' and int(row[1].split('/')[0]) >= epoch, row
 
 
 def test_local_time_limit_requeues_and_continues(tmp_path, monkeypatch):
