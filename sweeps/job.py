@@ -49,11 +49,11 @@ class RunJob(submitit.helpers.Checkpointable):
         self.outcome = outcome_path(root, run['name'])
         self.env, self.cwd = dict(env or {}), cwd or os.getcwd()
         self.stop_timeout_s = stop_timeout_s
-        self._proc = self._started = self._last = self._tee = self._forwarded = None
+        self._proc = self._started = self._last = self._tee = self._stop_sent = None
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for name in ('_proc', '_started', '_last', '_tee', '_forwarded'):
+        for name in ('_proc', '_started', '_last', '_tee', '_stop_sent'):
             state[name] = None
         return state
 
@@ -70,7 +70,7 @@ class RunJob(submitit.helpers.Checkpointable):
         self._proc = subprocess.Popen(
             self.argv, cwd=self.cwd, env={**os.environ, **self.env}, stderr=subprocess.PIPE,
             text=True, errors='replace', preexec_fn=lambda: signal.signal(preempt, signal.SIG_IGN))
-        self._last, self._forwarded = [''], set()
+        self._last, self._stop_sent = [''], False
         self._tee = threading.Thread(target=copy_lines, daemon=True,
                                      args=(self._proc.stderr, sys.stderr, self._last))
         self._tee.start()
@@ -105,11 +105,12 @@ class RunJob(submitit.helpers.Checkpointable):
         return {'name': self.name, 'folder': self.folder}
 
     def _forward(self, signum, frame):
-        """Pass a stop signal on to the run, once of each kind: a repeat (sweep.py sends its
-        stop again until every job has it) could reach a run that has saved and is exiting,
-        with its own handlers gone, and kill it."""
-        if signum not in self._forwarded and self._proc is not None and self._proc.poll() is None:
-            self._forwarded.add(signum)
+        """Pass the first stop signal on to the run, and no other: a later one (Ctrl-C
+        reaches the run directly and then sweep.py's SIGTERM comes through the controller;
+        sweep.py repeats its stop until every job has it) could reach a run that has saved
+        and is exiting, its own handlers gone, and kill it."""
+        if not self._stop_sent and self._proc is not None and self._proc.poll() is None:
+            self._stop_sent = True
             self._proc.send_signal(signum)
 
     def _wait_child(self):
@@ -123,6 +124,7 @@ class RunJob(submitit.helpers.Checkpointable):
         done or failed, the job ends as it would have without the signal."""
         if self._proc is not None:
             if self._proc.poll() is None:
+                self._stop_sent = True
                 self._proc.send_signal(signal.SIGTERM)
                 self._wait_child()
                 self._tee.join(timeout=10)  # its last lines reach the log before requeueing
