@@ -27,7 +27,8 @@ PACKAGES=(slurmctld slurmd slurm-client munge)
 say() { echo "slurm_local: $*"; }
 die() { echo "slurm_local: error: $*" >&2; exit 1; }
 
-answers() { timeout 10 sinfo -h -o %T >/dev/null 2>&1; }
+# sinfo retries for about 9 s before it says that no controller answers
+answers() { timeout 3 sinfo -h -o %T >/dev/null 2>&1; }
 
 install_packages() {
   command -v slurmctld >/dev/null && command -v slurmd >/dev/null &&
@@ -35,8 +36,8 @@ install_packages() {
   [ "$(id -u)" = 0 ] || die "not root: install ${PACKAGES[*]} (apt-get) first"
   say "installing ${PACKAGES[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null 2>&1 ||
-    { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null; } ||
+  local install=(apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}")
+  "${install[@]}" >/dev/null 2>&1 || { apt-get update -qq && "${install[@]}" >/dev/null; } ||
     die "apt-get could not install ${PACKAGES[*]}"
 }
 
@@ -155,7 +156,12 @@ stop() {
     ours "$pid" "$name" || { say "$name (pid $pid) is no longer running"; continue; }
     kill "$pid"
     for _ in $(seq 100); do ours "$pid" "$name" || break; sleep 0.1; done
-    if ours "$pid" "$name"; then kill -9 "$pid"; say "$name (pid $pid) killed"; else say "$name (pid $pid) stopped"; fi
+    if ours "$pid" "$name"; then
+      kill -9 "$pid"
+      say "$name (pid $pid) killed"
+    else
+      say "$name (pid $pid) stopped"
+    fi
   done
   rm -f "$STARTED"
 }

@@ -52,8 +52,9 @@ Executors (--executor, default auto: slurm where `srun` is on the PATH, else loc
 --time limits each job (slurm default 24 h, local none); --signal-delay seconds before it
 (default 120, at most half the limit) the job is told to save, and requeues itself.
 
---dry-run prints one line per run (what it would do, the folder, the command) and submits
-nothing. --status prints, for each run, its state and the epochs it completed:
+--dry-run prints one line per run (what it would do, the folder, the command), checks the
+runs to start as a launch would, and submits nothing. --status prints, for each run, its
+state and the epochs it completed:
   done, running (lock held: host and pid; or its SLURM job starting), queued (SLURM holds
   its job: id, state and reason), preempted (stopped by a signal, checkpoint saved),
   interrupted (status.json says running but no process holds the lock, or files without a
@@ -65,8 +66,7 @@ The launch writes ROOT/sweep.json (the runs and their commands), so `--status --
 alone works; with --scripts it reports that grid instead. Job logs (the run's output, one
 file per job, ending with one line that says how the run ended) are
 ROOT/jobs/ARRAYID_TASK_0_log.out on SLURM (a grid of one run is one job: JOBID_0_log.out;
-locally PID_0_log.out);
-ROOT/jobs/outcomes/ records how each job's run exited.
+locally PID_0_log.out); ROOT/jobs/outcomes/ records how each job's run exited.
 
 Examples: the paper's comparison (24 runs), then the branch study on one GPU machine:
 

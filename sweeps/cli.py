@@ -149,6 +149,9 @@ def main(argv=None):
         message = f'{e.filename}: {e.strerror or e}' if e.filename else str(e)
     except subprocess.SubprocessError as e:
         message = ' '.join(str(e).split())
+    except KeyboardInterrupt:   # a local sweep handles its own Ctrl-C (sweeps/local.py)
+        print('sweep.py: interrupted (Ctrl-C)', file=sys.stderr)
+        return 130
     print(f'sweep.py: error: {message}', file=sys.stderr)
     return 2
 

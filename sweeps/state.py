@@ -81,9 +81,11 @@ def runs_of_manifest(root):
 
 
 def slurm_jobs(root):
-    """{run name: its last SLURM job id} from ROOT/sweep.json."""
-    return {r['name']: r['job'] for r in read_manifest(root)['runs']
-            if r.get('executor') == 'slurm' and r.get('job')}
+    """{run name: its last SLURM job id} from ROOT/sweep.json (a run without its own executor
+    was written by an older sweep.py, which kept only the last launch's)."""
+    manifest = read_manifest(root)
+    return {r['name']: r['job'] for r in manifest['runs']
+            if r.get('executor', manifest.get('executor')) == 'slurm' and r.get('job')}
 
 
 # ----------------------------------------------------------------------------- run state

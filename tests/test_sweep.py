@@ -197,8 +197,8 @@ def test_queued_in_the_scheduler_is_neither_resubmitted_nor_stale(fake_slurm, tm
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f'sweep.py: error: squeue --noheader --array --user {getpass.getuser()} '
                    '--format \'%i|%T|%r\' failed: slurm_load_jobs error: Unable to contact slurm '
-                   f'controller: cannot tell which runs of {root} SLURM still holds, so nothing is '
-                   'submitted (launch where squeue answers)']
+                   f'controller: cannot tell which runs of {root} SLURM still holds, so '
+                   'nothing is submitted (launch where squeue answers)']
     assert fake_slurm.submitted is None
     assert sweep.main(['--root', str(root), '--status']) == 0
     assert 'the states below ignore what SLURM still holds' in capsys.readouterr().err
@@ -214,16 +214,18 @@ def test_impossible_slurm_resources_are_refused_before_sbatch(fake_slurm, tmp_pa
     cases = [([], '--gpus-per-run 1 (the default): no node of partition debug has a GPU (sinfo '
                   'lists no gpu GRES); to run on CPUs pass --gpus-per-run 0'),
              (['--gpus-per-run', '0'], '--cpus-per-run 4 (the default): the largest node of '
-                                       'partition debug has 2 CPUs; pass --cpus-per-run 2 or fewer'),
+              'partition debug has 2 CPUs; pass --cpus-per-run 2 or fewer'),
              (['--gpus-per-run', '0', '--cpus-per-run', '2', '--mem-gb', '8'],
-              '--mem-gb 8: the largest node of partition debug has 4000 MB; pass --mem-gb 3 or less'),
+              '--mem-gb 8: the largest node of partition debug has 4000 MB; pass --mem-gb 3 or '
+              'less'),
              (['--partition', 'gpu'], '--partition gpu: sinfo lists no such partition (there are: '
                                       'debug)')]
     for flags, message in cases:
         assert sweep.main(launch[:6] + flags + launch[6:]) == 2
         assert capsys.readouterr().err.strip().splitlines() == [f'sweep.py: error: {message}']
     fake_slurm.sinfo('cpu*|64|256000|(null)\ngpu|16|128000|gpu:a100:4(S:0-1)')
-    assert sweep.main(launch[:6] + ['--partition', 'gpu', '--cpus-per-run', '32'] + launch[6:]) == 2
+    assert sweep.main(launch[:6] + ['--partition', 'gpu', '--cpus-per-run', '32']
+                      + launch[6:]) == 2
     assert 'the largest GPU node of partition gpu has 16 CPUs' in capsys.readouterr().err
     assert not root.exists() and fake_slurm.submitted is None
 
@@ -239,15 +241,16 @@ def test_impossible_slurm_resources_are_refused_before_sbatch(fake_slurm, tmp_pa
 def test_check_only_checks_like_a_run_and_writes_nothing(fashion_root, tmp_path, capsys):
     run = tmp_path / 'run'
     assert cifar_baseline.main(tiny(fashion_root, run, '--epochs', 1, '--check-only')) == 0
-    assert capsys.readouterr().out.strip() == f'check-only: would start a new run in {run} at epoch 1'
+    assert capsys.readouterr().out.strip() == (f'check-only: would start a new run in {run} '
+                                               'at epoch 1')
     assert not run.exists()
     assert cifar_baseline.main(tiny(fashion_root, run, '--epochs', 1, '--train-subset', 128)) == 0
     files = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
     capsys.readouterr()
     assert cifar_baseline.main(tiny(fashion_root, run, '--epochs', 2, '--train-subset', 128,
                                     '--resume', 'auto', '--check-only')) == 0
-    assert capsys.readouterr().out.strip() == (f'check-only: would resume {run}/checkpoint.pth.tar '
-                                               'at epoch 2, batch 0')
+    assert capsys.readouterr().out.strip() == (
+        f'check-only: would resume {run}/checkpoint.pth.tar at epoch 2, batch 0')
     assert cifar_baseline.main(tiny(fashion_root, run, '--epochs', 2, '--check-only')) == 2
     assert 'already holds a run' in capsys.readouterr().err       # no --resume: refused
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == files
@@ -314,7 +317,8 @@ def test_an_unwritable_root_or_a_damaged_manifest_is_one_line(fake_slurm, tmp_pa
     root = tmp_path / 'grid'
     root.mkdir()
     for content in ('{"runs": [{"name": 5}]}', '{"runs": "x"}', '[1]', '{',
-                    '{"runs": [{"name": "a", "epochs": "2"}]}', '{"runs": [{"name": "a", "job": 3}]}'):
+                    '{"runs": [{"name": "a", "epochs": "2"}]}',
+                    '{"runs": [{"name": "a", "job": 3}]}'):
         (root / 'sweep.json').write_text(content)
         for argv in (['--status'], launch):
             assert sweep.main(['--root', str(root), *argv]) == 2, (content, argv)
