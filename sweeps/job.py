@@ -67,9 +67,13 @@ class RunJob(submitit.helpers.Checkpointable):
         self._started = (now(), time.time())
         print(f'sweep: {self.name}: {shlex.join(self.argv)}', flush=True)
         preempt = getattr(signal, 'SIG' + os.environ.get('SUBMITIT_PREEMPT_SIGNAL', 'USR2'))
+
+        def child_signals():
+            signal.signal(preempt, signal.SIG_IGN)        # the job's to handle: checkpoint()
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # ignored by a local job's controller
         self._proc = subprocess.Popen(
             self.argv, cwd=self.cwd, env={**os.environ, **self.env}, stderr=subprocess.PIPE,
-            text=True, errors='replace', preexec_fn=lambda: signal.signal(preempt, signal.SIG_IGN))
+            text=True, errors='replace', preexec_fn=child_signals)
         self._last, self._stop_sent = [''], False
         self._tee = threading.Thread(target=copy_lines, daemon=True,
                                      args=(self._proc.stderr, sys.stderr, self._last))
