@@ -81,7 +81,7 @@ SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=$((memory / cpus))
 JobRequeue=1
 ReturnToService=2
-$node
+$node NodeAddr=127.0.0.1
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
 }

@@ -54,7 +54,7 @@ def slurm():
     if why:
         if os.environ.get(REQUIRE) == '1':
             pytest.fail(f'{REQUIRE}=1 but {why}')
-        pytest.skip(why)
+        pytest.skip(f'{why} (scripts/slurm_local.sh start runs one on this machine)')
 
 
 @pytest.fixture
