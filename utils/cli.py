@@ -12,7 +12,8 @@ BOOKKEEPING = frozenset({
     'device', 'workers', 'overwrite', 'evaluate', 'compile', 'cuda_graphs', 'channels_last',
     'sync_bn', 'tensorboard', 'start_epoch', 'fast', 'amp', 'test_batch',
     'print_freq', 'log_interval', 'threads', 'progress', 'quiet', 'verbose', 'rewind',
-    'deterministic', 'check_only'})  # init_from is not: a fork never merges with runs from scratch
+    'deterministic', 'check_only',
+})  # init_from is not: a fork never merges with runs from scratch
 
 
 def build_parser(description, method):
