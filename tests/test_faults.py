@@ -37,6 +37,15 @@ def temporaries(folder):
     return sorted(p.name for p in folder.iterdir() if p.name.endswith('.tmp'))
 
 
+def new_inode(path, old):
+    """The file's inode if it exists and is not `old`, else None."""
+    try:
+        inode = os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
+    return inode if inode != old else None
+
+
 def previous(folder):
     found = [p for p in folder.iterdir() if p.name.startswith('previous-')]
     assert len(found) == 1, found
@@ -263,12 +272,13 @@ def test_an_interrupted_overwrite_leaves_no_old_file_beside_the_new_run(fashion_
                                                                          copy_of, capsys):
     run = copy_of(two_epochs)
     before = digests(run)
-    # SIGKILL the overwriting run as soon as its first checkpoint is written
+    old_checkpoint = (run / 'checkpoint.pth.tar').stat().st_ino
+    # SIGKILL the overwriting run as soon as its first checkpoint is written (a new file: the
+    # old one is moved aside first, and every save is a rename onto the name)
     proc = launch(tiny(fashion_root, run, '--epochs', 1, *SMALL, '--overwrite'))
     end = time.time() + 120
-    while proc.poll() is None and time.time() < end and not (
-            [p for p in run.iterdir() if p.name.startswith('previous-')]
-            and (run / 'checkpoint.pth.tar').exists()):
+    while proc.poll() is None and time.time() < end and new_inode(run / 'checkpoint.pth.tar',
+                                                                  old_checkpoint) is None:
         time.sleep(0.001)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
