@@ -1,17 +1,15 @@
 """What a sweep knows about its runs: ROOT/sweep.json (the manifest), the job outcomes, what
 the scheduler still holds, and each run's state from all of these."""
 import csv
-import json
 import os
 from datetime import datetime
 
 from utils.atomic import write_json_atomic
 from utils.errors import UserError
+from utils.records import ARGS, CHECKPOINT, STATUS, SUMMARY, read_json_record, read_summary_rows
 from utils.runlock import lock_holder
 
 MANIFEST, JOBS = 'sweep.json', 'jobs'
-STATUS, SUMMARY, ARGS = 'status.json', 'summary.csv', 'args.json'
-CHECKPOINT = 'checkpoint.pth.tar'
 SKIPPED = ('done', 'running', 'queued', 'diverged')          # launching leaves these alone
 STATES = ('done', 'running', 'queued', 'preempted', 'interrupted', 'incomplete', 'failed',
           'diverged', 'not started')
@@ -29,15 +27,6 @@ def write_json(path, data):
     write_json_atomic(path, data, indent=1)
 
 
-def read_json(path):
-    try:
-        with open(path) as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
 def as_int(value):
     """An int from a hand-editable file, or None (bools and other types are not epochs)."""
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -51,7 +40,7 @@ def read_manifest(root):
     path = os.path.join(root, MANIFEST)
     if not os.path.exists(path):
         return {'runs': []}
-    manifest = read_json(path)
+    manifest = read_json_record(path)
     runs = manifest.get('runs') if manifest else None
     if not isinstance(runs, list) or not all(
             isinstance(r, dict) and isinstance(r.get('name'), str) and r['name']
@@ -97,10 +86,9 @@ def outcome_path(root, name):
 def completed_epochs(folder):
     """Last epoch of FOLDER/summary.csv, or None."""
     try:
-        with open(os.path.join(folder, SUMMARY)) as f:
-            rows = list(csv.DictReader(f))
+        rows = read_summary_rows(os.path.join(folder, SUMMARY))
         return int(float(rows[-1]['epoch'])) if rows else 0
-    except (OSError, KeyError, ValueError, IndexError, TypeError):
+    except (OSError, csv.Error, KeyError, ValueError, IndexError, TypeError):
         return None
 
 
@@ -126,11 +114,11 @@ def classify(run, root, queued=None):
     summary.csv, whichever is further.
     """
     folder = run['folder']
-    status = read_json(os.path.join(folder, STATUS))
+    status = read_json_record(os.path.join(folder, STATUS))
     status_time = mtime(os.path.join(folder, STATUS))
-    outcome = read_json(outcome_path(root, run['name']))
+    outcome = read_json_record(outcome_path(root, run['name']))
     epochs = as_int(run.get('epochs')) or as_int((status or {}).get('epochs')) or as_int(
-        (read_json(os.path.join(folder, ARGS)) or {}).get('epochs'))
+        (read_json_record(os.path.join(folder, ARGS)) or {}).get('epochs'))
     known = [e for e in (as_int((status or {}).get('epoch')), completed_epochs(folder))
              if e is not None]
     epoch = max(known) if known else None

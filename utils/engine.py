@@ -20,11 +20,8 @@ from .distributed import world_from_env
 from .errors import UserError
 from .graphs import GraphedStep
 from .logger import epoch_line, result_line, write_args, write_run_files
-from .run_folder import (BEST, CHECKPOINT, RUN_ID, STATUS, check_writable, describe_position,
-                         files_to_rewind, fingerprint, make_room, move_aside, new_run_id,
-                         position, read_record, remove_temporaries, resolve_run,
-                         run_id_to_continue, write_status)
-from .runlock import hold_run_lock
+from .records import BEST, CHECKPOINT, RUN_ID, write_status
+from .run_folder import AlreadyDone, RunFolder, new_run_id
 from .schedule import learning_rate
 from .setup import build_model, build_optimizer, load_data, seed_everything, setup
 from .steps import Meters, evaluate, member_columns
@@ -35,10 +32,6 @@ from .stops import Diverged, Preempted, StopRequest, quiet_unless, run_to_exit_c
 PLOT_EVERY_SECONDS = 30
 # Kept from a run's first command whatever a later one says (--resume overrides --start-epoch).
 FIRST_COMMAND = ('start_epoch', 'init_from', 'init_from_epoch')
-
-
-class AlreadyDone(Exception):
-    """A finished run continued with no more epochs: the line to print; nothing is written."""
 
 
 def main(method, description, argv=None):
@@ -99,7 +92,7 @@ class Trainer:
         self.args, self.method = args, method
         self.objective = method.objective(args)
         self.world, self.device = setup(args, method)
-        run = resolve_run(args)
+        run = RunFolder.from_args(args)
         self.folder = args.checkpoint = run.folder
         state = self.load_resumable(run) if run.resume else None
         source = load_checkpoint(run.init_from) if run.init_from else None
@@ -143,10 +136,9 @@ class Trainer:
 
     def load_resumable(self, run):
         """The state of the run to continue, checked before anything is written: its model
-        (identity), keys, run (a folder continues only its own), flags (unchanged), position
-        (no rewind unasked, no shortening). AlreadyDone when nothing is left to do."""
+        (identity), its keys, and what the run folder requires (RunFolder.check_continuation:
+        its own run, unchanged flags, no rewind unasked, no shortening)."""
         args, path = self.args, run.resume
-        fingerprint_before = fingerprint(path)
         state = load_checkpoint(path)
         check_identity(state, path, identity(args, self.method))
         if 'optimizer' not in state:
@@ -155,52 +147,17 @@ class Trainer:
         check_keys(state, path, TRAINING)
         if not all(type(state[key]) is int and state[key] >= 0 for key in ('epoch', 'step')):
             raise UserError(f'{path!r} is damaged: its epoch and batch are not counts')
-        args.run_id = run_id_to_continue(run, state)
         saved = state['args'] if isinstance(state['args'], dict) else {}
         for key in FIRST_COMMAND:  # provenance outlives the first command
             if key in saved:
                 setattr(args, key, saved[key])
-        self.check_unchanged(saved, state, path)
-        files_to_rewind(run, state, args.rewind)  # refuses a rewind not asked for
-        self.check_epochs_left(run, state)
-        self.resume_fingerprint = fingerprint_before
+        # --epochs may change: the LR and ramp-up are functions of the epoch, so a run
+        # continued to more epochs is the run those epochs would have made
+        changed = changed_flags(self.method, saved, args)
+        if args.manualSeed is not None and args.manualSeed != state['seed']:
+            changed.append(('--manualSeed', state['seed'], args.manualSeed))
+        args.run_id = run.check_continuation(state, changed, args.rewind, args.epochs)
         return state
-
-    def check_unchanged(self, saved, state, path):
-        """A run keeps the schedule and objective it started with: any other value of a flag
-        that is not bookkeeping (utils/cli.py), or of --manualSeed, is refused in one line
-        (not recorded as a change), so args.json and the report describe the whole run.
-        --epochs may change (check_epochs_left): the LR and ramp-up are functions of the
-        epoch, so a run continued to more epochs is the run those epochs would have made."""
-        changed = changed_flags(self.method, saved, self.args)
-        if self.args.manualSeed is not None and self.args.manualSeed != state['seed']:
-            changed.append(('--manualSeed', state['seed'], self.args.manualSeed))
-        if changed:
-            raise UserError(
-                f'{path!r} continues a run trained with '
-                f'{", ".join(f"{flag} {old}" for flag, old, _ in changed)}, not '
-                f'{", ".join(f"{flag} {new}" for flag, _, new in changed)}: a run keeps the '
-                'schedule and objective it started with. Continue it with its own values (see '
-                f'its args.json), or start a new run from its weights with --init-from {path} '
-                '-c NEW_FOLDER')
-
-    def check_epochs_left(self, run, state):
-        """A run is never shortened: --epochs below the epochs trained is refused, nothing
-        written. A run that has trained exactly --epochs and says so in status.json is left
-        as it is (AlreadyDone); one whose end was not recorded (stopped after its last save)
-        is finished: its files are rewritten from the checkpoint and it is marked done."""
-        epochs = self.args.epochs
-        if position(state) > (epochs, 0):
-            least = state['epoch'] + (1 if state['step'] else 0)
-            raise UserError(f'{run.resume!r} has trained {describe_position(state)}, more than '
-                            f'--epochs {epochs}: a run is never shortened, nothing was changed. '
-                            f'Continue it with --epochs {least} or more')
-        status = read_record(os.path.join(run.folder, STATUS)) or {}
-        if (position(state) == (epochs, 0) and status.get('state') == 'done'
-                and status.get('epochs') == epochs
-                and status.get(RUN_ID) in (None, self.args.run_id)):
-            raise AlreadyDone(f'{run.folder}: the run has already trained its {epochs} epochs; '
-                              'nothing to do (no file was touched)')
 
     def init_weights(self, source, path):
         """--init-from: a new run from another checkpoint's weights only."""
@@ -213,23 +170,10 @@ class Trainer:
         self.args.init_from_epoch = source['epoch']
 
     def take_folder(self, run, resources, state):
-        """Rank 0: lock the run folder, decide again under the lock what happens to the files
-        already there, say so, and write the run's first files."""
+        """Rank 0: take the run folder (RunFolder.take: the lock, the files already there),
+        say what was done, and write the run's first files."""
         args = self.args
-        check_writable(self.folder)
-        resources.enter_context(hold_run_lock(self.folder))
-        if run.resume and fingerprint(run.resume) != self.resume_fingerprint:
-            raise UserError(f'{run.resume!r} changed while this run was starting (another '
-                            'run wrote it); start again to continue from its new state')
-        remove_temporaries(self.folder)
-        if state is None:
-            note = make_room(self.folder, args.overwrite)
-        else:
-            run_id_to_continue(run, state)  # refuses another run's files, now under the lock
-            stale = files_to_rewind(run, state, args.rewind)
-            note = (f'--rewind: {self.folder} steps back to {describe_position(state)} of '
-                    f'{run.resume}; the newer files ({", ".join(stale)}) are in '
-                    f'{move_aside(self.folder, stale)}') if stale else None
+        note, stale = run.take(resources, state, args.overwrite, args.rewind)
         if note:
             print(note, flush=True)
         write_args(self.folder, args)

@@ -13,9 +13,9 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .atomic import write_atomic, write_json_atomic, write_text_atomic  # noqa: E402
+from .records import ARGS, LOG, PLOT, SUMMARY  # noqa: E402
 from .steps import member_columns  # noqa: E402
 
-LOG, SUMMARY, PLOT, ARGS = 'log.txt', 'summary.csv', 'curves.png', 'args.json'
 
 
 def write_log_txt(folder, history, names):

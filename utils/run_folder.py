@@ -19,35 +19,101 @@ folder, say) is refused, pointing to --init-from (run_id_to_continue).
 Every decision here is taken before anything is written, and taken again once the run holds
 the folder's lock (utils/runlock.py), just before its first write.
 """
-import json
 import os
 import secrets
 import shutil
-import socket
 import time
-from datetime import datetime, timezone
-from typing import NamedTuple, Optional
 
-from .atomic import is_temporary, write_json_atomic
+from .atomic import is_temporary
 from .checkpoint import load_checkpoint
 from .errors import UserError
-from .logger import ARGS, LOG, PLOT, SUMMARY
-from .tensorboard_log import FOLDER as TENSORBOARD
+from .records import (ARGS, BEST, CHECKPOINT, LOG, PLOT, PREVIOUS, RUN_ID, STATUS, SUMMARY,
+                      TENSORBOARD, read_json_record)
+from .runlock import hold_run_lock
 
-CHECKPOINT, BEST, STATUS = 'checkpoint.pth.tar', 'model_best.pth.tar', 'status.json'
 RUN_FILES = (CHECKPOINT, BEST, LOG, SUMMARY, PLOT, ARGS, STATUS, TENSORBOARD)
 # Written only once an epoch is done: a folder with one of them holds a run's results.
 RESULTS = (BEST, LOG, SUMMARY, PLOT, TENSORBOARD)
 # Describe a run's history; regenerated from the checkpoint, so moved aside with a newer state.
 HISTORY_FILES = (LOG, SUMMARY, PLOT, ARGS, STATUS, TENSORBOARD)
-PREVIOUS = 'previous-'
-RUN_ID = 'run_id'
 
 
-class Run(NamedTuple):
-    folder: str
-    resume: Optional[str]      # checkpoint continued in place, in `folder`
-    init_from: Optional[str]   # checkpoint whose weights start a new run in `folder`
+class AlreadyDone(Exception):
+    """A finished run continued with no more epochs: the line to print; nothing is written."""
+
+
+class RunFolder:
+    """The folder a run writes to, what the run starts from (`resume`: a checkpoint continued
+    in place; `init_from`: one whose weights start a new run), and the rules of the module's
+    docstring: from_args and check_continuation decide before anything is written; take
+    decides again under the folder's lock, just before the first write."""
+
+    def __init__(self, folder, resume=None, init_from=None):
+        self.folder, self.resume, self.init_from = folder, resume, init_from
+        self.resume_fingerprint = fingerprint(resume) if resume else None
+
+    @classmethod
+    def from_args(cls, args):
+        """Refuses contradictory flags and a new run over a run."""
+        return cls(*_resolve(args))
+
+    def path(self, name):
+        return os.path.join(self.folder, name)
+
+    def check_continuation(self, state, changed, rewind, epochs):
+        """Continuing `state` (read from self.resume) is refused, before anything is written,
+        when the folder's records belong to another run, when `changed` lists flags that
+        differ from the run's ([(flag, old, new)]: a run keeps the schedule and objective it
+        started with), when it would step back unasked (--rewind) or shorten the run.
+        AlreadyDone when nothing is left to do. Returns the run's id."""
+        run_id = run_id_to_continue(self, state)
+        if changed:
+            raise UserError(
+                f'{self.resume!r} continues a run trained with '
+                f'{", ".join(f"{flag} {old}" for flag, old, _ in changed)}, not '
+                f'{", ".join(f"{flag} {new}" for flag, _, new in changed)}: a run keeps the '
+                'schedule and objective it started with. Continue it with its own values (see '
+                f'its args.json), or start a new run from its weights with --init-from '
+                f'{self.resume} -c NEW_FOLDER')
+        files_to_rewind(self, state, rewind)
+        self.check_epochs_left(state, epochs, run_id)
+        return run_id
+
+    def check_epochs_left(self, state, epochs, run_id):
+        """A run is never shortened: --epochs below the epochs trained is refused, nothing
+        written. A run that has trained exactly --epochs and says so in status.json is left
+        as it is (AlreadyDone); one whose end was not recorded (stopped after its last save)
+        is finished: its files are rewritten from the checkpoint and it is marked done."""
+        if position(state) > (epochs, 0):
+            least = state['epoch'] + (1 if state['step'] else 0)
+            raise UserError(f'{self.resume!r} has trained {describe_position(state)}, more than '
+                            f'--epochs {epochs}: a run is never shortened, nothing was changed. '
+                            f'Continue it with --epochs {least} or more')
+        status = read_json_record(self.path(STATUS)) or {}
+        if (position(state) == (epochs, 0) and status.get('state') == 'done'
+                and status.get('epochs') == epochs and status.get(RUN_ID) in (None, run_id)):
+            raise AlreadyDone(f'{self.folder}: the run has already trained its {epochs} epochs; '
+                              'nothing to do (no file was touched)')
+
+    def take(self, resources, state, overwrite, rewind):
+        """Rank 0, just before the first write: lock the folder (released with `resources`),
+        decide again under the lock what happens to the files already there and do it.
+        Returns (the line saying what was done or None, the files a rewind moved aside)."""
+        check_writable(self.folder)
+        resources.enter_context(hold_run_lock(self.folder))
+        if self.resume and fingerprint(self.resume) != self.resume_fingerprint:
+            raise UserError(f'{self.resume!r} changed while this run was starting (another '
+                            'run wrote it); start again to continue from its new state')
+        remove_temporaries(self.folder)
+        if state is None:
+            return make_room(self.folder, overwrite), []
+        run_id_to_continue(self, state)  # refuses another run's files, now under the lock
+        stale = files_to_rewind(self, state, rewind)
+        if not stale:
+            return None, []
+        return (f'--rewind: {self.folder} steps back to {describe_position(state)} of '
+                f'{self.resume}; the newer files ({", ".join(stale)}) are in '
+                f'{move_aside(self.folder, stale)}'), stale
 
 
 def default_folder(args):
@@ -67,9 +133,9 @@ def _check_file(flag, path):
         raise UserError(f'{flag}: checkpoint {path!r} does not exist')
 
 
-def resolve_run(args):
-    """The run folder and what the run starts from. Refuses, before anything is written,
-    contradictory flags and a new run over a run (see the module's docstring)."""
+def _resolve(args):
+    """(folder, resume, init_from) from the flags; refuses contradictory flags and a new run
+    over a run (see the module's docstring)."""
     init_from = getattr(args, 'init_from', None)
     if args.resume and init_from:
         raise UserError('--resume continues a run in its folder and --init-from starts a new '
@@ -88,16 +154,16 @@ def resolve_run(args):
                             f'{args.resume!r}, but -c names {args.checkpoint!r}; to start a new '
                             f'run there from its weights use --init-from {args.resume} -c '
                             f'{args.checkpoint}')
-        return Run(folder, args.resume, None)
+        return folder, args.resume, None
     folder = args.checkpoint or default_folder(args)
     if args.resume == 'auto' and os.path.exists(os.path.join(folder, CHECKPOINT)):
-        return Run(folder, os.path.join(folder, CHECKPOINT), None)
+        return folder, os.path.join(folder, CHECKPOINT), None
     if init_from:
         _check_file('--init-from', init_from)
     present, trained = existing_run(folder)
     if trained and not args.overwrite:
         raise UserError(_holds_a_run(folder, present))
-    return Run(folder, None, init_from)
+    return folder, None, init_from
 
 
 def _holds_a_run(folder, present):
@@ -167,22 +233,12 @@ def new_run_id():
     return f'{time.strftime("%Y%m%d-%H%M%S")}-{secrets.token_hex(4)}'
 
 
-def read_record(path):
-    """A JSON record of the run (args.json, status.json) as a dict, or None if unreadable."""
-    try:
-        with open(path) as f:
-            value = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def run_records(run):
     """What the folder says of its run besides run.resume: [(name, dict)] of its other
     checkpoints, args.json and status.json (an unreadable one says nothing)."""
     records = [(name, state) for name, state in other_checkpoints(run) if state is not None]
     for name in (ARGS, STATUS):
-        record = read_record(os.path.join(run.folder, name))
+        record = read_json_record(os.path.join(run.folder, name))
         if record is not None:
             records.append((name, record))
     return records
@@ -326,18 +382,3 @@ def check_writable(folder):
         os.remove(probe)
     except OSError as e:
         raise UserError(f'cannot write to checkpoint folder {folder!r}: {e.strerror or e}') from None
-
-
-def write_status(folder, state, epoch, epochs, message='', run_id=None):
-    """status.json: running, done, preempted, diverged or failed, the epochs completed and the
-    run's id. sweep.py --status and report.py read it; a live run also holds the folder's lock.
-    Only 'running' must be written: a status that cannot be recorded at the end of a run
-    (a full disk) must not hide the error that ended it."""
-    status = {'state': state, 'epoch': epoch, 'epochs': epochs, 'message': message,
-              RUN_ID: run_id, 'host': socket.gethostname(), 'pid': os.getpid(),
-              'updated': datetime.now(timezone.utc).isoformat(timespec='seconds')}
-    try:
-        write_json_atomic(os.path.join(folder, STATUS), status)
-    except UserError:
-        if state == 'running':
-            raise

@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 
-FOLDER = 'tensorboard'
+from .records import TENSORBOARD as FOLDER
 STAGING, OLD = '.tensorboard-new-', '.tensorboard-old-'
 
 
