@@ -40,7 +40,7 @@ from utils.atomic import write_json_atomic
 from utils.cli import Parser
 from utils.data import CIFAR_MEAN, CIFAR_STD, DeviceLoader
 from utils.distributed import World
-from utils.errors import UserError
+from utils.errors import UserError, one_line_errors
 from utils.graphs import GraphedStep
 from utils.setup import apply_fast_preset, build_model, build_optimizer
 from utils.steps import Meters, evaluate, train_step
@@ -50,13 +50,9 @@ COMPILE_MODES = ['default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
-class BenchmarkError(Exception):
+class BenchmarkError(UserError):
     """A request the benchmark cannot carry out, or a failed measurement: printed as one line,
     exit status `status` (2: a bad request, refused before measuring; 1: a measurement failed)."""
-
-    def __init__(self, message, status=EXIT_USAGE):
-        super().__init__(message)
-        self.status = status
 
 
 def cpu_count():
@@ -473,14 +469,7 @@ def run(args, argv):
 
 def main(argv=None):
     args = parse(argv)
-    try:
-        return run(args, argv)
-    except BenchmarkError as e:
-        print(f'benchmark.py: error: {e}', file=sys.stderr)
-        return e.status
-    except KeyboardInterrupt:
-        print('benchmark.py: interrupted', file=sys.stderr)
-        return 128 + signal.SIGINT
+    return one_line_errors('benchmark.py', lambda: run(args, argv))
 
 
 if __name__ == '__main__':

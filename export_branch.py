@@ -10,8 +10,7 @@ import sys
 
 from methods import METHODS
 from utils.checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic
-from utils.cli import Parser
-from utils.errors import UserError
+from utils.errors import Parser, UserError, one_line_errors
 
 
 def export(path, member, out, overwrite=False):
@@ -42,11 +41,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     out = args.out or os.path.join(os.path.dirname(args.checkpoint),
                                    f'resnet_branch{args.member}.pth.tar')
-    try:
-        state = export(args.checkpoint, args.member, out, args.overwrite)
-    except UserError as e:
-        print(f'{p.prog}: error: {e}', file=sys.stderr)
-        return 2
+    return one_line_errors(p.prog, lambda: export_and_say(args, out))
+
+
+def export_and_say(args, out):
+    state = export(args.checkpoint, args.member, out, args.overwrite)
     print(f'wrote {out}: resnet-{state["depth"]} on {state["dataset"]} from member '
           f'{args.member} of {args.checkpoint} (epoch {state["epoch"]})')
     return 0

@@ -1,4 +1,5 @@
-"""The training methods, one file each; entry scripts and export look them up by name."""
+"""The training methods, one file each; entry scripts and export look them up by name. The
+registry's order is the order of report.py's tables (the baseline first, ONE last)."""
 from .base import Method
 from .baseline import Baseline
 from .clilr import CLILR
@@ -9,11 +10,14 @@ from .one import ONE
 
 METHODS = {m.name: m for m in (
     Baseline(),
-    ONE(),
-    CLILR(),
-    OKDDip(),
     KD(),
     DML(),
+    CLILR(),
+    OKDDip(),
+    ONE(),
 )}
 
-__all__ = ['METHODS', 'Method']
+# Run folders written before runs recorded their method: the method their arch meant.
+METHOD_OF_OLD_RUNS = {'one_resnet': 'one', 'resnet': 'baseline'}
+
+__all__ = ['METHODS', 'METHOD_OF_OLD_RUNS', 'Method']

@@ -11,11 +11,44 @@ its names and labels from here.
 Models return either plain logits (batch, classes) or a pair (member_logits, ensemble):
 member_logits of shape (members, batch, classes) and the ensemble's logits or None.
 """
-from models import blocks_per_stage, branch_state_dict
+from models import NETWORK_NAMES, blocks_per_stage, branch_state_dict
 from utils.cli import build_parser
 from utils.errors import UserError
 from utils.losses import correct_counts
 from utils.steps import train_step
+
+# How tables name the shared flags a run may vary (a method names its own in flag_labels).
+SHARED_FLAG_LABELS = {'weight_decay': 'wd', 'train_batch': 'batch'}
+
+
+def backbone_of(arch):
+    """The plain network under an arch: a method's own layout is named METHOD_BACKBONE
+    (one_resnet, clilr_resnet: the CIFAR ResNet), a plain network by itself."""
+    return arch.rsplit('_', 1)[-1]
+
+
+def network_name(arch, depth):
+    """How tables name a network, e.g. 'ResNet-32' for resnet and one_resnet alike."""
+    name = backbone_of(str(arch))
+    return f'{NETWORK_NAMES.get(name, name)}-{depth}'
+
+
+def describe_value(value):
+    if isinstance(value, float):
+        return f'{value:g}'
+    if isinstance(value, (list, tuple)):
+        return ','.join(describe_value(v) for v in value)
+    return str(value)
+
+
+def describe_flag(key, value, labels):
+    """'T=4', 'no distill', 'rescaling', 'no rescaling' ..."""
+    name = labels.get(key, key)
+    if value is True:
+        return name.replace('_', ' ')
+    if value is False:
+        return 'no ' + name.replace('_', ' ')
+    return f'{name}={describe_value(value)}'
 
 
 class Method:
@@ -75,6 +108,11 @@ class Method:
         """Names of the accuracy columns, in the order of `correct`. The first is the network
         the method deploys (model_best follows it); 'ens' names an ensemble."""
         return ['1']
+
+    def describe_flags(self, flags):
+        """The flags a run varies ([(key, value)]) as report.py labels them."""
+        labels = {**SHARED_FLAG_LABELS, **self.flag_labels}
+        return [describe_flag(key, value, labels) for key, value in flags]
 
     def label(self, column):
         """How printed tables name an accuracy column."""

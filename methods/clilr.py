@@ -40,7 +40,6 @@ import torch
 import torch.nn.functional as F
 
 from models.one_resnet import ONEResNet
-from utils.errors import UserError
 from utils.losses import as_branches
 from utils.schedule import rampup_weight
 from .base import BranchedMethod, check_rampup, check_temperature, require

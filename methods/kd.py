@@ -41,7 +41,7 @@ from models import resnet
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 from utils.losses import as_branches, distillation_kl
-from .base import Method, check_temperature, require
+from .base import Method, check_temperature, network_name, require
 
 # What the run records of its teacher (args.json keys and variant entries).
 TEACHER_KEYS = ('teacher', 'teacher_member', 'teacher_method', 'teacher_arch', 'teacher_depth',
@@ -107,6 +107,19 @@ def teacher_method(state, path):
     if method is None:
         raise UserError(f'--teacher {path}: saved by an unknown method {state.get("method")!r}')
     return method
+
+
+def describe_teacher(teacher):
+    """A KD run's record of its teacher ({'method': 'one', 'member': 'ens', ...}) as a label."""
+    from . import METHODS  # methods/__init__.py imports this module
+    method, member = METHODS.get(teacher.get('method')), str(teacher.get('member'))
+    text = 'teacher ' + (method.title if method else str(teacher.get('method')))
+    text += '-E' if member == 'ens' else ''
+    if 'arch' in teacher:
+        text += f' {network_name(teacher["arch"], teacher.get("depth"))}'
+    if member not in ('1', 'ens', 'None'):
+        text += f' {method.label(member) if method else member}'
+    return text + (f' at epoch {teacher["epoch"]}' if 'epoch' in teacher else '')
 
 
 def has_ensemble(state, method):
@@ -193,6 +206,14 @@ class KD(Method):
 
     def columns(self, args):
         return ['1', 'teacher']
+
+    def describe_flags(self, flags):
+        """The teacher_* flags as one label, e.g. 'teacher ONE-E ResNet-32 at epoch 300' or
+        'teacher ONE ResNet-32 branch 2 at epoch 300'; the others as every method's."""
+        prefix = 'teacher_'
+        teacher = {k[len(prefix):]: v for k, v in flags if k.startswith(prefix)}
+        rest = [(k, v) for k, v in flags if not k.startswith(prefix)]
+        return ([describe_teacher(teacher)] if teacher else []) + super().describe_flags(rest)
 
     def label(self, column):
         return 'student' if column == '1' else column

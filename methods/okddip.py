@@ -43,7 +43,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.one_resnet import ONEResNet
-from utils.errors import UserError
 from utils.losses import branch_cross_entropy, correct_counts
 from utils.schedule import rampup_weight
 from .base import BranchedMethod, check_rampup, check_temperature, require

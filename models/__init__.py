@@ -14,6 +14,9 @@ ARCHS = {'resnet': resnet, 'one_resnet': one_resnet}
 # The plain backbones, by their future -a name; each constructor takes its flags' names as
 # keyword arguments (depth, num_classes and the backbone's own width flags).
 BACKBONES = {'resnet': resnet, 'resnext': resnext, 'densenet': densenet, 'wrn': wrn, 'vgg': vgg}
+# How tables and logs name them.
+NETWORK_NAMES = {'resnet': 'ResNet', 'resnext': 'ResNeXt', 'densenet': 'DenseNet', 'wrn': 'WRN',
+                 'vgg': 'VGG'}
 
-__all__ = ['ARCHS', 'BACKBONES', 'resnet', 'resnext', 'densenet', 'wrn', 'vgg', 'one_resnet',
+__all__ = ['ARCHS', 'BACKBONES', 'NETWORK_NAMES', 'resnet', 'resnext', 'densenet', 'wrn', 'vgg', 'one_resnet',
            'branched', 'branch_points', 'branch_state_dict', 'blocks_per_stage']

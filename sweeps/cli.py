@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import sweeps
-from utils.errors import Parser, UserError
+from utils.errors import Parser, UserError, one_line_errors
 from .check import check_runs
 from .grid import check_flags_known, expand, flags_of_scripts, parse_vary, split_fixed
 from .local import run_local
@@ -141,19 +141,18 @@ def refuse_any(refusals, count, doing):
 def main(argv=None):
     own, fixed = split_argv(sys.argv[1:] if argv is None else list(argv))
     opts = build_parser().parse_args(own)
+    return one_line_errors('sweep.py', lambda: run_naming_errors(opts, fixed))
+
+
+def run_naming_errors(opts, fixed):
+    """run_command, with filesystem and scheduler errors the steps did not name as UserError
+    (a local sweep handles its own Ctrl-C: sweeps/local.py)."""
     try:
         return run_command(opts, fixed)
-    except UserError as e:
-        message = str(e)
-    except OSError as e:   # a filesystem error the steps below did not name: still one line
-        message = f'{e.filename}: {e.strerror or e}' if e.filename else str(e)
+    except OSError as e:
+        raise UserError(f'{e.filename}: {e.strerror or e}' if e.filename else str(e)) from None
     except subprocess.SubprocessError as e:
-        message = ' '.join(str(e).split())
-    except KeyboardInterrupt:   # a local sweep handles its own Ctrl-C (sweeps/local.py)
-        print('sweep.py: interrupted (Ctrl-C)', file=sys.stderr)
-        return 130
-    print(f'sweep.py: error: {message}', file=sys.stderr)
-    return 2
+        raise UserError(' '.join(str(e).split())) from None
 
 
 def run_command(opts, fixed):
