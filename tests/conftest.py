@@ -11,6 +11,35 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
+# The tiny runs most tests train: a depth-8 network on the generated Fashion-MNIST below.
+TINY = ['-d', 'fashionmnist', '--depth', '8', '--train-batch', '64', '--test-batch', '100',
+        '--manualSeed', '7']
+
+
+def tiny(data_root, folder, *extra):
+    return TINY + ['--data-dir', data_root, '-c', str(folder), *map(str, extra)]
+
+
+def load(path):
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def without_time(history):
+    return [{k: v for k, v in row.items() if k != 'seconds'} for row in history]
+
+
+def assert_same_run(a, b):
+    """Bitwise-equal weights, optimizer state and logged metrics of two checkpoints."""
+    a, b = load(a), load(b)
+    assert a['state_dict'].keys() == b['state_dict'].keys()
+    for key in a['state_dict']:
+        assert torch.equal(a['state_dict'][key], b['state_dict'][key]), key
+    for key, state in a['optimizer']['state'].items():
+        assert torch.equal(state['momentum_buffer'], b['optimizer']['state'][key]['momentum_buffer'])
+    assert without_time(a['history']) == without_time(b['history'])
+    assert (a['epoch'], a['step'], a['best_acc']) == (b['epoch'], b['step'], b['best_acc'])
+
+
 @pytest.fixture(scope='session')
 def fashion_root(tmp_path_factory):
     """A data dir holding a small generated Fashion-MNIST (512 train, 200 test images)."""

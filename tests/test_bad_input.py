@@ -9,8 +9,7 @@ import pytest
 import torch
 
 import cifar_one
-from conftest import ROOT, run_script
-from test_training import tiny
+from conftest import ROOT, run_script, tiny
 from utils import engine
 
 

@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 
 import cifar_clilr
-from conftest import objective
+from conftest import load, objective, tiny
 from methods import METHODS
 from methods.clilr import CLILRLoss, CLILRResNet
-from test_training import load, tiny
 
 SUBSET = ['--train-subset', 128]
 

@@ -38,10 +38,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, objective, run_script
+from conftest import ROOT, assert_same_run, load, objective, run_script, tiny
 from fakedata import random_images
 from methods import METHODS
-from test_training import assert_same_run, load, tiny
 from utils.checkpoint import save_atomic
 from utils.data import CIFAR_MEAN, CIFAR_STD, DeviceLoader
 from utils.setup import build_model

@@ -12,9 +12,8 @@ import pytest
 import torch
 
 import cifar_one
-from conftest import ROOT
+from conftest import ROOT, assert_same_run, load, tiny
 from fakedata import write_fashion_mnist
-from test_training import assert_same_run, load, tiny
 from utils.data import FASHION_FILES
 
 TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']

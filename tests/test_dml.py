@@ -10,11 +10,10 @@ import torch
 import cifar_baseline
 import cifar_dml
 import export_branch
-from conftest import objective
+from conftest import load, objective, tiny
 from methods import METHODS
 from methods.dml import Cohort, DMLLoss
 from models import resnet
-from test_training import load, tiny
 from utils.steps import train_step
 
 pytestmark = pytest.mark.usefixtures('one_thread')

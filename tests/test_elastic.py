@@ -6,7 +6,7 @@ augmentation and RNG states, which are functions of (seed, epoch) or saved.
 PyTorch 2.14's torchrun shares its store with the workers across restarts, and restarted
 gloo workers then read the previous attempt's addresses ("connectFullMesh ... Connection
 refused") or hang (pytorch/pytorch#135712); TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 gives each
-attempt a store of its own, as README says.
+attempt a store of its own, as docs/SCALE.md says.
 """
 import csv
 import os
@@ -15,9 +15,8 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT
+from conftest import ROOT, assert_same_run, load, tiny
 from test_distributed import ENV, torchrun
-from test_training import assert_same_run, load, tiny
 
 ELASTIC = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
            '--max-restarts', '1']

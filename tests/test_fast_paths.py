@@ -7,9 +7,8 @@ import pytest
 import torch
 
 import cifar_one
-from conftest import objective
+from conftest import load, objective, tiny
 from fakedata import random_images
-from test_training import load, tiny
 from utils.data import CIFAR_MEAN, CIFAR_STD, DeviceLoader
 from utils.distributed import World
 from methods import METHODS

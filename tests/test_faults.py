@@ -17,9 +17,8 @@ import pytest
 import torch
 
 import cifar_one
-from conftest import ROOT, run_script
+from conftest import ROOT, assert_same_run, load, run_script, tiny
 from fakedata import write_fashion_mnist
-from test_training import assert_same_run, load, tiny
 from utils import checkpoint, engine
 from utils.checkpoint import load_checkpoint, save_atomic
 from utils.errors import UserError

@@ -12,11 +12,10 @@ import cifar_baseline
 import cifar_kd
 import cifar_one
 import export_branch
-from conftest import objective, run_script
+from conftest import load, objective, run_script, tiny
 from methods import METHODS
 from methods.kd import KDLoss
 from models import branch_state_dict, one_resnet, resnet
-from test_training import load, tiny
 from utils.setup import build_optimizer
 
 pytestmark = pytest.mark.usefixtures('one_thread')

@@ -9,8 +9,8 @@ import pytest
 
 import cifar_baseline
 import export_branch
+from conftest import assert_same_run, load, tiny
 from methods import METHODS
-from test_training import assert_same_run, load, tiny
 
 SUBSET = ['--train-subset', 256]  # 4 batches of 64: seconds per epoch on the CPU
 NAMES = list(METHODS)

@@ -8,11 +8,10 @@ import torch.nn.functional as F
 
 import cifar_okddip
 import export_branch
-from conftest import objective
+from conftest import load, objective, tiny
 from methods import METHODS
-from methods.okddip import OKDDipLoss, OKDDipResNet
+from methods.okddip import OKDDipResNet
 from models import one_resnet, resnet
-from test_training import load, tiny
 
 SUBSET = ['--train-subset', 128]
 

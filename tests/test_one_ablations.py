@@ -6,11 +6,10 @@ import torch
 import cifar_baseline
 import cifar_one
 import export_branch
-from conftest import objective, run_script
+from conftest import load, objective, run_script, tiny
 from models import branch_state_dict, one_resnet, resnet
 from test_losses import ce, one_reference, random_output
 from test_models import num_params, perturb_batchnorm
-from test_training import load, tiny
 
 
 @pytest.mark.parametrize('epoch', [0, 80, 200])

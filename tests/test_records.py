@@ -20,8 +20,7 @@ import cifar_kd
 import cifar_one
 import export_branch
 import report
-from conftest import ROOT
-from test_training import load, tiny
+from conftest import ROOT, load, tiny
 
 SMALL = ['--epochs', 2, '--train-subset', 128]   # two epochs of two batches of 64
 RECORDS = ('checkpoint.pth.tar', 'model_best.pth.tar', 'args.json', 'status.json')

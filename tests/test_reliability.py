@@ -14,8 +14,7 @@ import torch
 
 import cifar_baseline
 import cifar_one
-from conftest import ROOT
-from test_training import assert_same_run, tiny
+from conftest import ROOT, assert_same_run, tiny
 from utils import checkpoint
 from utils.checkpoint import load_checkpoint, save_atomic
 from utils.errors import UserError

@@ -6,9 +6,9 @@ import signal
 
 import pytest
 
+from conftest import tiny
 import cifar_baseline
 import cifar_one
-from test_training import tiny
 from utils import engine
 from utils.stops import EXIT_DIVERGED
 from utils.checkpoint import load_checkpoint

@@ -19,8 +19,7 @@ import time
 
 import pytest
 
-from conftest import ROOT
-from test_training import assert_same_run
+from conftest import ROOT, assert_same_run
 
 SWEEP = os.path.join(ROOT, 'sweep.py')
 REQUIRE = 'ONE_REQUIRE_SLURM'

@@ -23,8 +23,7 @@ import cifar_baseline
 import sweep
 from sweeps import cli, grid, state
 from sweeps.job import RunJob
-from conftest import ROOT
-from test_training import tiny
+from conftest import ROOT, tiny
 from utils.errors import UserError
 from utils.runlock import lock_holder
 
@@ -367,7 +366,7 @@ def test_help_keeps_the_examples_line_breaks_and_names_the_job_logs(capsys):
     i = out.index('    python sweep.py --root checkpoints/paper --scripts cifar_baseline.py '
                   'cifar_one.py \\')
     assert out[i + 1].startswith('        --vary dataset=cifar10,cifar100 depth=32,110')
-    readme = open(os.path.join(ROOT, 'README.md')).read()
+    readme = open(os.path.join(ROOT, 'docs', 'SCALE.md')).read()
     for text in ('\n'.join(out), readme):   # what tests/test_slurm.py finds on a real SLURM
         assert 'ROOT/jobs/ARRAYID_TASK_0_log.out' in text and 'JOBID_0_log.out' in text
 

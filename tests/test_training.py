@@ -9,42 +9,13 @@ import sys
 import time
 
 import pytest
-import torch
 
 import cifar_baseline
 import cifar_one
 import demo_fashion_mnist
 import export_branch
-from conftest import ROOT, run_script
+from conftest import ROOT, assert_same_run, load, run_script, tiny
 from utils import engine
-
-TINY = ['-d', 'fashionmnist', '--depth', '8', '--train-batch', '64', '--test-batch', '100',
-        '--manualSeed', '7']
-
-
-def tiny(data_root, folder, *extra):
-    return TINY + ['--data-dir', data_root, '-c', str(folder), *map(str, extra)]
-
-
-def load(path):
-    return torch.load(path, map_location='cpu', weights_only=True)
-
-
-def without_time(history):
-    return [{k: v for k, v in row.items() if k != 'seconds'} for row in history]
-
-
-def assert_same_run(a, b):
-    """Bitwise-equal weights, optimizer state and logged metrics of two checkpoints."""
-    a, b = load(a), load(b)
-    assert a['state_dict'].keys() == b['state_dict'].keys()
-    for key in a['state_dict']:
-        assert torch.equal(a['state_dict'][key], b['state_dict'][key]), key
-    for key, state in a['optimizer']['state'].items():
-        assert torch.equal(state['momentum_buffer'], b['optimizer']['state'][key]['momentum_buffer'])
-    assert without_time(a['history']) == without_time(b['history'])
-    assert (a['epoch'], a['step'], a['best_acc']) == (b['epoch'], b['step'], b['best_acc'])
-
 
 def test_two_epochs_through_the_cli_write_every_run_file(fashion_root, tmp_path):
     """The run's files as the engine writes them for any method (one process, as a user runs

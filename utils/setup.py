@@ -72,7 +72,7 @@ def pick_device(args, world):
 
 
 def apply_fast_preset(args, device, distributed=False):
-    """--fast: what is numerically safe and faster on this device (see README, Speed).
+    """--fast: what is numerically safe and faster on this device (see docs/SPEED.md).
 
     On CUDA: bf16 autocast, channels_last, TF32 (configure_cuda), fused SGD, the training
     step as a CUDA graph (utils/graphs.py; one process, without --compile or fp16) and

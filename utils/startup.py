@@ -7,7 +7,7 @@ ends the process at once with one line; afterwards the usual KeyboardInterrupt i
 engine.main turns it into one line too.
 
 SIGTERM's default action kills the process silently (exit -15). From the imports on, it ends
-the process with one line and status 143 instead; engine.main handles it itself while it runs
+the process with one line (none under torchrun, which reports it) and status 143 instead; engine.main handles it itself while it runs
 (the training loop saves and stops), and hands it back here once the run has ended (after
 "Done.", while the interpreter shuts down). Imports nothing heavy.
 
@@ -38,8 +38,11 @@ def _terminated(signum, frame):
         sys.stdout.flush()
     except Exception:  # noqa: BLE001 (a handler may interrupt a write to stdout itself)
         pass
-    os.write(2, f'{_name()}: stopped by SIGTERM outside training; files already saved are '
-                'untouched\n'.encode())
+    # Under torchrun a SIGTERM outside the engine is torchrun stopping the group after a rank
+    # failed: the engine has printed the run's one line, and torchrun's summary names the rest.
+    if os.environ.get('WORLD_SIZE', '1') == '1':
+        os.write(2, f'{_name()}: stopped by SIGTERM outside training; files already saved are '
+                    'untouched\n'.encode())
     os._exit(EXIT_TERMINATED)
 
 
