@@ -85,12 +85,28 @@ def test_two_ranks_prepare_an_empty_data_dir_once_and_train(tmp_path):
     assert sorted(os.listdir(data / 'FashionMNIST' / 'raw')) == sorted(FASHION_FILES)
 
 
+# cifar_one.py, where rank 0 starts late (as on a loaded machine, where one rank's imports
+# take seconds longer): rank 1 meets the bad flag first, and its exit must not make torchrun
+# stop rank 0 before rank 0 has printed the line.
+RANK_0_STARTS_LATE = f"""
+import os, sys, time
+sys.path.insert(0, {ROOT!r})
+sys.argv[0] = 'cifar_one.py'
+if os.environ['RANK'] == '0':
+    time.sleep(3)
+import cifar_one
+sys.exit(cifar_one.main())
+"""
+
+
 @pytest.mark.parametrize('flag, expected', [
     (('--depth', 9), 'error: --depth: depth must be 6n+2'),
     (('--epochs', 'x'), "error: argument --epochs: invalid int value: 'x'"),
 ])
 def test_a_bad_flag_under_torchrun_is_one_line(fashion_root, tmp_path, flag, expected):
-    proc = torchrun('cifar_one.py', *tiny(fashion_root, tmp_path / 'r', *flag))
+    script = tmp_path / 'late.py'
+    script.write_text(RANK_0_STARTS_LATE)
+    proc = torchrun(script, *tiny(fashion_root, tmp_path / 'r', *flag))
     assert_one_line_from_us(proc, 'cifar_one.py', expected)
 
 

@@ -12,11 +12,16 @@ Failures under torchrun, and who prints what:
   Without an acknowledgement within REPORT_WAIT_S (rank 0 busy, or NCCL, which may not
   notice closed peers) the rank prints its own line instead. Either way: one line and a
   non-zero exit on every rank.
+- Before the process group exists (a bad flag, a refusal while setting up) every rank meets
+  the same failure, but not at the same moment: a rank that gets there before rank 0 waits
+  (`wait_for_rank_0`) rather than exiting, since its exit makes torchrun stop rank 0 before
+  rank 0 has printed anything.
 - A collective that breaks because another rank left (it failed, was killed, lost its node)
   is not an error of this rank: rank 0 prints one line saying so, the others print nothing.
   The rank that left printed its own traceback if it had one; torchrun's summary names it.
 """
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -141,10 +146,13 @@ def _store():
 def report_failure(world, line, code):
     """End an anticipated failure on this rank: exactly one line for the whole run (see the
     module's docstring). Returns the exit code."""
-    if world.is_main or not dist.is_initialized():
-        if world.is_main:
-            print(line, file=sys.stderr)
-            _acknowledge()
+    if world.is_main:
+        print(line, file=sys.stderr)
+        _acknowledge()
+        return code
+    if not dist.is_initialized():
+        wait_for_rank_0()
+        print(f'{line} (rank {world.rank})', file=sys.stderr)
         return code
     failure, reported = _keys()
     try:
@@ -160,6 +168,15 @@ def report_failure(world, line, code):
     except Exception:  # the store went with rank 0 (a store rank 0 hosts): it has printed
         pass
     return code
+
+
+def wait_for_rank_0():
+    """On a rank other than 0 that failed before the process group exists: give rank 0, which
+    fails the same way, time to print its line. Rank 0's exit makes torchrun send SIGTERM,
+    which ends this process silently; returns only if that has not come within REPORT_WAIT_S
+    (then this failure is this rank's own, and the caller reports it)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(128 + signum))
+    time.sleep(REPORT_WAIT_S)
 
 
 def is_collective_failure(error):

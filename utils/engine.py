@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .checkpoint import (FORMAT_VERSION, TRAINING, check_identity, check_keys, load_checkpoint,
                          rng_states, save_atomic, set_rng_states)
 from .cli import build_parser, changed_flags
-from .distributed import world_from_env
+from .distributed import wait_for_rank_0, world_from_env
 from .errors import UserError
 from .graphs import GraphedStep
 from .logger import epoch_line, result_line, write_args, write_run_files
@@ -40,7 +40,12 @@ def main(method, description, argv=None):
     world = world_from_env()
     parser = build_parser(description, method)
     with quiet_unless(world.is_main):  # a bad flag or --help: shown once, not once per rank
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:
+            if e.code and world.distributed and not world.is_main:
+                wait_for_rank_0()
+            raise
     args.method = method.name
     work = evaluate_checkpoint if args.evaluate else train
     return run_to_exit_code(lambda: work(args, method), world, parser.prog)
