@@ -23,6 +23,7 @@ def export(path, member, out, overwrite=False):
     plain = method.deployable(state, member)
     save_atomic({'format': FORMAT_VERSION, 'method': 'baseline', 'arch': 'resnet',
                  'depth': state['depth'], 'dataset': state['dataset'], 'num_branches': 1,
+                 **({'depth_rule': state['depth_rule']} if 'depth_rule' in state else {}),
                  'num_classes': state['num_classes'], 'epoch': state['epoch'],
                  'state_dict': plain,
                  'exported_from': {'checkpoint': os.path.abspath(path), 'method': method.name,

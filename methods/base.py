@@ -12,6 +12,7 @@ Models return either plain logits (batch, classes) or a pair (member_logits, ens
 member_logits of shape (members, batch, classes) and the ensemble's logits or None.
 """
 from models import NETWORK_NAMES, blocks_per_stage, branch_state_dict
+from models.resnet import DEPTH_RULES
 from utils.cli import build_parser
 from utils.errors import UserError
 from utils.losses import correct_counts
@@ -19,6 +20,11 @@ from utils.steps import train_step
 
 # How tables name the shared flags a run may vary (a method names its own in flag_labels).
 SHARED_FLAG_LABELS = {'weight_decay': 'wd', 'train_batch': 'batch'}
+
+
+def depth_rule(args):
+    """--depth-rule of a run, '6n+2' for runs recorded before the flag existed."""
+    return getattr(args, 'depth_rule', DEPTH_RULES[0])
 
 
 def backbone_of(arch):
@@ -58,7 +64,16 @@ class Method:
     member, members, ensemble_label = 'network', 'networks', 'ensemble'  # for printed labels
     counts_members = False  # its --num-branches (or --num-nets) is part of its identity
     flag_labels = {}     # short names report.py gives its variant flags, e.g. {'temperature': 'T'}
+    # The identity of checkpoints written before a key was recorded: built with these values.
+    identity_assumed = {'depth_rule': DEPTH_RULES[0]}
     train_step = staticmethod(train_step)  # one optimizer step; DML's alternating order replaces it
+
+    def add_network_flags(self, parser):
+        """Flags of the network every method trains, beside -a and --depth."""
+        parser.add_argument('--depth-rule', default=DEPTH_RULES[0], choices=DEPTH_RULES,
+                            help="blocks per stage of a Bottleneck ResNet (depth >= 44): 6n+2, the "
+                                 "ONE code's (ResNet-110: 18 a stage), or 9n+2, He et al.'s layer "
+                                 "count and the OKDDip code's (ResNet-110: 12 a stage)")
 
     def add_flags(self, parser):
         """The method's own flags, and parser.set_defaults for its paper's settings."""
@@ -75,7 +90,7 @@ class Method:
     def validate(self, args):
         """Refuse, in one UserError naming the flag, a network or method flag that cannot work."""
         try:
-            blocks_per_stage(args.depth)
+            blocks_per_stage(args.depth, depth_rule(args))
         except ValueError as e:
             raise UserError(f'--depth: {e}') from None
         self.check_flags(args)
@@ -92,7 +107,7 @@ class Method:
         """What a checkpoint records of this method's model and objective beyond the network
         and data: the member count (for methods of several) and the variant."""
         count = {'num_branches': args.num_branches} if self.counts_members else {}
-        return {**count, **self.variant(args)}
+        return {**count, 'depth_rule': depth_rule(args), **self.variant(args)}
 
     def build_model(self, args, num_classes):
         raise NotImplementedError

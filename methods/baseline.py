@@ -2,7 +2,7 @@
 from models import resnet
 from utils.errors import UserError
 from utils.losses import as_branches, branch_cross_entropy
-from .base import Method
+from .base import Method, depth_rule
 
 
 class CrossEntropy:
@@ -22,7 +22,7 @@ class Baseline(Method):
     name, title, arch = 'baseline', 'baseline', 'resnet'
 
     def build_model(self, args, num_classes):
-        return resnet(args.depth, num_classes)
+        return resnet(args.depth, num_classes, depth_rule(args))
 
     def objective(self, args):
         return CrossEntropy()

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from models.one_resnet import ONEResNet
 from utils.losses import as_branches
 from utils.schedule import rampup_weight
-from .base import BranchedMethod, check_rampup, check_temperature, require
+from .base import BranchedMethod, check_rampup, check_temperature, depth_rule, require
 
 FORMS = ('paper', 'okddip')
 
@@ -64,8 +64,9 @@ class CLILRResNet(ONEResNet):
     """The ONE layout without a gate: forward(x) returns (head_logits (H, B, classes),
     their mean (B, classes)); with `rescale`, the trunk's gradient is divided by H."""
 
-    def __init__(self, depth, num_classes=10, num_branches=4, rescale=True):
-        super().__init__(depth, num_classes, num_branches, branch_point='stage3', gate='average')
+    def __init__(self, depth, num_classes=10, num_branches=4, rescale=True, depth_rule='6n+2'):
+        super().__init__(depth, num_classes, num_branches, branch_point='stage3', gate='average',
+                         depth_rule=depth_rule)
         self.rescale = rescale
 
     def forward(self, x):
@@ -144,7 +145,7 @@ class CLILR(BranchedMethod):
 
     def build_model(self, args, num_classes):
         return CLILRResNet(args.depth, num_classes, args.num_branches,
-                           rescale=not args.no_rescaling)
+                           rescale=not args.no_rescaling, depth_rule=depth_rule(args))
 
     def objective(self, args):
         return CLILRLoss(temperature=args.temperature, beta=args.beta,

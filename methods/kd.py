@@ -41,7 +41,7 @@ from models import resnet
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 from utils.losses import as_branches, distillation_kl
-from .base import Method, check_temperature, network_name, require
+from .base import Method, check_temperature, depth_rule, network_name, require
 
 # What the run records of its teacher (args.json keys and variant entries).
 TEACHER_KEYS = ('teacher', 'teacher_member', 'teacher_method', 'teacher_arch', 'teacher_depth',
@@ -152,7 +152,7 @@ def build_teacher(state, member, num_classes):
         teacher = EnsembleOf(method.build_model(Namespace(**state['args']), num_classes))
         teacher.model.load_state_dict(state['state_dict'])
     else:
-        teacher = resnet(state['depth'], num_classes)
+        teacher = resnet(state['depth'], num_classes, state.get('depth_rule', '6n+2'))
         teacher.load_state_dict(method.deployable(state, int(member)))
     return teacher.requires_grad_(False).eval()
 
@@ -197,7 +197,7 @@ class KD(Method):
 
     def build_model(self, args, num_classes):
         # The student first: with the same seed it starts from the baseline's initial weights.
-        student = resnet(args.depth, num_classes)
+        student = resnet(args.depth, num_classes, depth_rule(args))
         teacher = build_teacher(load_checkpoint(args.teacher), args.teacher_member, num_classes)
         return StudentTeacher(student, teacher)
 

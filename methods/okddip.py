@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from models.one_resnet import ONEResNet
 from utils.losses import branch_cross_entropy, correct_counts
 from utils.schedule import rampup_weight
-from .base import BranchedMethod, check_rampup, check_temperature, require
+from .base import BranchedMethod, check_rampup, check_temperature, depth_rule, require
 
 AGGREGATES = ('probabilities', 'logits')
 ATTENTION_REDUCTION = 8   # the projection width is C / 8, as the authors' code
@@ -68,8 +68,9 @@ class OKDDipResNet(ONEResNet):
     """forward(x) returns (logits (m, B, classes), leader first; mean of the peers' logits
     (B, classes); log attention over the peers (B, m - 1, m - 1))."""
 
-    def __init__(self, depth, num_classes=10, num_branches=4):
-        super().__init__(depth, num_classes, num_branches, branch_point='stage3', gate='average')
+    def __init__(self, depth, num_classes=10, num_branches=4, depth_rule='6n+2'):
+        super().__init__(depth, num_classes, num_branches, branch_point='stage3', gate='average',
+                         depth_rule=depth_rule)
         channels = self.branches[0].fc.in_features
         self.attention = PeerAttention(channels, channels // ATTENTION_REDUCTION)
 
@@ -150,7 +151,7 @@ class OKDDip(BranchedMethod):
         return {'aggregate': args.aggregate}
 
     def build_model(self, args, num_classes):
-        return OKDDipResNet(args.depth, num_classes, args.num_branches)
+        return OKDDipResNet(args.depth, num_classes, args.num_branches, depth_rule(args))
 
     def objective(self, args):
         return OKDDipLoss(temperature=args.temperature, rampup_epochs=args.consistency_rampup,

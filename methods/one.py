@@ -19,7 +19,7 @@ from models import one_resnet
 from models.one_resnet import BRANCH_POINTS, GATES
 from utils.losses import as_branches, branch_cross_entropy, distillation_kl
 from utils.schedule import rampup_weight
-from .base import BranchedMethod, check_rampup, check_temperature
+from .base import BranchedMethod, check_rampup, check_temperature, depth_rule
 
 
 class ONELoss:
@@ -67,7 +67,8 @@ class ONE(BranchedMethod):
                 'branch_point': args.branch_point}
 
     def build_model(self, args, num_classes):
-        return one_resnet(args.depth, num_classes, args.num_branches, args.branch_point, args.gate)
+        return one_resnet(args.depth, num_classes, args.num_branches, args.branch_point, args.gate,
+                          depth_rule(args))
 
     def objective(self, args):
         return ONELoss(temperature=args.temperature, rampup_epochs=args.consistency_rampup,

@@ -49,14 +49,14 @@ class ONEResNet(GatedBranches):
     stem_names = ('conv1', 'bn1', 'relu')
 
     def __init__(self, depth, num_classes=10, num_branches=3, branch_point='stage3',
-                 gate='learned'):
+                 gate='learned', depth_rule='6n+2'):
         super().__init__()
         if num_branches < 1:
             raise ValueError(f'num_branches must be >= 1, got {num_branches}')
         if branch_point not in BRANCH_POINTS or gate not in GATES:
             raise ValueError(f'branch_point must be one of {sorted(BRANCH_POINTS)} and gate one '
                              f'of {GATES}, got {branch_point!r}, {gate!r}')
-        n, block = blocks_per_stage(depth)
+        n, block = blocks_per_stage(depth, depth_rule)
         self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=True)
@@ -75,5 +75,6 @@ class ONEResNet(GatedBranches):
         init_weights(self)
 
 
-def one_resnet(depth, num_classes=10, num_branches=3, branch_point='stage3', gate='learned'):
-    return ONEResNet(depth, num_classes, num_branches, branch_point, gate)
+def one_resnet(depth, num_classes=10, num_branches=3, branch_point='stage3', gate='learned',
+               depth_rule='6n+2'):
+    return ONEResNet(depth, num_classes, num_branches, branch_point, gate, depth_rule)

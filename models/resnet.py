@@ -3,7 +3,7 @@ import torch.nn as nn
 
 from .backbone import Backbone, depth_rule, init_weights
 
-__all__ = ['resnet', 'ResNet', 'BasicBlock', 'Bottleneck', 'blocks_per_stage', 'make_stage',
+__all__ = ['resnet', 'ResNet', 'BasicBlock', 'Bottleneck', 'blocks_per_stage', 'DEPTH_RULES', 'make_stage',
            'init_weights']
 
 
@@ -51,8 +51,21 @@ class Bottleneck(nn.Module):
         return self.relu(out + shortcut)
 
 
-def blocks_per_stage(depth):
-    """n of depth = 6n + 2, and the block type the original picks for that depth."""
+# How a depth maps to blocks per stage. '6n+2' is ONE's (bearpaw's) rule for both block types,
+# so its "ResNet-110" has 18 Bottleneck blocks a stage (164 weight layers); '9n+2' counts a
+# Bottleneck's three layers, as He et al.'s CIFAR bottleneck nets and OKDDip's code do (its
+# ResNet-110: 12 a stage). Below depth 44 both rules give the same BasicBlock net.
+DEPTH_RULES = ('6n+2', '9n+2')
+
+
+def blocks_per_stage(depth, rule='6n+2'):
+    """n blocks per stage for `depth` under `rule`, and the block type: BasicBlock below
+    depth 44, Bottleneck from 44 (the original's choice)."""
+    if rule not in DEPTH_RULES:
+        raise ValueError(f'depth rule must be one of {", ".join(DEPTH_RULES)}, got {rule!r}')
+    if rule == '9n+2' and isinstance(depth, int) and depth >= 44:
+        return depth_rule(depth, 9, 2, '47, 56, 110, 164', ' for Bottleneck nets under the '
+                          '9n+2 rule'), Bottleneck
     n = depth_rule(depth, 6, 2, '8, 14, 20, 32, 44, 110')
     return n, Bottleneck if depth >= 44 else BasicBlock
 
@@ -77,9 +90,9 @@ class ResNet(Backbone):
     stage_names = ('layer1', 'layer2', 'layer3')
     head_names = ('avgpool',)
 
-    def __init__(self, depth, num_classes=10):
+    def __init__(self, depth, num_classes=10, depth_rule='6n+2'):
         super().__init__()
-        n, block = blocks_per_stage(depth)
+        n, block = blocks_per_stage(depth, depth_rule)
         self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=True)
@@ -92,5 +105,5 @@ class ResNet(Backbone):
         self.finish(channels, num_classes)
 
 
-def resnet(depth, num_classes=10):
-    return ResNet(depth, num_classes)
+def resnet(depth, num_classes=10, depth_rule='6n+2'):
+    return ResNet(depth, num_classes, depth_rule)

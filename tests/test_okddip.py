@@ -240,3 +240,31 @@ def test_two_branches_leader_and_one_peer():
     assert log_attention.shape == (4, 1, 1) and torch.all(log_attention == 0)
     loss = objective('okddip')((logits, ensemble, log_attention), torch.randint(0, 10, (4,)), 80)
     assert torch.isfinite(loss)
+
+
+def test_the_authors_resnet_110_layout_and_its_parameter_count():
+    """--depth-rule 9n+2 builds the OKDDip code's ResNet-110 (Bottleneck, 12 blocks a stage):
+    3,874,016 parameters with 4 branches and 100 classes, 3,781,496 with 10, as their
+    resnet_GL.resnet110(num_branches=4) (docs/FIDELITY.md, Parameter counts); the ONE code's
+    rule (18 blocks a stage) gives 5,697,632."""
+    def count(depth_rule, classes):
+        args = METHODS['okddip'].defaults(depth=110, depth_rule=depth_rule)
+        return sum(p.numel() for p in METHODS['okddip'].build_model(args, classes).parameters())
+    assert (count('9n+2', 100), count('9n+2', 10), count('6n+2', 100)) == (
+        3_874_016, 3_781_496, 5_697_632)
+    assert sum(p.numel() for p in resnet(110, 100, '9n+2').parameters()) == 1_170_868
+
+
+def test_the_depth_rule_is_part_of_the_run_and_of_its_export(fashion_root, tmp_path, capsys):
+    run = tmp_path / 'r'
+    # 20 = 9 x 2 + 2 = 6 x 3 + 2: valid under both rules, so only the identity check refuses
+    flags = ['--depth', 20, '--depth-rule', '9n+2', '--epochs', 1, *SUBSET]
+    assert cifar_okddip.main(tiny(fashion_root, run, *flags)) == 0   # the later --depth wins
+    assert load(run / 'checkpoint.pth.tar')['depth_rule'] == '9n+2'
+    out = tmp_path / 'leader.pth.tar'
+    assert export_branch.main([str(run / 'checkpoint.pth.tar'), '-o', str(out)]) == 0
+    assert load(out)['depth_rule'] == '9n+2'
+    capsys.readouterr()
+    assert cifar_okddip.main(tiny(fashion_root, run, '--depth', 20, '--epochs', 2, *SUBSET,
+                                  '--resume', 'auto')) == 2   # the default rule: refused
+    assert 'mismatch: depth_rule' in capsys.readouterr().err

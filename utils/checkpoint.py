@@ -65,10 +65,11 @@ def describe(identity):
     return f'{text}, {extra}' if extra else text
 
 
-def check_identity(state, path, expected):
+def check_identity(state, path, expected, assumed=None):
     """Refuse a checkpoint made by another method or variant, or for another arch, depth,
-    dataset or member count."""
-    found = {key: state.get(key) for key in expected}
+    dataset or member count. `assumed`: the value of a key for checkpoints written before it
+    was recorded."""
+    found = {key: state.get(key, (assumed or {}).get(key)) for key in expected}
     wrong = [key for key in expected if found[key] != expected[key]]
     if wrong:
         raise UserError(f'{path!r} holds {describe(found)}, but this run is {describe(expected)} '

@@ -61,6 +61,7 @@ def build_parser(description, method):
                         'are moved into RUN/previous-YYYYmmdd-HHMMSS/')
     p.add_argument('-a', '--arch', default=method.arch, choices=[method.arch])
     p.add_argument('--depth', type=int, default=32, help='6n+2: 32 and 110 in the paper')
+    method.add_network_flags(p)
     method.add_flags(p)
     p.add_argument('--manualSeed', type=int, default=None, help='random seed')
     p.add_argument('-e', '--evaluate', action='store_true',

@@ -65,7 +65,7 @@ def evaluate_checkpoint(args, method):
     if not args.resume or args.resume == 'auto':
         raise UserError('-e/--evaluate needs --resume PATH of the checkpoint to evaluate')
     state = load_checkpoint(args.resume)
-    check_identity(state, args.resume, identity(args, method))
+    check_identity(state, args.resume, identity(args, method), method.identity_assumed)
     data, _, test = load_data(args, device, world)
     model = build_model(args, method, data.num_classes, device)
     model.load_state_dict(state['state_dict'])
@@ -102,7 +102,7 @@ class Trainer:
         state = self.load_resumable(run) if run.resume else None
         source = load_checkpoint(run.init_from) if run.init_from else None
         if source is not None:
-            check_identity(source, run.init_from, identity(args, method))
+            check_identity(source, run.init_from, identity(args, method), method.identity_assumed)
         if state is None and args.start_epoch >= args.epochs:
             raise UserError(f'--start-epoch {args.start_epoch} leaves nothing to train with '
                             f'--epochs {args.epochs}: it must be below --epochs')
@@ -145,7 +145,7 @@ class Trainer:
         its own run, unchanged flags, no rewind unasked, no shortening)."""
         args, path = self.args, run.resume
         state = load_checkpoint(path)
-        check_identity(state, path, identity(args, self.method))
+        check_identity(state, path, identity(args, self.method), self.method.identity_assumed)
         if 'optimizer' not in state:
             raise UserError(f'{path!r} holds weights only (an export): evaluate it with -e, or '
                             f'start a new run from its weights with --init-from {path}')
