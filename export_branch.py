@@ -1,34 +1,41 @@
-"""Export the deployable network of a checkpoint as a plain `resnet` checkpoint.
+"""Export the deployable network of a checkpoint as a plain network's checkpoint.
 
-For ONE: branch K (the shared trunk, branch K's own stages and classifier form exactly a
-CIFAR ResNet of the same depth; the other branches and the gate are dropped). Every method
-says which of its members it can export (methods/*.py, `deployable`). Evaluate the result with
-    python cifar_baseline.py -e --resume OUT --dataset DATASET --depth DEPTH
+For ONE: branch K (the shared trunk, branch K's own stages and classifier form exactly the
+plain network of the same depth: a CIFAR ResNet for one_resnet, a ResNeXt for -a resnext, ...;
+the other branches and the gate are dropped). Every method says which of its members it can
+export (methods/*.py, `deployable`). Evaluate the result with
+    python cifar_baseline.py -e --resume OUT --dataset DATASET -a ARCH --depth DEPTH [its flags]
 """
 import os
 import sys
 
 from methods import METHODS
+from methods.networks import NETWORK_FLAGS, backbone_of
 from utils.checkpoint import FORMAT_VERSION, load_checkpoint, save_atomic
 from utils.errors import Parser, UserError, one_line_errors
 
 
-def export(path, member, out, overwrite=False):
+def export(path, member, out=None, overwrite=False):
+    """Write member `member` (1-based) of checkpoint `path` as a plain network's checkpoint
+    into `out` (default: ARCH_branchK.pth.tar beside `path`); returns (state, out)."""
     state = load_checkpoint(path)
     method = METHODS.get(state.get('method'))
     if method is None:
         raise UserError(f'{path!r} was saved by an unknown method {state.get("method")!r}')
+    arch = backbone_of(state['arch'])
+    out = out or os.path.join(os.path.dirname(path), f'{arch}_branch{member}.pth.tar')
     if os.path.exists(out) and not overwrite:
         raise UserError(f'{out!r} exists; pass --overwrite to replace it')
     plain = method.deployable(state, member)
-    save_atomic({'format': FORMAT_VERSION, 'method': 'baseline', 'arch': 'resnet',
-                 'depth': state['depth'], 'dataset': state['dataset'], 'num_branches': 1,
-                 **({'depth_rule': state['depth_rule']} if 'depth_rule' in state else {}),
+    network = {key: state[key] for key in NETWORK_FLAGS if key in state}
+    save_atomic({'format': FORMAT_VERSION, 'method': 'baseline', 'arch': arch,
+                 'depth': state['depth'],
+                 'dataset': state['dataset'], 'num_branches': 1, **network,
                  'num_classes': state['num_classes'], 'epoch': state['epoch'],
                  'state_dict': plain,
                  'exported_from': {'checkpoint': os.path.abspath(path), 'method': method.name,
                                    'member': member, 'run_id': state.get('run_id')}}, out)
-    return state
+    return state, out
 
 
 def main(argv=None):
@@ -37,18 +44,16 @@ def main(argv=None):
     p.add_argument('--branch', '--member', type=int, default=1, dest='member',
                    help="1-based member to keep (ONE: the branch; DML: the network)")
     p.add_argument('-o', '--out', help='output file (default: beside the input, '
-                                       'resnet_branchK.pth.tar)')
+                                       'ARCH_branchK.pth.tar, e.g. resnet_branch1.pth.tar)')
     p.add_argument('--overwrite', action='store_true')
     args = p.parse_args(argv)
-    out = args.out or os.path.join(os.path.dirname(args.checkpoint),
-                                   f'resnet_branch{args.member}.pth.tar')
-    return one_line_errors(p.prog, lambda: export_and_say(args, out))
+    return one_line_errors(p.prog, lambda: export_and_say(args))
 
 
-def export_and_say(args, out):
-    state = export(args.checkpoint, args.member, out, args.overwrite)
-    print(f'wrote {out}: resnet-{state["depth"]} on {state["dataset"]} from member '
-          f'{args.member} of {args.checkpoint} (epoch {state["epoch"]})')
+def export_and_say(args):
+    state, out = export(args.checkpoint, args.member, args.out, args.overwrite)
+    print(f'wrote {out}: {backbone_of(state["arch"])}-{state["depth"]} on {state["dataset"]} '
+          f'from member {args.member} of {args.checkpoint} (epoch {state["epoch"]})')
     return 0
 
 

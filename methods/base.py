@@ -11,33 +11,16 @@ its names and labels from here.
 Models return either plain logits (batch, classes) or a pair (member_logits, ensemble):
 member_logits of shape (members, batch, classes) and the ensemble's logits or None.
 """
-from models import NETWORK_NAMES, blocks_per_stage, branch_state_dict
+from models import BACKBONES, branch_state_dict
 from models.resnet import DEPTH_RULES
 from utils.cli import build_parser
 from utils.errors import UserError
 from utils.losses import correct_counts
 from utils.steps import train_step
+from .networks import add_network_flags, backbone_of, network_identity, resolve_network_flags
 
 # How tables name the shared flags a run may vary (a method names its own in flag_labels).
 SHARED_FLAG_LABELS = {'weight_decay': 'wd', 'train_batch': 'batch'}
-
-
-def depth_rule(args):
-    """--depth-rule of a run, '6n+2' for runs recorded before the flag existed."""
-    return getattr(args, 'depth_rule', DEPTH_RULES[0])
-
-
-def backbone_of(arch):
-    """The plain network under an arch: a method's own layout is named METHOD_BACKBONE
-    (one_resnet, clilr_resnet: the CIFAR ResNet), a plain network by itself."""
-    return arch.rsplit('_', 1)[-1]
-
-
-def network_name(arch, depth):
-    """How tables name a network, e.g. 'ResNet-32' for resnet and one_resnet alike."""
-    name = backbone_of(str(arch))
-    return f'{NETWORK_NAMES.get(name, name)}-{depth}'
-
 
 def describe_value(value):
     if isinstance(value, float):
@@ -60,7 +43,7 @@ def describe_flag(key, value, labels):
 class Method:
     name = ''            # recorded in args.json and in every checkpoint
     title = ''           # how tables and logs name it
-    arch = 'resnet'      # the only -a/--arch value it trains
+    arch = 'resnet'      # the default -a/--arch
     member, members, ensemble_label = 'network', 'networks', 'ensemble'  # for printed labels
     counts_members = False  # its --num-branches (or --num-nets) is part of its identity
     flag_labels = {}     # short names report.py gives its variant flags, e.g. {'temperature': 'T'}
@@ -68,12 +51,14 @@ class Method:
     identity_assumed = {'depth_rule': DEPTH_RULES[0]}
     train_step = staticmethod(train_step)  # one optimizer step; DML's alternating order replaces it
 
+    @property
+    def archs(self):
+        """The -a values it trains: its default arch first, then every other backbone."""
+        return (self.arch, *(b for b in BACKBONES if b != backbone_of(self.arch)))
+
     def add_network_flags(self, parser):
-        """Flags of the network every method trains, beside -a and --depth."""
-        parser.add_argument('--depth-rule', default=DEPTH_RULES[0], choices=DEPTH_RULES,
-                            help="blocks per stage of a Bottleneck ResNet (depth >= 44): 6n+2, the "
-                                 "ONE code's (ResNet-110: 18 a stage), or 9n+2, He et al.'s layer "
-                                 "count and the OKDDip code's (ResNet-110: 12 a stage)")
+        """-a, --depth and the networks' flags (methods/networks.py)."""
+        add_network_flags(parser, self.archs)
 
     def add_flags(self, parser):
         """The method's own flags, and parser.set_defaults for its paper's settings."""
@@ -85,14 +70,17 @@ class Method:
         args.method = self.name
         for key, value in flags.items():
             setattr(args, key, value)
+        self.resolve(args)
         return args
+
+    def resolve(self, args):
+        """Fill the flags whose default depends on the network (--depth, its width flags);
+        UserError for a network flag that cannot work."""
+        resolve_network_flags(args)
 
     def validate(self, args):
         """Refuse, in one UserError naming the flag, a network or method flag that cannot work."""
-        try:
-            blocks_per_stage(args.depth, depth_rule(args))
-        except ValueError as e:
-            raise UserError(f'--depth: {e}') from None
+        self.resolve(args)
         self.check_flags(args)
 
     def check_flags(self, args):
@@ -107,7 +95,7 @@ class Method:
         """What a checkpoint records of this method's model and objective beyond the network
         and data: the member count (for methods of several) and the variant."""
         count = {'num_branches': args.num_branches} if self.counts_members else {}
-        return {**count, 'depth_rule': depth_rule(args), **self.variant(args)}
+        return {**count, **network_identity(args), **self.variant(args)}
 
     def build_model(self, args, num_classes):
         raise NotImplementedError
@@ -140,8 +128,8 @@ class Method:
         return correct_counts(output, targets)
 
     def deployable(self, state, member):
-        """The plain `resnet` state dict of one member (1-based) of a checkpoint's model."""
-        raise NotImplementedError(f'{self.title} has nothing to export as a plain resnet')
+        """The plain network's state dict of one member (1-based) of a checkpoint's model."""
+        raise NotImplementedError(f'{self.title} has nothing to export as a plain network')
 
 
 
@@ -165,6 +153,12 @@ class BranchedMethod(Method):
         if not 1 <= member <= state['num_branches']:
             raise UserError(f'--branch must be 1..{state["num_branches"]}, got {member}')
         return branch_state_dict(state['state_dict'], member - 1)
+
+    def own_layout(self, args):
+        """Whether -a names the method's own ResNet layout (one_resnet, ...), rather than a
+        backbone that models/branched.py splits into branches."""
+        return args.arch == self.arch
+
 
 def require(condition, flag, value, allowed):
     """Refuse a flag's value in one line unless `condition` (write it so that NaN fails)."""

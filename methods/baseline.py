@@ -1,8 +1,8 @@
-"""The baseline: a plain CIFAR ResNet trained with cross-entropy alone."""
-from models import resnet
+"""The baseline: a plain network (the CIFAR ResNet by default) trained with cross-entropy alone."""
 from utils.errors import UserError
 from utils.losses import as_branches, branch_cross_entropy
-from .base import Method, depth_rule
+from .base import Method
+from .networks import build_plain
 
 
 class CrossEntropy:
@@ -22,7 +22,7 @@ class Baseline(Method):
     name, title, arch = 'baseline', 'baseline', 'resnet'
 
     def build_model(self, args, num_classes):
-        return resnet(args.depth, num_classes, depth_rule(args))
+        return build_plain(args, num_classes)
 
     def objective(self, args):
         return CrossEntropy()

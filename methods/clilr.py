@@ -22,6 +22,7 @@ its own rescaling; qq456cvb builds 4 heads as a 2 x 2 tree of DenseNet blocks). 
 heads split once, at the ONE branch point (stem + stages 1-2 shared, each head owns stage 3
 and a classifier): the paper's simple ILR sharing, and the layout ONE and OKDDip compare
 against. Each head alone is a plain ResNet of the same depth; the paper deploys one head.
+Over another backbone (-a resnext, densenet, wrn, vgg) the heads own its last stage.
 'ens' (the mean of the heads' logits) is logged beside them, as DefangChen/OKDDip's CL-ILR
 does; the CL paper reports single heads.
 
@@ -39,10 +40,12 @@ See docs/FIDELITY.md (CL-ILR) for every difference.
 import torch
 import torch.nn.functional as F
 
+from models.branched import Branched
 from models.one_resnet import ONEResNet
 from utils.losses import as_branches
 from utils.schedule import rampup_weight
-from .base import BranchedMethod, check_rampup, check_temperature, depth_rule, require
+from .base import BranchedMethod, check_rampup, check_temperature, require
+from .networks import build_branched
 
 FORMS = ('paper', 'okddip')
 
@@ -60,14 +63,11 @@ class ScaleGradient(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
-class CLILRResNet(ONEResNet):
-    """The ONE layout without a gate: forward(x) returns (head_logits (H, B, classes),
-    their mean (B, classes)); with `rescale`, the trunk's gradient is divided by H."""
-
-    def __init__(self, depth, num_classes=10, num_branches=4, rescale=True, depth_rule='6n+2'):
-        super().__init__(depth, num_classes, num_branches, branch_point='stage3', gate='average',
-                         depth_rule=depth_rule)
-        self.rescale = rescale
+class RescaledHeads:
+    """The forward pass of CL-ILR over ONE's layout without a gate: returns (head_logits
+    (H, B, classes), their mean (B, classes)); with `rescale`, the trunk's gradient is
+    divided by H."""
+    rescale = True
 
     def forward(self, x):
         x = self.trunk(x)
@@ -75,6 +75,19 @@ class CLILRResNet(ONEResNet):
             x = ScaleGradient.apply(x, 1.0 / len(self.branches))
         logits = torch.stack([branch(x) for branch in self.branches])
         return logits, logits.mean(0)
+
+
+class CLILRResNet(RescaledHeads, ONEResNet):
+    """CL-ILR's heads on the CIFAR ResNet, split as ONE's (-a clilr_resnet)."""
+
+    def __init__(self, depth, num_classes=10, num_branches=4, rescale=True, depth_rule='6n+2'):
+        super().__init__(depth, num_classes, num_branches, branch_point='stage3', gate='average',
+                         depth_rule=depth_rule)
+        self.rescale = rescale
+
+
+class CLILRHeads(RescaledHeads, Branched):
+    """CL-ILR's heads on any other backbone, split at its last stage."""
 
 
 def peer_mean(logits):
@@ -144,8 +157,12 @@ class CLILR(BranchedMethod):
         return {'rescaling': not args.no_rescaling, 'form': args.form}
 
     def build_model(self, args, num_classes):
-        return CLILRResNet(args.depth, num_classes, args.num_branches,
-                           rescale=not args.no_rescaling, depth_rule=depth_rule(args))
+        if self.own_layout(args):
+            return CLILRResNet(args.depth, num_classes, args.num_branches,
+                               rescale=not args.no_rescaling, depth_rule=args.depth_rule)
+        model = build_branched(args, num_classes, 'average', CLILRHeads)
+        model.rescale = not args.no_rescaling
+        return model
 
     def objective(self, args):
         return CLILRLoss(temperature=args.temperature, beta=args.beta,

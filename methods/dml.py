@@ -50,12 +50,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from models import resnet
 from utils.distributed import world_from_env
 from utils.errors import UserError
 from utils.losses import as_branches, distillation_kl
 from utils.steps import autocast, train_step
-from .base import Method, check_temperature, depth_rule
+from .base import Method, check_temperature
+from .networks import build_plain
 
 UPDATES = ('alternating', 'simultaneous')
 
@@ -84,11 +84,12 @@ class DMLLoss:
 
 
 class Cohort(nn.Module):
-    """m independent ResNets. forward(x) returns (logits (m, B, C), log of the mean softmax)."""
+    """m independent networks, each made by network_fn(). forward(x) returns (logits (m, B, C),
+    log of the mean softmax)."""
 
-    def __init__(self, depth, num_classes, num_nets, depth_rule='6n+2'):
+    def __init__(self, network_fn, num_nets):
         super().__init__()
-        self.nets = nn.ModuleList(resnet(depth, num_classes, depth_rule) for _ in range(num_nets))
+        self.nets = nn.ModuleList(network_fn() for _ in range(num_nets))
 
     def forward(self, x):
         return self.combine([net(x) for net in self.nets])
@@ -194,7 +195,7 @@ class DML(Method):
         return {'update': args.update, 'temperature': args.temperature}
 
     def build_model(self, args, num_classes):
-        return Cohort(args.depth, num_classes, args.num_branches, depth_rule(args))
+        return Cohort(lambda: build_plain(args, num_classes), args.num_branches)
 
     def objective(self, args):
         return DMLLoss(temperature=args.temperature, update=args.update)

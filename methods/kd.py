@@ -20,10 +20,10 @@ alpha = 1 (no 1 - alpha on the label term) and adds 1e-7 to the teacher's probab
 RepDistiller weights the two terms separately (-r, -a); some leave the teacher in train mode,
 so its BatchNorm uses batch statistics and its running statistics drift.
 
-The teacher is a checkpoint of this repository (--teacher PATH): a baseline `resnet`, an
+The teacher is a checkpoint of this repository (--teacher PATH): a baseline network, an
 exported branch, or any method's checkpoint, as its ensemble (`--teacher-member ens`, the
 default where the method has one, e.g. ONE-E) or one member (`--teacher-member K`: ONE's branch
-K, DML's network K), which is rebuilt as the plain `resnet` export_branch.py would write. Its
+K, DML's network K), which is rebuilt as the plain network export_branch.py would write. Its
 identity (path, method, arch, depth, dataset, classes, member, epoch) is part of the run's
 variant: recorded in args.json and every checkpoint and checked on resume and evaluation. The
 student's checkpoints also hold the teacher's weights (the model's state_dict includes them), so
@@ -37,11 +37,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models import resnet
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 from utils.losses import as_branches, distillation_kl
-from .base import Method, check_temperature, depth_rule, network_name, require
+from .base import Method, check_temperature, require
+from .networks import build_plain, network_name, plain_network_of
 
 # What the run records of its teacher (args.json keys and variant entries).
 TEACHER_KEYS = ('teacher', 'teacher_member', 'teacher_method', 'teacher_arch', 'teacher_depth',
@@ -152,7 +152,7 @@ def build_teacher(state, member, num_classes):
         teacher = EnsembleOf(method.build_model(Namespace(**state['args']), num_classes))
         teacher.model.load_state_dict(state['state_dict'])
     else:
-        teacher = resnet(state['depth'], num_classes, state.get('depth_rule', '6n+2'))
+        teacher = plain_network_of(state, num_classes)
         teacher.load_state_dict(method.deployable(state, int(member)))
     return teacher.requires_grad_(False).eval()
 
@@ -197,7 +197,7 @@ class KD(Method):
 
     def build_model(self, args, num_classes):
         # The student first: with the same seed it starts from the baseline's initial weights.
-        student = resnet(args.depth, num_classes, depth_rule(args))
+        student = build_plain(args, num_classes)
         teacher = build_teacher(load_checkpoint(args.teacher), args.teacher_member, num_classes)
         return StudentTeacher(student, teacher)
 

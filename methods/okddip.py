@@ -33,8 +33,9 @@ probabilities before the KL (not done here), and puts the leader last. Its defau
 set_defaults below copies: 4 branches, weight decay 5e-4, Nesterov momentum, LR / 10 at
 epochs 150 and 225. The published 25.65 +- 0.15 (CIFAR-100, ResNet-32) came from that code,
 i.e. logit targets and the leader: methods/published.py keys it to --aggregate logits. Its
-ResNet-110 is a Bottleneck net of 12 blocks per stage (9n + 2 layers), ours ONE's 18; see
-docs/FIDELITY.md (OKDDip).
+ResNet-110 is a Bottleneck net of 12 blocks per stage (9n + 2 layers), ours ONE's 18 unless
+--depth-rule 9n+2; see docs/FIDELITY.md (OKDDip). Over another backbone (-a resnext, densenet,
+wrn, vgg) the branches own its last stage and the attention reads their pooled features.
 """
 import math
 
@@ -42,10 +43,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.branched import Branched
 from models.one_resnet import ONEResNet
 from utils.losses import branch_cross_entropy, correct_counts
 from utils.schedule import rampup_weight
-from .base import BranchedMethod, check_rampup, check_temperature, depth_rule, require
+from .base import BranchedMethod, check_rampup, check_temperature, require
+from .networks import build_branched
 
 AGGREGATES = ('probabilities', 'logits')
 ATTENTION_REDUCTION = 8   # the projection width is C / 8, as the authors' code
@@ -64,13 +67,12 @@ class PeerAttention(nn.Module):
         return F.log_softmax(energy, dim=-1)
 
 
-class OKDDipResNet(ONEResNet):
-    """forward(x) returns (logits (m, B, classes), leader first; mean of the peers' logits
-    (B, classes); log attention over the peers (B, m - 1, m - 1))."""
+class LeaderAndPeers:
+    """OKDDip's forward pass over ONE's layout without a gate: returns (logits (m, B, classes),
+    leader first; mean of the peers' logits (B, classes); log attention over the peers
+    (B, m - 1, m - 1))."""
 
-    def __init__(self, depth, num_classes=10, num_branches=4, depth_rule='6n+2'):
-        super().__init__(depth, num_classes, num_branches, branch_point='stage3', gate='average',
-                         depth_rule=depth_rule)
+    def add_attention(self):
         channels = self.branches[0].fc.in_features
         self.attention = PeerAttention(channels, channels // ATTENTION_REDUCTION)
 
@@ -80,6 +82,23 @@ class OKDDipResNet(ONEResNet):
         logits = torch.stack([branch.fc(h) for branch, h in zip(self.branches, features)])
         log_attention = self.attention(torch.stack(features[1:], dim=1))
         return logits, logits[1:].mean(0), log_attention
+
+
+class OKDDipResNet(LeaderAndPeers, ONEResNet):
+    """OKDDip's branches on the CIFAR ResNet, split as ONE's (-a okddip_resnet)."""
+
+    def __init__(self, depth, num_classes=10, num_branches=4, depth_rule='6n+2'):
+        super().__init__(depth, num_classes, num_branches, branch_point='stage3', gate='average',
+                         depth_rule=depth_rule)
+        self.add_attention()
+
+
+class OKDDipBranches(LeaderAndPeers, Branched):
+    """OKDDip's branches on any other backbone, split at its last stage."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_attention()
 
 
 def kl_sum(log_target, log_student):
@@ -151,7 +170,9 @@ class OKDDip(BranchedMethod):
         return {'aggregate': args.aggregate}
 
     def build_model(self, args, num_classes):
-        return OKDDipResNet(args.depth, num_classes, args.num_branches, depth_rule(args))
+        if self.own_layout(args):
+            return OKDDipResNet(args.depth, num_classes, args.num_branches, args.depth_rule)
+        return build_branched(args, num_classes, 'average', OKDDipBranches)
 
     def objective(self, args):
         return OKDDipLoss(temperature=args.temperature, rampup_epochs=args.consistency_rampup,
@@ -166,6 +187,6 @@ class OKDDip(BranchedMethod):
         return correct_counts(output[:2], targets)
 
     def deployable(self, state, member):
-        """Branch K (1: the leader) as a plain resnet, without the attention projections."""
+        """Branch K (1: the leader) as a plain network, without the attention projections."""
         plain = super().deployable(state, member)
         return {k: v for k, v in plain.items() if not k.startswith('attention.')}

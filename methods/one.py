@@ -12,14 +12,19 @@ distillation term sends no gradient into the gate or, through z_e, into the bran
   --no-distill           without online distillation: the KL term is dropped
   --gate average         without the gate: z_e is the plain mean of the branch logits
   --branch-point stage1  without sharing layers: the branches start right after the stem
+
+-a one_resnet (the default) is the seed's network; over any other backbone (-a resnext,
+densenet, wrn, vgg) the same layout is models/branched.py's: branches from --branch-point
+(default: the last stage) and the gate on the trunk's output.
 """
 import torch.nn.functional as F
 
 from models import one_resnet
-from models.one_resnet import BRANCH_POINTS, GATES
+from models.branched import GATES
 from utils.losses import as_branches, branch_cross_entropy, distillation_kl
 from utils.schedule import rampup_weight
-from .base import BranchedMethod, check_rampup, check_temperature, depth_rule
+from .base import BranchedMethod, check_rampup, check_temperature
+from .networks import build_branched, check_branch_point
 
 
 class ONELoss:
@@ -55,8 +60,14 @@ class ONE(BranchedMethod):
                             help='ablation: no online distillation (drop the KL term)')
         parser.add_argument('--gate', default='learned', choices=GATES,
                             help="ablation 'average': the teacher is the plain branch average")
-        parser.add_argument('--branch-point', default='stage3', choices=sorted(BRANCH_POINTS),
-                            help="the first stage each branch owns; ablation 'stage1': branches share only the stem")
+        parser.add_argument('--branch-point', default=None, metavar='stageK',
+                            help="the first stage each branch owns (default: the last, stage3 "
+                                 "but stage5 for VGG); ablation 'stage1': branches share only "
+                                 'the stem')
+
+    def resolve(self, args):
+        super().resolve(args)
+        check_branch_point(args)
 
     def check_flags(self, args):
         check_temperature(args)
@@ -67,8 +78,10 @@ class ONE(BranchedMethod):
                 'branch_point': args.branch_point}
 
     def build_model(self, args, num_classes):
-        return one_resnet(args.depth, num_classes, args.num_branches, args.branch_point, args.gate,
-                          depth_rule(args))
+        if self.own_layout(args):
+            return one_resnet(args.depth, num_classes, args.num_branches, args.branch_point,
+                              args.gate, args.depth_rule)
+        return build_branched(args, num_classes, args.gate)
 
     def objective(self, args):
         return ONELoss(temperature=args.temperature, rampup_epochs=args.consistency_rampup,

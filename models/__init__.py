@@ -8,15 +8,12 @@ from .resnext import resnext
 from .vgg import vgg
 from .wrn import wrn
 
-# -a/--arch looks constructors up here; each takes (depth, num_classes, **kwargs).
-ARCHS = {'resnet': resnet, 'one_resnet': one_resnet}
-
-# The plain backbones, by their future -a name; each constructor takes its flags' names as
-# keyword arguments (depth, num_classes and the backbone's own width flags).
+# The plain backbones by their -a name (methods/networks.py); each constructor takes its flags'
+# names as keyword arguments (depth, num_classes and the backbone's own width flags).
 BACKBONES = {'resnet': resnet, 'resnext': resnext, 'densenet': densenet, 'wrn': wrn, 'vgg': vgg}
 # How tables and logs name them.
 NETWORK_NAMES = {'resnet': 'ResNet', 'resnext': 'ResNeXt', 'densenet': 'DenseNet', 'wrn': 'WRN',
                  'vgg': 'VGG'}
 
-__all__ = ['ARCHS', 'BACKBONES', 'NETWORK_NAMES', 'resnet', 'resnext', 'densenet', 'wrn', 'vgg', 'one_resnet',
+__all__ = ['BACKBONES', 'NETWORK_NAMES', 'resnet', 'resnext', 'densenet', 'wrn', 'vgg', 'one_resnet',
            'branched', 'branch_points', 'branch_state_dict', 'blocks_per_stage']

@@ -10,6 +10,7 @@ BN-ReLU-1x1 conv (4k maps)-BN-ReLU-3x3 conv. Depth counts the convs and the clas
 6n + 4 with bottlenecks, 3n + 4 without. DenseNet-BC (bottleneck=True, compression=0.5):
 L=190, k=40 is the ONE paper's network (25.6M parameters on CIFAR-10), L=100, k=12 0.8M;
 DenseNet (bottleneck=False, compression=1) L=40, k=12 1.0M (the DenseNet paper's Table 2).
+compression=None is the paper's for the form: 0.5 with bottlenecks (BC), 1 without.
 The paper's dropout (0.2, only for the runs without data augmentation) is left out.
 
 Stage s is the transition into block s (none for s = 1) and block s, so a branch at 'stageK'
@@ -107,11 +108,13 @@ class DenseNet(Backbone):
     stage_names = ('stage1', 'stage2', 'stage3')
     head_names = ('norm', 'relu', 'avgpool')
 
-    def __init__(self, depth=190, growth_rate=40, bottleneck=True, compression=0.5,
+    def __init__(self, depth=190, growth_rate=40, bottleneck=True, compression=None,
                  num_classes=10, memory_efficient=False):
         super().__init__()
         if not isinstance(bottleneck, bool):
             raise ValueError(f'bottleneck must be True or False, got {bottleneck!r}')
+        if compression is None:
+            compression = 0.5 if bottleneck else 1
         n = (depth_rule(depth, 6, 4, '10, 16, 40, 100, 190', ' when bottleneck=True')
              if bottleneck else depth_rule(depth, 3, 4, '7, 10, 13, 40', ' when bottleneck=False'))
         positive_int('growth_rate', growth_rate)
@@ -135,6 +138,6 @@ class DenseNet(Backbone):
         self.finish(channels, num_classes)
 
 
-def densenet(depth=190, growth_rate=40, bottleneck=True, compression=0.5, num_classes=10,
+def densenet(depth=190, growth_rate=40, bottleneck=True, compression=None, num_classes=10,
              memory_efficient=False):
     return DenseNet(depth, growth_rate, bottleneck, compression, num_classes, memory_efficient)

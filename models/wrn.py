@@ -40,18 +40,18 @@ class WideResNet(Backbone):
     stage_names = ('stage1', 'stage2', 'stage3')
     head_names = ('norm', 'relu', 'avgpool')
 
-    def __init__(self, depth=28, widen_factor=10, dropout=0.0, num_classes=10):
+    def __init__(self, depth=28, widen_factor=10, drop=0.0, num_classes=10):
         super().__init__()
         n = depth_rule(depth, 6, 4, '10, 16, 22, 28, 40')
         positive_int('widen_factor', widen_factor)
-        if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
-            raise ValueError(f'dropout must be in [0, 1), got {dropout!r}')
+        if not (isinstance(drop, (int, float)) and 0 <= drop < 1):
+            raise ValueError(f'drop must be in [0, 1), got {drop!r}')
         channels = [16]
         self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
         for s, name in enumerate(self.stage_names):
             planes, stride = 16 * 2 ** s * widen_factor, 1 if s == 0 else 2
-            blocks = [WideBlock(channels[-1], planes, stride, dropout)]
-            blocks += [WideBlock(planes, planes, 1, dropout) for _ in range(1, n)]
+            blocks = [WideBlock(channels[-1], planes, stride, drop)]
+            blocks += [WideBlock(planes, planes, 1, drop) for _ in range(1, n)]
             self.add_module(name, nn.Sequential(*blocks))
             channels.append(planes)
         self.norm = nn.BatchNorm2d(channels[-1])
@@ -60,5 +60,5 @@ class WideResNet(Backbone):
         self.finish(channels, num_classes)
 
 
-def wrn(depth=28, widen_factor=10, dropout=0.0, num_classes=10):
-    return WideResNet(depth, widen_factor, dropout, num_classes)
+def wrn(depth=28, widen_factor=10, drop=0.0, num_classes=10):
+    return WideResNet(depth, widen_factor, drop, num_classes)

@@ -4,7 +4,8 @@ import statistics
 from dataclasses import dataclass, field
 
 from methods import METHODS
-from methods.base import backbone_of, describe_value, network_name
+from methods.base import describe_value
+from methods.networks import backbone_of, network_name
 from methods.published import lookup
 from .runs import Refusal
 

@@ -2,7 +2,7 @@
 import io
 import math
 
-from methods.base import network_name
+from methods.networks import network_name
 from .groups import method_label
 from .tables import BEST_LABEL
 

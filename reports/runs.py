@@ -251,7 +251,7 @@ def variant_flags(method, args):
     """(flags off the method's reference setup, flags that setup has no value for); unknown
     flags that are off (False, None, '') count as the default a store_true flag has. A flag
     of another type than its default (a string for a number) makes args.json unusable."""
-    reference = reference_setup(method)
+    reference = reference_setup(method, args.get('arch'))
     variant, unchecked = [], []
     for key in sorted(k for k in args if is_variant_key(k)):
         value = hashable(args[key])

@@ -4,7 +4,7 @@ import io
 import json
 
 from methods import METHODS
-from methods.base import network_name
+from methods.networks import network_name
 from methods.published import PUBLISHED_EPOCHS
 from .groups import describe_schedule, method_label
 

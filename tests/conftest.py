@@ -70,3 +70,31 @@ def objective(method, **flags):
     """A method's objective with its own defaults (methods/*.py), `flags` set on top."""
     from methods import METHODS
     return METHODS[method].objective(METHODS[method].defaults(**flags))
+
+
+# ----------------------------------------------------------------------------- entry scripts
+
+def entry(name):
+    """A method's entry script, cifar_<name>.py, as a module."""
+    import importlib
+    return importlib.import_module(f'cifar_{name}')
+
+
+def needs_teacher(name):
+    from methods import METHODS
+    return hasattr(METHODS[name].defaults(), 'teacher')
+
+
+def run_flags(name, teacher, *extra):
+    """Flags a method's tiny run needs: 4 batches an epoch, and --teacher where it has one."""
+    return ['--train-subset', 256, *(['--teacher', teacher] if needs_teacher(name) else []),
+            *extra]
+
+
+@pytest.fixture(scope='session')
+def teacher(fashion_root, tmp_path_factory):
+    """A baseline checkpoint, for methods that distil from a trained network."""
+    import cifar_baseline
+    run = tmp_path_factory.mktemp('teacher') / 'baseline'
+    assert cifar_baseline.main(tiny(fashion_root, run, '--epochs', 1, '--train-subset', 256)) == 0
+    return str(run / 'checkpoint.pth.tar')

@@ -67,7 +67,7 @@ TINY = {
     'resnext': dict(depth=11, cardinality=2, base_width=4),
     'densenet': dict(depth=10, growth_rate=4),
     'densenet-nonbc': dict(depth=7, growth_rate=4, bottleneck=False, compression=1),
-    'wrn': dict(depth=10, widen_factor=2, dropout=0.3),
+    'wrn': dict(depth=10, widen_factor=2, drop=0.3),
     'vgg': dict(depth=11),
 }
 
@@ -133,7 +133,7 @@ def test_resnet_keeps_its_keys_and_forward():
     (densenet, dict(bottleneck='yes'), 'bottleneck must be True or False'),
     (wrn, dict(depth=26), r'6n\+4 .*got 26'),
     (wrn, dict(widen_factor=0), 'widen_factor'),
-    (wrn, dict(dropout=1.0), r'dropout must be in \[0, 1\)'),
+    (wrn, dict(drop=1.0), r'drop must be in \[0, 1\)'),
     (vgg, dict(depth=15), 'depth must be one of 11, 13, 16, 19, got 15'),
     (vgg, dict(depth=16.0), 'depth must be one of'),
     (resnet, dict(depth=30), r'6n\+2'),

@@ -36,7 +36,7 @@ def test_the_seed_command_names_the_missing_gpu(tmp_path):
     (['--resume', 'nowhere/checkpoint.pth.tar'], "checkpoint 'nowhere/checkpoint.pth.tar' does "
                                                  'not exist'),
     (['-e'], '-e/--evaluate needs --resume PATH'),
-    (['--drop', '0.5'], 'no dropout layer'),
+    (['--drop', '0.5'], '--drop: ResNet (-a one_resnet) has no such setting; it is a flag of -a wrn'),
     (['--train-batch', '0'], '--train-batch must be at least 1'),
     (['--device', 'cuda'], 'no CUDA GPU is available'),
     (['--gpu-id', '0,1'], 'for several GPUs use torchrun'),

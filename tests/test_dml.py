@@ -79,7 +79,7 @@ def test_peers_are_constant_targets():
 
 def test_networks_are_independent():
     torch.manual_seed(0)
-    cohort = Cohort(8, 10, 3)
+    cohort = Cohort(lambda: resnet(8, 10), 3)
     params = [list(net.parameters()) for net in cohort.nets]
     storages = [{p.untyped_storage().data_ptr() for p in ps} for ps in params]
     assert all(not (storages[i] & storages[j]) for i in range(3) for j in range(i + 1, 3))
@@ -146,7 +146,7 @@ def assert_params_equal(a, b, net):
 @pytest.fixture
 def cohort():
     torch.manual_seed(0)
-    return Cohort(8, 10, 3)
+    return Cohort(lambda: resnet(8, 10), 3)
 
 
 def test_simultaneous_step_equals_per_network_steps(cohort):

@@ -2,39 +2,16 @@
 train, resume bitwise, evaluate with -e, export member 1, refuse another method's checkpoint,
 refuse bad flags in one line. A method added to the registry is covered here; its own test
 file keeps only what is particular to it (its formula, its model, its own flags)."""
-import importlib
 import json
 
 import pytest
 
 import cifar_baseline
 import export_branch
-from conftest import assert_same_run, load, tiny
+from conftest import assert_same_run, entry, load, run_flags, tiny
 from methods import METHODS
 
-SUBSET = ['--train-subset', 256]  # 4 batches of 64: seconds per epoch on the CPU
 NAMES = list(METHODS)
-
-
-def entry(name):
-    """The method's entry script, cifar_<name>.py, as a module."""
-    return importlib.import_module(f'cifar_{name}')
-
-
-def needs_teacher(name):
-    return hasattr(METHODS[name].defaults(), 'teacher')
-
-
-@pytest.fixture(scope='module')
-def teacher(fashion_root, tmp_path_factory):
-    """A baseline checkpoint, for methods that distil from a trained network."""
-    run = tmp_path_factory.mktemp('teacher') / 'baseline'
-    assert cifar_baseline.main(tiny(fashion_root, run, '--epochs', 1, *SUBSET)) == 0
-    return str(run / 'checkpoint.pth.tar')
-
-
-def run_flags(name, teacher, *extra):
-    return [*SUBSET, *(['--teacher', teacher] if needs_teacher(name) else []), *extra]
 
 
 @pytest.fixture(scope='module', params=NAMES)
@@ -42,7 +19,7 @@ def trained(request, fashion_root, teacher, tmp_path_factory):
     """(method name, run folder): two epochs of the method, as a user runs them."""
     name = request.param
     run = tmp_path_factory.mktemp(name) / 'straight'
-    flags = run_flags(name, teacher if needs_teacher(name) else None, '--epochs', 2)
+    flags = run_flags(name, teacher, '--epochs', 2)
     assert entry(name).main(tiny(fashion_root, run, *flags)) == 0
     return name, run
 

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from conftest import objective
-from models import ARCHS, blocks_per_stage, branch_state_dict, one_resnet, resnet
+from models import blocks_per_stage, branch_state_dict, one_resnet, resnet
 from models.resnet import BasicBlock, Bottleneck
 
 
@@ -50,10 +50,6 @@ PARAM_COUNTS = [
                          ids=[f'{b.__name__}{d}-c{c}' for b, d, c, _ in PARAM_COUNTS])
 def test_param_count(build, depth, num_classes, expected):
     assert num_params(build(depth, num_classes)) == expected
-
-
-def test_archs_registry():
-    assert ARCHS['resnet'] is resnet and ARCHS['one_resnet'] is one_resnet
 
 
 @pytest.mark.parametrize('depth,n,block', [(8, 1, BasicBlock), (20, 3, BasicBlock),

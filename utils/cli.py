@@ -6,13 +6,14 @@ from .errors import Parser
 
 # args.json keys that do not change what a run trains: report.py groups runs without them, and
 # a run may continue with other values (amp included: its rounding is ignored). `run_id` names
-# the run (utils/run_folder.py); `start_epoch` is kept from a run's first command.
+# the run (utils/run_folder.py); `start_epoch` is kept from a run's first command;
+# `memory_efficient` recomputes a DenseNet's concatenations, the same function.
 BOOKKEEPING = frozenset({
     'method', 'manualSeed', 'seed', 'run_id', 'checkpoint', 'resume', 'data_dir', 'gpu_id',
     'device', 'workers', 'overwrite', 'evaluate', 'compile', 'cuda_graphs', 'channels_last',
     'sync_bn', 'tensorboard', 'start_epoch', 'fast', 'amp', 'test_batch',
     'print_freq', 'log_interval', 'threads', 'progress', 'quiet', 'verbose', 'rewind',
-    'deterministic', 'check_only',
+    'deterministic', 'check_only', 'memory_efficient',
 })  # init_from is not: a fork never merges with runs from scratch
 
 
@@ -34,7 +35,8 @@ def build_parser(description, method):
                    help='test batch size (default: 100, the original\'s; 1000 under --fast on CUDA)')
     p.add_argument('--lr', '--learning-rate', default=0.1, type=float, dest='lr')
     p.add_argument('--drop', '--dropout', default=0.0, type=float, dest='drop',
-                   help='dropout ratio; the CIFAR ResNets have no dropout, so only 0 is valid')
+                   help='dropout ratio: Wide ResNets only (the other networks have none, so '
+                        'only 0 is valid there)')
     p.add_argument('--schedule', type=int, nargs='+', default=[151, 225],
                    help='0-based epochs at which the LR is multiplied by --gamma')
     p.add_argument('--gamma', type=float, default=0.1, help='LR multiplier at each milestone')
@@ -59,9 +61,7 @@ def build_parser(description, method):
     p.add_argument('--overwrite', action='store_true',
                    help="start a new run in a run folder that holds one; the old run's files "
                         'are moved into RUN/previous-YYYYmmdd-HHMMSS/')
-    p.add_argument('-a', '--arch', default=method.arch, choices=[method.arch])
-    p.add_argument('--depth', type=int, default=32, help='6n+2: 32 and 110 in the paper')
-    method.add_network_flags(p)
+    method.add_network_flags(p)  # -a, --depth and the networks' own flags
     method.add_flags(p)
     p.add_argument('--manualSeed', type=int, default=None, help='random seed')
     p.add_argument('-e', '--evaluate', action='store_true',

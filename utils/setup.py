@@ -15,8 +15,6 @@ FAST_TEST_BATCH = 1000  # under --fast on CUDA: evaluation is launch-bound at 10
 
 
 def check_flags(args, method, world):
-    if args.drop != 0:
-        raise UserError('--drop: the CIFAR ResNets have no dropout layer (as in the original)')
     for flag, value in (('--epochs', args.epochs), ('--train-batch', args.train_batch),
                         ('--test-batch', args.test_batch)):
         if value is not None and value < 1:
