@@ -88,7 +88,7 @@ def test_sigterm_mid_epoch_saves_that_step_and_resumes_identically(fashion_root,
 def test_sigterm_to_a_real_process(fashion_root, tmp_path):
     """SIGTERM at an arbitrary moment of a real run: one line, non-zero exit, exact resume."""
     straight, stopped = tmp_path / 'straight', tmp_path / 'stopped'
-    flags = ['--epochs', 3, '--train-subset', 512]
+    flags = ['--epochs', 3, '--train-subset', 256]
     assert cifar_one.main(tiny(fashion_root, straight, *flags)) == 0
     proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'cifar_one.py'),
                              *tiny(fashion_root, stopped, *flags)],
@@ -135,16 +135,27 @@ def test_shell_script_passes_extra_arguments_through(fashion_root, tmp_path):
     assert (args['schedule'], args['weight_decay'], args['consistency_rampup']) == ([151, 225], 1e-4, 80)
 
 
-@pytest.mark.parametrize('script', ['ONE_ResNet32.sh', 'ONE_ResNet110.sh', 'Baseline_ResNet32.sh',
-                                    'Baseline_ResNet110.sh'])
-def test_shell_scripts_hold_the_paper_settings(script):
+@pytest.mark.parametrize('script, network, folder', [
+    ('ONE_ResNet32.sh', '-a one_resnet --dataset cifar100 --depth 32', 'ONE-32'),
+    ('ONE_ResNet110.sh', '-a one_resnet --dataset cifar100 --depth 110', 'ONE-110'),
+    ('Baseline_ResNet32.sh', '-a resnet --dataset cifar100 --depth 32', 'baseline-32'),
+    ('Baseline_ResNet110.sh', '-a resnet --dataset cifar100 --depth 110', 'baseline-110'),
+    ('ONE_ResNeXt29.sh', '-a resnext --depth 29 --cardinality 8 --base-width 64', 'ONE-ResNeXt29'),
+    ('Baseline_ResNeXt29.sh', '-a resnext --depth 29 --cardinality 8 --base-width 64',
+     'baseline-ResNeXt29'),
+    ('ONE_DenseNetBC190.sh', '-a densenet --depth 190 --growth-rate 40', 'ONE-DenseNetBC190'),
+    ('Baseline_DenseNetBC190.sh', '-a densenet --depth 190 --growth-rate 40',
+     'baseline-DenseNetBC190'),
+])
+def test_shell_scripts_hold_the_paper_settings(script, network, folder):
     text = open(os.path.join(ROOT, script)).read()
-    depth = '110' if '110' in script else '32'
-    for setting in ('--dataset cifar100', f'--depth {depth}', '--epochs 300', '--schedule 151 225',
+    command = ' '.join(text.split('exec', 1)[1].replace('\\\n', ' ').split())
+    for setting in (network, '--dataset cifar100', '--epochs 300', '--schedule 151 225',
                     '--gamma 0.1', '--wd 1e-4', '--train-batch 128', '"$@"'):
-        assert setting in text, setting
-    assert 'gpu' not in text.split('exec', 1)[1].lower()
-    assert f'{"ONE" if script.startswith("ONE") else "baseline"}-{depth}' in text
+        assert setting in command, setting
+    assert ('--consistency_rampup 80' in command) == script.startswith('ONE')
+    assert 'gpu' not in command.lower()
+    assert f'checkpoints/cifar100/{folder} ' in command
 
 
 def test_demo_prints_mean_and_std_over_seeds(fashion_root, tmp_path, capsys):
