@@ -11,6 +11,10 @@ matrix-multiply GFLOP/s measured in the same process.
     python benchmark.py                                     # default flags, the paper's four models
     python benchmark.py --models one_resnet-32 --fast --json bench.json
     python benchmark.py --models resnet-8 --steps 2 --repeats 1   # a quick check (depth 6n+2)
+    python benchmark.py --models densenet-190 one_densenet-190 --memory-efficient
+Models are ARCH-DEPTH: a plain network (resnet, resnext, densenet, wrn, vgg) as the baseline
+trains it, or ONE over it (one_resnet: the seed's layout; one_resnext, one_densenet, ...),
+each with its paper's width (ResNeXt 8x64d, DenseNet-BC k = 40, WRN k = 10).
 Each model runs in its own process, so peak memory is that model's alone.
 """
 import argparse
@@ -35,7 +39,6 @@ from torchvision import transforms
 from torchvision.datasets import VisionDataset
 
 from methods import METHODS
-from models import blocks_per_stage
 from utils.atomic import write_json_atomic
 from utils.cli import Parser
 from utils.data import CIFAR_MEAN, CIFAR_STD, DeviceLoader
@@ -59,14 +62,27 @@ def cpu_count():
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
 
 
+def method_and_flags(name, **flags):
+    """'one_resnext-29' -> (ONE, its flags for ResNeXt-29 with the paper's width); a plain
+    name is the baseline's network."""
+    arch, depth = name.rsplit('-', 1)
+    method = METHODS['one' if arch.startswith('one_') else 'baseline']
+    if arch.startswith('one_') and arch != 'one_resnet':
+        arch = arch[len('one_'):]
+    return method, method.defaults(arch=arch, depth=int(depth), **flags)
+
+
 def model_name(text):
-    """'ARCH-DEPTH' with ARCH resnet or one_resnet and DEPTH = 6n+2."""
-    match = re.fullmatch(r'(resnet|one_resnet)-(\d+)', text)
-    if not match:
-        raise argparse.ArgumentTypeError(f'{text!r} is not resnet-DEPTH or one_resnet-DEPTH')
+    """'ARCH-DEPTH' of a network the baseline or ONE trains, at a depth it can build."""
+    match = re.fullmatch(r'([a-z_]+)-(\d+)', text)
+    plain = METHODS['baseline'].archs
+    archs = plain + tuple(f'one_{a}' for a in plain)
+    if not match or match.group(1) not in archs:
+        raise argparse.ArgumentTypeError(f'{text!r} is not ARCH-DEPTH with ARCH one of '
+                                         f'{", ".join(archs)}')
     try:
-        blocks_per_stage(int(match.group(2)))
-    except ValueError as e:
+        method_and_flags(text)
+    except UserError as e:
         raise argparse.ArgumentTypeError(f'{text}: {e}') from None
     return text
 
@@ -75,7 +91,11 @@ def parse(argv=None):
     p = Parser(description=__doc__.splitlines()[0],
                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--models', nargs='+', type=model_name, default=MODELS, metavar='ARCH-DEPTH',
-                   help='resnet-D or one_resnet-D, D = 6n+2 (the paper: 32 and 110)')
+                   help='e.g. resnet-32, one_resnet-110, resnext-29, one_densenet-190, wrn-28, '
+                        'vgg-16 (ONE over a network: one_ARCH)')
+    p.add_argument('--memory-efficient', action='store_true',
+                   help="DenseNet models: recompute the dense blocks' concatenations in the "
+                        'backward pass (less memory, more time)')
     p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
     p.add_argument('--batch', type=int, default=128, help='training batch')
     p.add_argument('--test-batch', type=int, default=None,
@@ -249,12 +269,12 @@ def measure(args, device):
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True  # as utils.setup.setup does for training
     apply_fast_preset(args, device)
-    arch, depth = args.one.rsplit('-', 1)
-    method = METHODS['one' if arch == 'one_resnet' else 'baseline']
     # the method's own defaults (ONE: 3 branches, T = 3, ramp-up 80); lr 0.01 keeps the
     # synthetic data's steps small
-    config = method.defaults(depth=int(depth), channels_last=args.channels_last,
-                             fast=args.fast, lr=0.01)
+    densenet = 'densenet' in args.one
+    memory = {'memory_efficient': True} if args.memory_efficient and densenet else {}
+    method, config = method_and_flags(args.one, channels_last=args.channels_last,
+                                      fast=args.fast, lr=0.01, **memory)
     model = build_model(config, method, 100, device)
     objective = method.objective(config)
     optimizer = build_optimizer(config, model, device)

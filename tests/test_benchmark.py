@@ -257,3 +257,27 @@ def test_gpu_check_skips_what_its_budget_cannot_hold(tmp_path, capsys, monkeypat
     assert 'SKIP  CUDA tests: --skip' in out and 'SKIP  Fashion-MNIST one_resnet-32 --fast: --skip' in out
     # 4 minutes without the run's reserve: both benchmarks, the four models each
     assert [c[c.index('--models') + 1:c.index('--steps')] for c in commands] == [gpu_check.ALL_MODELS] * 2
+
+
+def test_every_network_and_one_over_it_can_be_measured(tmp_path):
+    """Any -a network by ARCH-DEPTH at its paper's width, ONE over it as one_ARCH, and
+    DenseNet's memory-efficient blocks by a flag (a DenseNet-BC-10, k = 40: seconds)."""
+    out = tmp_path / 'bench.json'
+    proc = run_benchmark('--models', 'densenet-10', 'one_densenet-10', '--memory-efficient',
+                         '--batch', 8, '--test-batch', 10, '--steps', 1, '--repeats', 1,
+                         '--warmup', 1, '--conventional-repeats', 0, '--matmul-size', 128,
+                         '--threads', 1, '--json', out)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())
+    assert results['flags']['memory_efficient'] is True
+    assert [r['model'] for r in results['results']] == ['densenet-10', 'one_densenet-10']
+    assert all(r['train_img_s'] > 0 and r['peak_memory_gib'] > 0 for r in results['results'])
+
+
+@pytest.mark.parametrize('name, why', [
+    ('one_mobilenet-10', 'with ARCH one of resnet, resnext, densenet, wrn, vgg, one_resnet'),
+    ('resnext-12', 'depth must be 9n+2'),
+])
+def test_a_network_that_cannot_be_built_is_refused_before_measuring(name, why):
+    proc = run_benchmark('--models', name)
+    assert proc.returncode == 2 and why in one_line(proc.stderr)
