@@ -1,10 +1,12 @@
 # `make demo`: set up .venv and run the Fashion-MNIST ONE-versus-baseline comparison.
-# `make test`: set up .venv and run the test suite (CPU, a few minutes).
+# `make test`: set up .venv and run the test suite (CPU, a few minutes), one test file per
+#   worker process, TEST_WORKERS of them (2: the CI machines' cores; torch threads share them).
 # `make gpu-check`: on a CUDA machine, the CUDA tests, the GPU benchmark and a real-data run.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
+TEST_WORKERS ?= 2
 
 .PHONY: demo test bench fashion-mnist gpu-check
 
@@ -25,7 +27,7 @@ demo: $(VENV)/.installed fashion-mnist
 	$(PY) demo_fashion_mnist.py
 
 test: $(VENV)/.installed fashion-mnist
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(VENV)/.installed
 	$(PY) benchmark.py

@@ -165,7 +165,7 @@ def checkpoint_temporaries(run):
 def test_sigkill_at_many_moments_always_leaves_a_resumable_run(fashion_root, tmp_path):
     """Kill a real training process again and again, in the middle of writing a checkpoint
     (its temporary file exists and is still there after the kill) or at a random moment,
-    until each has happened at least 3 times; resume each time, and finish bitwise identical
+    until each has happened at least twice; resume each time, and finish bitwise identical
     to a run never interrupted, with no temporary file left."""
     flags = ['--epochs', 4, '--train-subset', 256, '--resume', 'auto']
     reference, run = tmp_path / 'reference', tmp_path / 'killed'
@@ -174,14 +174,14 @@ def test_sigkill_at_many_moments_always_leaves_a_resumable_run(fashion_root, tmp
     tries = {'during a save': 0, 'at a random moment': 0}
     deadline, kills = time.time() + 600, 0
     for _ in range(40):  # bounded: a machine too busy to get there fails the assert below
-        if min(tries.values()) >= 3 or time.time() > deadline:
+        if min(tries.values()) >= 2 or time.time() > deadline:
             break
         kind = min(tries, key=tries.get)
         proc = launch(tiny(fashion_root, run, *flags))
         if kind == 'during a save':
             hit = wait_for(lambda: checkpoint_temporaries(run), proc)
         else:
-            hit = wait_for(lambda: False, proc, timeout=rng.uniform(2.0, 8.0)) or proc.poll() is None
+            hit = wait_for(lambda: False, proc, timeout=rng.uniform(2.0, 6.0)) or proc.poll() is None
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         if proc.returncode != -signal.SIGKILL:
@@ -198,7 +198,7 @@ def test_sigkill_at_many_moments_always_leaves_a_resumable_run(fashion_root, tmp
     assert proc.wait() == 0, proc.stderr.read()
     print(f'\nfault injection: {kills} SIGKILLs ({tries}); the resumed run is bitwise '
           'identical to the uninterrupted one')
-    assert tries['during a save'] >= 3 and tries['at a random moment'] >= 3, tries
+    assert tries['during a save'] >= 2 and tries['at a random moment'] >= 2, tries
     assert_same_run(reference / 'checkpoint.pth.tar', run / 'checkpoint.pth.tar')
     assert_same_run(reference / 'model_best.pth.tar', run / 'model_best.pth.tar')
     assert (reference / 'log.txt').read_text() == (run / 'log.txt').read_text()

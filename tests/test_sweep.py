@@ -375,12 +375,11 @@ def test_help_keeps_the_examples_line_breaks_and_names_the_job_logs(capsys):
 
 def test_local_grid_runs_resumes_a_killed_run_then_skips(fashion_root, tmp_path, capsys,
                                                           monkeypatch):
-    """A 2x2 grid on the local executor, one run SIGKILLed as it starts; the relaunch resumes
-    that one from its checkpoint and skips the rest; a third launch skips them all."""
+    """A 2x1 grid on the local executor, one run SIGKILLed as it starts; the relaunch resumes
+    that one from its checkpoint and skips the other; a third launch skips them both."""
     root = tmp_path / 'grid'
-    vary = ['lr=0.1,0.05', 'manualSeed=1,2']
-    folders = [root / 'cifar_baseline' / f'lr={lr}' / f'manualSeed={s}'
-               for lr in ('0.1', '0.05') for s in (1, 2)]
+    vary = ['lr=0.1,0.05', 'manualSeed=1']
+    folders = [root / 'cifar_baseline' / f'lr={lr}' / 'manualSeed=1' for lr in ('0.1', '0.05')]
     victim = folders[0]
     cmd = [sys.executable, SWEEP, '--root', str(root), '--scripts', 'cifar_baseline.py',
            '--executor', 'local', '--max-parallel', '2', '--vary', *vary,
@@ -397,12 +396,12 @@ def test_local_grid_runs_resumes_a_killed_run_then_skips(fashion_root, tmp_path,
     os.kill(holder['pid'], signal.SIGKILL)
     out, _ = first.communicate(timeout=300)
     assert first.returncode == 1, out
-    assert out.count('] done ') == 3 and '] interrupted ' in out, out
+    assert out.count('] done ') == 1 and '] interrupted ' in out, out
     row = [l for l in status_lines(root, capsys) if 'lr=0.1/manualSeed=1' in l][0]
     assert row.startswith('interrupted') and 'killed by SIGKILL' in row, row
 
     second = launch(root, fashion_root, '--max-parallel', '2', vary=vary, epochs=2)
-    assert '1 to run' in second.stdout and second.stdout.count('skip (done)') == 3, second.stdout
+    assert '1 to run' in second.stdout and second.stdout.count('skip (done)') == 1, second.stdout
     manifest = {r['name']: r for r in json.loads((root / 'sweep.json').read_text())['runs']}
     assert sorted(manifest) == sorted(str(f.relative_to(root)) for f in folders)
     log = open(manifest['cifar_baseline/lr=0.1/manualSeed=1']['log']).read()
@@ -418,7 +417,7 @@ def test_local_grid_runs_resumes_a_killed_run_then_skips(fashion_root, tmp_path,
     capsys.readouterr()
     assert sweep.main(cmd[2:]) == 0
     third = capsys.readouterr().out
-    assert '0 to run' in third and third.count('skip (done)') == 4, third
+    assert '0 to run' in third and third.count('skip (done)') == 2, third
     assert sorted(os.listdir(root / 'jobs')) == logs          # nothing was submitted
     assert [l.split()[0] for l in status_lines(root, capsys)[2:]] == ['done'] * 4
 
@@ -535,7 +534,7 @@ def test_ctrl_c_and_sigterm_stop_a_local_sweep_in_one_line(fashion_root, tmp_pat
     folder = root / 'cifar_baseline' / 'lr=0.1'
     cmd = [sys.executable, SWEEP, '--root', str(root), '--scripts', 'cifar_baseline.py',
            '--executor', 'local', '--vary', 'lr=0.1', '--', *TINY, '--data-dir', fashion_root,
-           '--epochs', '100']
+           '--epochs', '100', '--train-subset', '128']
     for signum, epoch in ((signal.SIGINT, 1), (signal.SIGTERM, 2)):
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, start_new_session=True)
