@@ -489,7 +489,11 @@ def run(args, argv):
 
 def main(argv=None):
     args = parse(argv)
-    return one_line_errors('benchmark.py', lambda: run(args, argv))
+    threads = torch.get_num_threads()
+    try:
+        return one_line_errors('benchmark.py', lambda: run(args, argv))
+    finally:  # called from Python (the tests), the caller's thread count is left as it was
+        torch.set_num_threads(threads)
 
 
 if __name__ == '__main__':

@@ -419,7 +419,7 @@ def test_local_grid_runs_resumes_a_killed_run_then_skips(fashion_root, tmp_path,
     third = capsys.readouterr().out
     assert '0 to run' in third and third.count('skip (done)') == 2, third
     assert sorted(os.listdir(root / 'jobs')) == logs          # nothing was submitted
-    assert [l.split()[0] for l in status_lines(root, capsys)[2:]] == ['done'] * 4
+    assert [l.split()[0] for l in status_lines(root, capsys)[2:]] == ['done'] * 2
 
 
 FAKE_RUN = """import os, signal, sys, time
