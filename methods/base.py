@@ -17,7 +17,8 @@ from utils.cli import build_parser
 from utils.errors import UserError
 from utils.losses import correct_counts
 from utils.steps import train_step
-from .networks import add_network_flags, backbone_of, network_identity, resolve_network_flags
+from .networks import (COMPUTATION_ONLY, add_network_flags, backbone_of, network_identity,
+                       resolve_network_flags)
 
 # How tables name the shared flags a run may vary (a method names its own in flag_labels).
 SHARED_FLAG_LABELS = {'weight_decay': 'wd', 'train_batch': 'batch'}
@@ -50,6 +51,8 @@ class Method:
     # The identity of checkpoints written before a key was recorded: built with these values.
     identity_assumed = {'depth_rule': DEPTH_RULES[0]}
     train_step = staticmethod(train_step)  # one optimizer step; DML's alternating order replaces it
+    # Its flags that change how it computes, not what it trains (utils/cli.BOOKKEEPING's kind).
+    bookkeeping = frozenset(COMPUTATION_ONLY)
 
     @property
     def archs(self):

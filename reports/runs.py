@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from methods import METHOD_OF_OLD_RUNS
+from methods import METHOD_OF_OLD_RUNS, Method
 from methods.published import reference_setup
 from utils.cli import BOOKKEEPING as ENGINE_BOOKKEEPING
 from utils.errors import UserError
@@ -16,9 +16,9 @@ from utils.records import ARGS, CHECKPOINT, PREVIOUS, STATUS, SUMMARY
 GROUP_KEYS = ('method', 'arch', 'depth', 'dataset')
 SCHEDULE_KEYS = ('epochs', 'schedule', 'gamma', 'lr')   # must agree to average or compare
 DATA_KEYS = ('train_subset',)
-# args.json keys that do not change what is trained (utils/cli.py's), and KD's teacher path
-# (its teacher_* keys name the teacher).
-BOOKKEEPING = ENGINE_BOOKKEEPING | {'teacher'}
+# args.json keys that do not change what is trained (utils/cli.py's and the methods' own), and
+# KD's teacher path (its teacher_* keys name the teacher).
+BOOKKEEPING = ENGINE_BOOKKEEPING | {'teacher'} | Method.bookkeeping
 PATH_SUFFIXES = ('_path', '_checkpoint', '_file', '_dir', '_folder')
 MEMBERS = ('1', 'ens')   # the networks a report row is made for, in order
 

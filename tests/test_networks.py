@@ -194,3 +194,17 @@ def test_a_papers_network_run_meets_its_published_number(method, arch, depth, da
     entry = lookup(method, (), arch, depth, dataset, '1')[0]
     assert (entry.error, entry.secondary) == (error, True) and 'NOT checked' in entry.source
     assert variant_flags(method, {**args, 'cardinality': 16, 'growth_rate': 12}) != ((), ())
+
+
+def test_memory_efficient_densenet_is_not_part_of_the_runs_identity(data, tmp_path):
+    """--memory-efficient only changes how a DenseNet computes: a run may continue with it
+    switched, and its checkpoints do not record it."""
+    run = tmp_path / 'r'
+    assert cifar_baseline.main(tiny(data, run, *flags('baseline', 'densenet', None,
+                                                       '--epochs', 1))) == 0
+    assert cifar_baseline.main(tiny(data, run, *flags('baseline', 'densenet', None, '--epochs', 2,
+                                                       '--memory-efficient', '--resume',
+                                                       'auto'))) == 0
+    state = load(run / 'checkpoint.pth.tar')
+    assert state['epoch'] == 2 and 'memory_efficient' not in state
+    assert state['args']['memory_efficient'] is True

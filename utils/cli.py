@@ -6,14 +6,14 @@ from .errors import Parser
 
 # args.json keys that do not change what a run trains: report.py groups runs without them, and
 # a run may continue with other values (amp included: its rounding is ignored). `run_id` names
-# the run (utils/run_folder.py); `start_epoch` is kept from a run's first command;
-# `memory_efficient` recomputes a DenseNet's concatenations, the same function.
+# the run (utils/run_folder.py); `start_epoch` is kept from a run's first command. A method
+# adds its own (Method.bookkeeping).
 BOOKKEEPING = frozenset({
     'method', 'manualSeed', 'seed', 'run_id', 'checkpoint', 'resume', 'data_dir', 'gpu_id',
     'device', 'workers', 'overwrite', 'evaluate', 'compile', 'cuda_graphs', 'channels_last',
     'sync_bn', 'tensorboard', 'start_epoch', 'fast', 'amp', 'test_batch',
     'print_freq', 'log_interval', 'threads', 'progress', 'quiet', 'verbose', 'rewind',
-    'deterministic', 'check_only', 'memory_efficient',
+    'deterministic', 'check_only',
 })  # init_from is not: a fork never merges with runs from scratch
 
 
@@ -119,7 +119,7 @@ def changed_flags(method, saved, args):
     """[(flag, saved value, value in args)] for every flag that defines what a run trains
     (not bookkeeping, not --epochs or --start-epoch) whose value in args differs from the
     run's saved args. Flags one of them lacks (another version's) are not compared."""
-    names = flag_names(method)
+    names, bookkeeping = flag_names(method), BOOKKEEPING | method.bookkeeping
     return [(names[key], _shown(saved[key]), _shown(getattr(args, key)))
             for key in sorted(saved) if key in names and hasattr(args, key)
-            and key not in BOOKKEEPING and key != 'epochs' and saved[key] != getattr(args, key)]
+            and key not in bookkeeping and key != 'epochs' and saved[key] != getattr(args, key)]
