@@ -7,6 +7,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 TEST_WORKERS ?= 2
+# The tests write many checkpoints: in a RAM-backed /dev/shm with room (4 GiB free) the suite
+# runs about a third faster than on a slow disk; elsewhere in the usual temporary folder.
+TEST_TMPDIR ?= $(shell df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 && $$4 >= 4194304 {print "/dev/shm"}')
 
 .PHONY: demo test bench fashion-mnist gpu-check
 
@@ -27,7 +30,7 @@ demo: $(VENV)/.installed fashion-mnist
 	$(PY) demo_fashion_mnist.py
 
 test: $(VENV)/.installed fashion-mnist
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(if $(TEST_TMPDIR),TMPDIR=$(TEST_TMPDIR) )$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(VENV)/.installed
 	$(PY) benchmark.py
