@@ -131,7 +131,9 @@ def test_a_grid_is_one_array_never_submitted_twice(root, fashion_root):
     (array,) = {j.split('_')[0] for j in jobs.values()}
     assert sorted(jobs.values()) == [f'{array}_0', f'{array}_1'], first.stdout
 
-    # At once again: one run is starting or running, the other waits; none is submitted twice.
+    # Again while the second run still waits (held in the queue, so that it waits however fast
+    # the first run is done): none is submitted twice.
+    subprocess.run(['scontrol', 'hold', f'{array}_1'], check=True, capture_output=True)
     again = launch(root, fashion_root, vary, '--max-parallel', '1')
     assert '0 to run on slurm, 2 skipped' in again.stdout, again.stdout
     assert re.search(rf'skip \(queued\)  cifar_baseline/lr=0.05  job {array}_1 PENDING',
@@ -142,6 +144,7 @@ def test_a_grid_is_one_array_never_submitted_twice(root, fashion_root):
     rows = status_rows(root)
     assert rows['cifar_baseline/lr=0.05'][:2] == ['queued', '-/1'], rows
 
+    subprocess.run(['scontrol', 'release', f'{array}_1'], check=True, capture_output=True)
     wait_until_gone(jobs.values())
     rows = status_rows(root)
     assert all(row[:2] == ['done', '1/1'] for row in rows.values()), rows
