@@ -1,12 +1,14 @@
 # `make demo`: set up .venv and run the Fashion-MNIST ONE-versus-baseline comparison.
 # `make test`: set up .venv and run the test suite (CPU, a few minutes), one test file per
-#   worker process, TEST_WORKERS of them (2: the CI machines' cores; torch threads share them).
+#   worker process, TEST_WORKERS of them (2: the CI machines' cores), each process on one
+#   thread: two workers of two threads each took 2.6 times as long on 2 cores.
 # `make gpu-check`: on a CUDA machine, the CUDA tests, the GPU benchmark and a real-data run.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 TEST_WORKERS ?= 2
+TEST_THREADS ?= 1
 # The tests write many checkpoints: in a RAM-backed /dev/shm with room (4 GiB free) the suite
 # runs about a third faster than on a slow disk; elsewhere in the usual temporary folder.
 TEST_TMPDIR ?= $(shell df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 && $$4 >= 4194304 {print "/dev/shm"}')
@@ -30,7 +32,8 @@ demo: $(VENV)/.installed fashion-mnist
 	$(PY) demo_fashion_mnist.py
 
 test: $(VENV)/.installed fashion-mnist
-	$(if $(TEST_TMPDIR),TMPDIR=$(TEST_TMPDIR) )$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(if $(TEST_TMPDIR),TMPDIR=$(TEST_TMPDIR) )OMP_NUM_THREADS=$(TEST_THREADS) \
+	  $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(VENV)/.installed
 	$(PY) benchmark.py

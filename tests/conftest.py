@@ -98,9 +98,3 @@ def teacher(fashion_root, tmp_path_factory):
     run = tmp_path_factory.mktemp('teacher') / 'baseline'
     assert cifar_baseline.main(tiny(fashion_root, run, '--epochs', 1, '--train-subset', 256)) == 0
     return str(run / 'checkpoint.pth.tar')
-
-
-def pytest_collection_modifyitems(config, items):
-    """The real-SLURM tests first: they mostly wait on the scheduler, and under `make test`'s
-    worker processes the other workers' tests then fill that wait instead of following it."""
-    items.sort(key=lambda item: not item.nodeid.startswith('tests/test_slurm.py'))
