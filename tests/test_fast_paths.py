@@ -45,6 +45,11 @@ def test_channels_last_batches_hold_the_same_pixels(data):
 
 
 def test_channels_last_training_matches_contiguous_within_tolerance(data):
+    """One SGD step from the same weights: each tensor's change differs between the layouts by
+    summation order only: at most 2% of the change itself (0.6% measured on one thread; a wrong
+    kernel would be ~100%), or 1e-6 where a tensor barely moves (the gate's pre-BatchNorm
+    bias, whose gradient is rounding noise)."""
+    start = {k: v.clone() for k, v in one_resnet8(False).state_dict().items()}
     models = []
     for channels_last in (False, True):
         model = one_resnet8(channels_last)
@@ -55,7 +60,9 @@ def test_channels_last_training_matches_contiguous_within_tolerance(data):
         models.append(model)
     plain, fast = (m.state_dict() for m in models)
     for key in plain:
-        assert torch.allclose(plain[key].float(), fast[key].float(), rtol=1e-3, atol=1e-5), key
+        step = (plain[key] - start[key]).float()
+        difference = (fast[key] - plain[key]).float()
+        assert difference.norm() <= 2e-2 * step.norm() + 1e-6, key
 
 
 def test_evaluation_changes_nothing_and_counts_like_a_direct_computation(data):
