@@ -41,7 +41,8 @@ NETWORK_FLAGS = {
     'compression': (float, 'DenseNet: theta, the fraction of channels a transition keeps '
                            '(default: 0.5 for BC, 1 with --no-bottleneck)'),
     'memory_efficient': (bool, 'DenseNet: recompute the concatenations and 1x1 bottlenecks in '
-                               'the backward pass (less memory, about 20-30%% slower)'),
+                               'the backward pass (less memory, one more forward of those parts; '
+                               'benchmark.py --memory-efficient measures both)'),
     'widen_factor': (int, 'WRN: k, the width multiplier'),
     'drop': (float, "WRN: dropout between each block's convolutions (the other networks have "
                     'no dropout: only 0 is valid there)'),

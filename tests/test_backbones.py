@@ -197,7 +197,8 @@ def test_branched_refuses_bad_arguments(kwargs, match):
         branched(resnet, **{'depth': 8, **kwargs})
 
 
-# SPEC.md's table: the generic model over resnet has one_resnet's exact parameter counts.
+# docs/FIDELITY.md (Parameter counts, one_resnet, m = 3): the generic model over resnet has
+# one_resnet's exact parameter counts.
 ONE_COUNTS = [(32, 10, 1_175_639), (32, 100, 1_193_189), (110, 10, 4_294_263),
               (110, 100, 4_363_653)]
 

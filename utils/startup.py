@@ -7,13 +7,13 @@ ends the process at once with one line; afterwards the usual KeyboardInterrupt i
 engine.main turns it into one line too.
 
 SIGTERM's default action kills the process silently (exit -15). From the imports on, it ends
-the process with one line (none under torchrun, which reports it) and status 143 instead; engine.main handles it itself while it runs
-(the training loop saves and stops), and hands it back here once the run has ended (after
-"Done.", while the interpreter shuts down). Imports nothing heavy.
+the process with one line (none under torchrun, which reports it) and status 143 instead;
+engine.main handles it itself while it runs (the training loop saves and stops), and hands it
+back here once the run has ended (after "Done.", while the interpreter shuts down). Imports
+nothing heavy. An entry script wraps its imports (torch, the engine, its method) in
 
     with interrupt_exits_while_importing(__name__ == '__main__'):
-        from methods import METHODS
-        from utils import engine
+        ...
 """
 import os
 import signal
