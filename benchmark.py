@@ -317,7 +317,7 @@ def measure(args, device):
     def train_and_count(x, y):
         output, loss_sum = train_step(train_model, objective, optimizer, scaler, x, y, 40,
                                       args.batch, args.amp)
-        return loss_sum, method.correct(output, y)
+        return loss_sum, method.correct(output, y, names)
 
     graphed = GraphedStep(train_and_count) if args.cuda_graphs else None
 

@@ -8,14 +8,15 @@ accuracy columns it reports and how tables label them. The engine (utils/engine.
 evaluates, checkpoints and logs any method through this interface alone, and report.py takes
 its names and labels from here.
 
-Models return either plain logits (batch, classes) or a pair (member_logits, ensemble):
-member_logits of shape (members, batch, classes) and the ensemble's logits or None.
+Models return plain logits (batch, classes) or a models.output.ModelOutput (members,
+ensemble, named extras); a method's accuracy columns name the parts of that output, so the
+engine never looks inside it.
 """
 from models import BACKBONES, branch_state_dict
+from models.output import column_hits
 from models.resnet import DEPTH_RULES
 from utils.cli import build_parser
 from utils.errors import UserError
-from utils.losses import correct_counts
 from utils.steps import train_step
 from .networks import (COMPUTATION_ONLY, add_network_flags, backbone_of, network_identity,
                        resolve_network_flags)
@@ -111,8 +112,10 @@ class Method:
         raise NotImplementedError
 
     def columns(self, args):
-        """Names of the accuracy columns, in the order of `correct`. The first is the network
-        the method deploys (model_best follows it); 'ens' names an ensemble."""
+        """Names of the accuracy columns, each a part of the model's output
+        (models.output.column_logits): '1'..'m' a member, 'ens' the ensemble, another name an
+        extra (KD's 'teacher'). The first is the network the method deploys (model_best
+        follows it)."""
         return ['1']
 
     def describe_flags(self, flags):
@@ -126,9 +129,10 @@ class Method:
             return self.ensemble_label
         return f'{self.member} {column}' if column.isdigit() else column
 
-    def correct(self, output, targets):
-        """Top-1 hits per column, shape (len(columns),)."""
-        return correct_counts(output, targets)
+    def correct(self, output, targets, columns):
+        """Top-1 hits per column, shape (len(columns),). A method changes what it counts by
+        its columns and its model's output, not here."""
+        return column_hits(output, targets, columns)
 
     def deployable(self, state, member):
         """The plain network's state dict of one member (1-based) of a checkpoint's model."""

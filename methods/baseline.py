@@ -1,6 +1,7 @@
 """The baseline: a plain network (the CIFAR ResNet by default) trained with cross-entropy alone."""
 from utils.errors import UserError
-from utils.losses import as_branches, branch_cross_entropy
+from models.output import as_output
+from utils.losses import branch_cross_entropy
 from .base import Method
 from .networks import build_plain
 
@@ -14,8 +15,7 @@ class CrossEntropy:
     def __call__(self, output, targets, epoch, batch_size=None):
         """Loss summed over the batch and divided by `batch_size` (default: this batch's size,
         giving the mean; a distributed rank passes the global batch size)."""
-        logits, _ = as_branches(output)
-        return branch_cross_entropy(logits, targets) / (batch_size or len(targets))
+        return branch_cross_entropy(as_output(output).members, targets) / (batch_size or len(targets))
 
 
 class Baseline(Method):

@@ -37,57 +37,15 @@ Where popular reimplementations differ:
     0.9, LR 0.1 divided by 10 after epochs 150, 225 and 290 (we stop at 150/225, batch 128).
 See docs/FIDELITY.md (CL-ILR) for every difference.
 """
-import torch
 import torch.nn.functional as F
 
-from models.branched import Branched
-from models.one_resnet import ONEResNet
-from utils.losses import as_branches
+from models.clilr import CLILRHeads, CLILRResNet
+from models.output import as_output
 from utils.schedule import rampup_weight
 from .base import BranchedMethod, check_rampup, check_temperature, require
 from .networks import build_branched
 
 FORMS = ('paper', 'okddip')
-
-
-class ScaleGradient(torch.autograd.Function):
-    """Identity forward; the backward multiplies the incoming gradient by `scale`."""
-
-    @staticmethod
-    def forward(ctx, x, scale):
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * ctx.scale, None
-
-
-class RescaledHeads:
-    """The forward pass of CL-ILR over ONE's layout without a gate: returns (head_logits
-    (H, B, classes), their mean (B, classes)); with `rescale`, the trunk's gradient is
-    divided by H."""
-    rescale = True
-
-    def forward(self, x):
-        x = self.trunk(x)
-        if self.rescale:
-            x = ScaleGradient.apply(x, 1.0 / len(self.branches))
-        logits = torch.stack([branch(x) for branch in self.branches])
-        return logits, logits.mean(0)
-
-
-class CLILRResNet(RescaledHeads, ONEResNet):
-    """CL-ILR's heads on the CIFAR ResNet, split as ONE's (-a clilr_resnet)."""
-
-    def __init__(self, depth, num_classes=10, num_branches=4, rescale=True, depth_rule='6n+2'):
-        super().__init__(depth, num_classes, num_branches, branch_point='stage3', gate='average',
-                         depth_rule=depth_rule)
-        self.rescale = rescale
-
-
-class CLILRHeads(RescaledHeads, Branched):
-    """CL-ILR's heads on any other backbone, split at its last stage."""
 
 
 def peer_mean(logits):
@@ -108,7 +66,7 @@ class CLILRLoss:
         return rampup_weight(epoch, self.rampup_epochs)
 
     def __call__(self, output, targets, epoch, batch_size=None):
-        logits, _ = as_branches(output)
+        logits = as_output(output).members
         T, H = self.temperature, len(logits)
         hard = F.cross_entropy(logits.flatten(0, 1), targets.repeat(H), reduction='sum')
         soft_target = peer_mean(logits) / T

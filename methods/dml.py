@@ -43,16 +43,16 @@ without detaching that target, so the gradient also flows into the peers; one op
 over all networks; its ensemble accuracy uses the mean of logits.
 """
 import argparse
-import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from models.cohort import Cohort
+from models.output import as_output
 from utils.distributed import world_from_env
 from utils.errors import UserError
-from utils.losses import as_branches, distillation_kl
+from utils.losses import distillation_kl
 from utils.steps import autocast, train_step
 from .base import Method, check_temperature
 from .networks import build_plain
@@ -77,28 +77,10 @@ class DMLLoss:
         return F.cross_entropy(logits, targets, reduction='sum') + mimicry / len(peers)
 
     def __call__(self, output, targets, epoch, batch_size=None):
-        logits, _ = as_branches(output)
+        logits = as_output(output).members
         loss = sum(self.member_loss(z, [p for j, p in enumerate(logits) if j != i], targets)
                    for i, z in enumerate(logits))
         return loss / (batch_size or len(targets))
-
-
-class Cohort(nn.Module):
-    """m independent networks, each made by network_fn(). forward(x) returns (logits (m, B, C),
-    log of the mean softmax)."""
-
-    def __init__(self, network_fn, num_nets):
-        super().__init__()
-        self.nets = nn.ModuleList(network_fn() for _ in range(num_nets))
-
-    def forward(self, x):
-        return self.combine([net(x) for net in self.nets])
-
-    @staticmethod
-    def combine(logits):
-        logits = torch.stack(logits)
-        log_probs = F.log_softmax(logits.detach(), dim=-1)
-        return logits, torch.logsumexp(log_probs, dim=0) - math.log(len(logits))
 
 
 def unwrap(model):

@@ -33,13 +33,12 @@ same checkpoint, which is re-read to rebuild the teacher's architecture.
 import os
 from argparse import Namespace
 
-import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+from models.student_teacher import EnsembleOf, StudentTeacher
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
-from utils.losses import as_branches, distillation_kl
+from utils.losses import distillation_kl
 from .base import Method, check_temperature, require
 from .networks import build_plain, network_name, plain_network_of
 
@@ -59,46 +58,11 @@ class KDLoss:
         return self.alpha
 
     def __call__(self, output, targets, epoch, batch_size=None):
-        """output: (stack([student, teacher]) of shape (2, B, C), None)."""
-        logits, _ = as_branches(output)
-        student, teacher = logits[0], logits[1]
+        """output: ModelOutput(members=student logits (1, B, C), extras={'teacher': (B, C)})."""
+        student, teacher = output.members[0], output.extra('teacher')
         loss = ((1 - self.alpha) * F.cross_entropy(student, targets, reduction='sum')
                 + self.alpha * distillation_kl(student, teacher, self.temperature))
         return loss / (batch_size or len(targets))
-
-
-class EnsembleOf(nn.Module):
-    """forward(x) returns the ensemble logits of a model whose output is (members, ensemble)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x)[1]
-
-
-class StudentTeacher(nn.Module):
-    """forward(x) returns (stack([student logits, teacher logits]), None): shape (2, B, C).
-
-    The teacher is frozen: no parameter requires grad, it runs under no_grad, and it stays in
-    eval mode whatever train() is called with."""
-
-    def __init__(self, student, teacher):
-        super().__init__()
-        self.student = student
-        self.teacher = teacher.requires_grad_(False).eval()
-
-    def train(self, mode=True):
-        super().train(mode)
-        self.teacher.eval()
-        return self
-
-    def forward(self, x):
-        student = self.student(x)
-        with torch.no_grad():
-            teacher = self.teacher(x)
-        return torch.stack([student, teacher.to(student.dtype)]), None
 
 
 def teacher_method(state, path):

@@ -21,10 +21,11 @@ gradient into the peers through t_a, and the leader's KL sends gradient into the
 through t_m (as the authors' code; the paper's text, as far as it could be read here, names
 no stop-gradient).
 
-The model returns (logits (m, B, classes) with the leader first, the peers' ensemble = mean
-of the peers' logits (B, classes), log alpha (B, m - 1, m - 1)); the log keeps log t_a =
-logsumexp_b(log alpha_ab + log q'_b) finite. The leader is what OKDDip deploys; 'ens' is the peers' ensemble
-(the authors' code reports the mean of the peers' logits).
+The model (models/okddip.py) returns ModelOutput(members = logits (m, B, classes) with the
+leader first, ensemble = the mean of the peers' logits (B, classes), extras = {'log_attention':
+log alpha (B, m - 1, m - 1)}); the log keeps log t_a = logsumexp_b(log alpha_ab + log q'_b)
+finite. The leader is what OKDDip deploys; 'ens' is the peers' ensemble (the authors' code
+reports the mean of the peers' logits).
 
 Where the authors' code (DefangChen/OKDDip, train_GL.py + models/model_cifar/resnet_GL.py)
 differs from the paper: it aggregates logits, t_a = softmax(sum_b alpha_ab z_b / T) and t_m =
@@ -40,65 +41,15 @@ wrn, vgg) the branches own its last stage and the attention reads their pooled f
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from models.branched import Branched
-from models.one_resnet import ONEResNet
-from utils.losses import branch_cross_entropy, correct_counts
+from models.okddip import OKDDipBranches, OKDDipResNet
+from utils.losses import branch_cross_entropy
 from utils.schedule import rampup_weight
 from .base import BranchedMethod, check_rampup, check_temperature, require
 from .networks import build_branched
 
 AGGREGATES = ('probabilities', 'logits')
-ATTENTION_REDUCTION = 8   # the projection width is C / 8, as the authors' code
-
-
-class PeerAttention(nn.Module):
-    """log alpha (B, n, n) from peer features (B, n, C): log_softmax_b(L(h_a) . E(h_b))."""
-
-    def __init__(self, channels, width):
-        super().__init__()
-        self.query = nn.Linear(channels, width, bias=False)   # W_L
-        self.key = nn.Linear(channels, width, bias=False)     # W_E
-
-    def forward(self, features):
-        energy = self.query(features) @ self.key(features).transpose(1, 2)
-        return F.log_softmax(energy, dim=-1)
-
-
-class LeaderAndPeers:
-    """OKDDip's forward pass over ONE's layout without a gate: returns (logits (m, B, classes),
-    leader first; mean of the peers' logits (B, classes); log attention over the peers
-    (B, m - 1, m - 1))."""
-
-    def add_attention(self):
-        channels = self.branches[0].fc.in_features
-        self.attention = PeerAttention(channels, channels // ATTENTION_REDUCTION)
-
-    def forward(self, x):
-        x = self.trunk(x)
-        features = [branch.features(x) for branch in self.branches]
-        logits = torch.stack([branch.fc(h) for branch, h in zip(self.branches, features)])
-        log_attention = self.attention(torch.stack(features[1:], dim=1))
-        return logits, logits[1:].mean(0), log_attention
-
-
-class OKDDipResNet(LeaderAndPeers, ONEResNet):
-    """OKDDip's branches on the CIFAR ResNet, split as ONE's (-a okddip_resnet)."""
-
-    def __init__(self, depth, num_classes=10, num_branches=4, depth_rule='6n+2'):
-        super().__init__(depth, num_classes, num_branches, branch_point='stage3', gate='average',
-                         depth_rule=depth_rule)
-        self.add_attention()
-
-
-class OKDDipBranches(LeaderAndPeers, Branched):
-    """OKDDip's branches on any other backbone, split at its last stage."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.add_attention()
 
 
 def kl_sum(log_target, log_student):
@@ -130,7 +81,7 @@ class OKDDipLoss:
         return log_t.transpose(0, 1), log_leader
 
     def __call__(self, output, targets, epoch, batch_size=None):
-        logits, _, log_attention = output
+        logits, log_attention = output.members, output.extra('log_attention')
         T = self.temperature
         leader, peers = logits[0], logits[1:]
         log_t, log_t_leader = self.targets(peers, log_attention)
@@ -182,9 +133,6 @@ class OKDDip(BranchedMethod):
         if column == '1':
             return 'leader (branch 1)'
         return f'peer (branch {column})' if column.isdigit() else super().label(column)
-
-    def correct(self, output, targets):
-        return correct_counts(output[:2], targets)
 
     def deployable(self, state, member):
         """Branch K (1: the leader) as a plain network, without the attention projections."""

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from models import one_resnet
 from models.branched import GATES
-from utils.losses import as_branches, branch_cross_entropy, distillation_kl
+from models.output import as_output
+from utils.losses import branch_cross_entropy, distillation_kl
 from utils.schedule import rampup_weight
 from .base import BranchedMethod, check_rampup, check_temperature
 from .networks import build_branched, check_branch_point
@@ -37,7 +38,7 @@ class ONELoss:
         return rampup_weight(epoch, self.rampup_epochs) if self.distill else 0.0
 
     def __call__(self, output, targets, epoch, batch_size=None):
-        logits, ensemble = as_branches(output)
+        logits, ensemble, _ = as_output(output)
         loss = branch_cross_entropy(logits, targets) + F.cross_entropy(ensemble, targets,
                                                                        reduction='sum')
         if self.distill:

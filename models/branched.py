@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from .backbone import Backbone, run_modules
+from .output import ModelOutput
 
 __all__ = ['branched', 'Branched', 'GatedBranches', 'Branch', 'branch_points', 'branch_state_dict',
            'GATES']
@@ -50,9 +51,9 @@ class Branch(Backbone):
 
 
 class GatedBranches(nn.Module):
-    """forward(x) returns (branch_logits, ensemble_logits): branch_logits has shape
-    (num_branches, batch, num_classes); ensemble_logits = sum_i gate_i * branch_logits[i]
-    (the plain mean when the gate is None), shape (batch, num_classes).
+    """forward(x) returns ModelOutput(members, ensemble): the branches' logits, shape
+    (num_branches, batch, num_classes), and sum_i gate_i * members[i] (the plain mean when the
+    gate is None), shape (batch, num_classes).
 
     Subclasses build the trunk's modules (named in stem_names and shared_stages), `branches`
     and `gate`: AdaptiveAvgPool -> Linear(C_trunk, m) with bias -> BatchNorm1d(m) -> ReLU ->
@@ -67,9 +68,9 @@ class GatedBranches(nn.Module):
         x = self.trunk(x)
         logits = torch.stack([branch(x) for branch in self.branches])
         if self.gate is None:
-            return logits, logits.mean(0)
+            return ModelOutput(logits, logits.mean(0))
         weights = self.gate(x)                                   # (batch, num_branches)
-        return logits, torch.einsum('bm,mbc->bc', weights, logits)
+        return ModelOutput(logits, torch.einsum('bm,mbc->bc', weights, logits))
 
 
 class Branched(GatedBranches):

@@ -43,9 +43,8 @@ class Branch(nn.Module):
 
 
 class ONEResNet(GatedBranches):
-    """forward(x) returns (branch_logits, ensemble_logits): branch_logits has shape
-    (num_branches, batch, num_classes); ensemble_logits = sum_i gate_i * branch_logits[i],
-    shape (batch, num_classes)."""
+    """The seed's layout of GatedBranches: forward(x) returns ModelOutput(branch logits
+    (num_branches, batch, num_classes), gated ensemble (batch, num_classes))."""
     stem_names = ('conv1', 'bn1', 'relu')
 
     def __init__(self, depth, num_classes=10, num_branches=3, branch_point='stage3',

@@ -162,7 +162,7 @@ def test_trunk_plus_branch_is_the_plain_backbone(name, point):
     assert gate_linear.in_features == plain.stage_channels[first]
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        logits, ensemble = model(x)
+        logits, ensemble, _ = model(x)
         weights = model.gate(model.trunk(x))
     assert logits.shape == (2, 2, 5) and ensemble.shape == (2, 5)
     assert not torch.allclose(logits[0], logits[1])      # each branch has its own weights

@@ -10,7 +10,9 @@ import torch.nn.functional as F
 import cifar_clilr
 from conftest import load, objective, tiny
 from methods import METHODS
-from methods.clilr import CLILRLoss, CLILRResNet
+from methods.clilr import CLILRLoss
+from models.clilr import CLILRResNet
+from models.output import ModelOutput
 
 SUBSET = ['--train-subset', 128]
 
@@ -56,7 +58,7 @@ def fixed_logits():
                                               (80, 40, 7.153108956229421)])
 def test_paper_objective_value(R, epoch, pinned):
     logits, y = fixed_logits()
-    loss = CLILRLoss(temperature=2.0, beta=0.5, rampup_epochs=R, form='paper')((logits, logits.mean(0)), y, epoch)
+    loss = CLILRLoss(temperature=2.0, beta=0.5, rampup_epochs=R, form='paper')(ModelOutput(logits, logits.mean(0)), y, epoch)
     torch.testing.assert_close(loss, paper_reference(logits, y, epoch=epoch, R=R),
                                rtol=1e-12, atol=1e-12)
     assert loss.item() == pytest.approx(pinned, abs=1e-9)
@@ -67,7 +69,7 @@ def test_paper_objective_value(R, epoch, pinned):
                                               (80, 40, 14.015436721471103)])
 def test_okddip_form_value(R, epoch, pinned):
     logits, y = fixed_logits()
-    loss = CLILRLoss(temperature=3.0, beta=0.5, rampup_epochs=R, form='okddip')((logits, logits.mean(0)), y, epoch)
+    loss = CLILRLoss(temperature=3.0, beta=0.5, rampup_epochs=R, form='okddip')(ModelOutput(logits, logits.mean(0)), y, epoch)
     torch.testing.assert_close(loss, okddip_form_reference(logits, y, epoch=epoch, R=R))
     assert loss.item() == pytest.approx(pinned, abs=1e-9)
 
@@ -81,7 +83,7 @@ def test_the_pinned_value_tells_the_variants_apart():
     """T^2 on the soft term, or a soft target averaging all heads (self included), would
     move the pinned value by far more than its tolerance."""
     logits, y = fixed_logits()
-    loss = objective('clilr')((logits, logits.mean(0)), y, 0)
+    loss = objective('clilr')(ModelOutput(logits, logits.mean(0)), y, 0)
     soft = (loss - sum(0.5 * ce(z, y) for z in logits)) / 0.5
     soft_all = sum(-(F.softmax(logits.mean(0) / 2, 1) * F.log_softmax(z / 2, 1)).sum(1).mean()
                    for z in logits)
@@ -93,7 +95,7 @@ def test_no_gradient_through_the_soft_targets():
     (softmax(z_h / T) - q_h)] / B. A gradient through q_h or a T^2 factor breaks it."""
     logits, y = fixed_logits()
     z = logits.clone().requires_grad_(True)
-    CLILRLoss(temperature=2.0, beta=0.5, rampup_epochs=0, form='paper')((z, z.mean(0)), y, 0).backward()
+    CLILRLoss(temperature=2.0, beta=0.5, rampup_epochs=0, form='paper')(ModelOutput(z, z.mean(0)), y, 0).backward()
     onehot = F.one_hot(y, 5).double()
     H, B, T = 4, 6, 2.0
     for h in range(H):
@@ -103,7 +105,7 @@ def test_no_gradient_through_the_soft_targets():
         torch.testing.assert_close(z.grad[h], expected, rtol=1e-10, atol=1e-12)
     # The okddip form does send gradient through q_h: its gradient is not that of a constant q.
     z2 = logits.clone().requires_grad_(True)
-    CLILRLoss(temperature=3.0, beta=0.5, rampup_epochs=0, form='okddip')((z2, z2.mean(0)), y, 0).backward()
+    CLILRLoss(temperature=3.0, beta=0.5, rampup_epochs=0, form='okddip')(ModelOutput(z2, z2.mean(0)), y, 0).backward()
     z3 = logits.clone().requires_grad_(True)
     detached = sum(ce(z3[h], y) + 9 * (F.softmax(q.detach(), 1) * (F.log_softmax(q.detach(), 1)
                - F.log_softmax(z3[h] / 3, 1))).sum(1).mean()
@@ -150,7 +152,7 @@ def test_rescaling_divides_the_trunk_gradient_by_the_number_of_heads(heads):
 def test_model_is_the_one_layout_without_gate():
     model = CLILRResNet(8, num_classes=10, num_branches=4)
     assert model.gate is None
-    logits, ensemble = model.eval()(torch.randn(2, 3, 32, 32))
+    logits, ensemble, _ = model.eval()(torch.randn(2, 3, 32, 32))
     assert logits.shape == (4, 2, 10)
     torch.testing.assert_close(ensemble, logits.mean(0))
 

@@ -12,8 +12,10 @@ import cifar_dml
 import export_branch
 from conftest import load, objective, tiny
 from methods import METHODS
-from methods.dml import Cohort, DMLLoss
+from methods.dml import DMLLoss
 from models import resnet
+from models.cohort import Cohort
+from models.output import ModelOutput
 from utils.steps import train_step
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -57,7 +59,7 @@ def direct_dml(logits, labels, T):
     (3, 3.0, 8.316412123767165),
 ])
 def test_dml_loss_value(m, T, pinned):
-    loss = DMLLoss(temperature=T, update='alternating')((LOGITS[:m], None), LABELS, epoch=0)
+    loss = DMLLoss(temperature=T, update='alternating')(ModelOutput(LOGITS[:m]), LABELS, epoch=0)
     assert loss.item() == pytest.approx(direct_dml(LOGITS[:m], LABELS, T), rel=1e-12)
     assert loss.item() == pytest.approx(pinned, rel=1e-12)
     assert DMLLoss(temperature=T, update='alternating').rampup(5) == 1.0
@@ -71,7 +73,7 @@ def test_peers_are_constant_targets():
     member = loss.member_loss(z[0], [z[1], z[2]], LABELS)
     grad = torch.autograd.grad(member, logits)[0]
     assert grad[0].abs().sum() > 0 and torch.all(grad[1:] == 0)
-    total = torch.autograd.grad(loss((logits, None), LABELS, 0), logits)[0]
+    total = torch.autograd.grad(loss(ModelOutput(logits), LABELS, 0), logits)[0]
     for j in range(3):
         alone = loss.member_loss(z[j], [p.detach() for k, p in enumerate(z) if k != j], LABELS)
         torch.testing.assert_close(total[j], torch.autograd.grad(alone, logits)[0][j] / 3)
@@ -87,7 +89,7 @@ def test_networks_are_independent():
         p.numel() for p in resnet(8, 10).parameters())
     first = [net.conv1.weight for net in cohort.nets]
     assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2])
-    logits, ensemble = cohort.eval()(torch.randn(4, 3, 32, 32))
+    logits, ensemble, _ = cohort.eval()(torch.randn(4, 3, 32, 32))
     assert logits.shape == (3, 4, 10)
     torch.testing.assert_close(ensemble.exp(), logits.softmax(-1).mean(0))
 
@@ -201,7 +203,7 @@ def test_alternating_step_reports_the_pre_update_predictions_and_loss(cohort):
     reference = copy.deepcopy(cohort).train()
     optimizers = [sgd(net.parameters()) for net in reference.nets]
     with torch.no_grad():
-        before, _ = reference(images)
+        before = reference(images).members
     expected_loss = 0.0
     for i, optimizer in enumerate(optimizers):
         logits = [net(images) for net in reference.nets]
@@ -218,7 +220,7 @@ def test_alternating_step_reports_the_pre_update_predictions_and_loss(cohort):
     torch.testing.assert_close(output[0], before)
     assert not loss_sum.requires_grad
     assert loss_sum.item() == pytest.approx(expected_loss, rel=1e-5)
-    simultaneous = objective('dml')((before, None), targets, 0).item() * len(targets)
+    simultaneous = objective('dml')(ModelOutput(before), targets, 0).item() * len(targets)
     assert loss_sum.item() != pytest.approx(simultaneous, rel=1e-5)
 
 

@@ -12,7 +12,7 @@ from fakedata import random_images
 from utils.data import CIFAR_MEAN, CIFAR_STD, DeviceLoader
 from utils.distributed import World
 from methods import METHODS
-from utils.losses import correct_counts
+from models.output import ModelOutput, column_hits
 from utils.errors import UserError
 from utils.setup import apply_fast_preset, build_model, check_cuda_graphs
 from utils.steps import Meters, evaluate, train_step
@@ -74,7 +74,7 @@ def test_evaluation_changes_nothing_and_counts_like_a_direct_computation(data):
     metrics = evaluate(model, test, METHODS['one'], objective('one'), 0, names, World())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with torch.no_grad():
-        hits = sum(correct_counts(model(x), y) for x, y in test.batches())
+        hits = sum(column_hits(model(x), y, names) for x, y in test.batches())
     for i, name in enumerate(names):
         assert metrics[f'acc_{name}'] == pytest.approx(hits[i].item() * 100 / 64)
 
@@ -86,7 +86,8 @@ def test_meters_accumulate_on_the_device_like_python_sums():
         logits, ensemble = torch.randn(1, 8, 5), torch.randn(8, 5)
         y = torch.randint(0, 5, (8,))
         loss_sum = torch.rand(()) * 8
-        meters.update(loss_sum, correct_counts((logits, ensemble), y), len(y))
+        meters.update(loss_sum, column_hits(ModelOutput(logits, ensemble), y, ['1', 'ens']),
+                      len(y))
         total += loss_sum.item()
         hits[0] += (logits[0].argmax(1) == y).sum().item()
         hits[1] += (ensemble.argmax(1) == y).sum().item()

@@ -16,6 +16,7 @@ from conftest import load, objective, run_script, tiny
 from methods import METHODS
 from methods.kd import KDLoss
 from models import branch_state_dict, one_resnet, resnet
+from models.output import ModelOutput
 from utils.setup import build_optimizer
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -25,6 +26,8 @@ LOGITS = torch.tensor([[[2.0, -1.0, 0.5, 0.0], [0.3, 1.2, -0.7, 2.2], [-1.5, 0.4
                        [[1.0, 0.5, -0.5, 1.5], [-0.2, 2.0, 0.1, 0.0], [0.8, -1.0, 2.4, -0.3]]],
                       dtype=torch.float64)
 LABELS = torch.tensor([0, 3, 2])
+# What the StudentTeacher model returns for them: the student is member 1, the teacher an extra.
+KD_OUTPUT = ModelOutput(LOGITS[:1], extras={'teacher': LOGITS[1]})
 SUBSET = ['--train-subset', 256]
 # Subprocesses on one thread too: several threads per process only thrash a busy 2-core machine.
 ONE_THREAD = {**os.environ, 'OMP_NUM_THREADS': '1'}
@@ -51,7 +54,7 @@ def direct_kd(student, teacher, labels, T, alpha):
     (3.0, 1.0, 0.8124177760816015),   # teacher only
 ])
 def test_kd_loss_value(T, alpha, pinned):
-    loss = KDLoss(temperature=T, alpha=alpha)((LOGITS, None), LABELS, epoch=0)
+    loss = KDLoss(temperature=T, alpha=alpha)(KD_OUTPUT, LABELS, epoch=0)
     expected = direct_kd(LOGITS[0], LOGITS[1], LABELS, T, alpha)
     assert loss.item() == pytest.approx(expected, rel=1e-12)
     assert loss.item() == pytest.approx(pinned, rel=1e-12)
@@ -62,8 +65,8 @@ def test_kd_defaults_and_batch_size():
     loss = objective('kd')
     assert (loss.temperature, loss.alpha) == (4.0, 0.9)
     # a rank of a distributed run divides its sum by the global batch
-    torch.testing.assert_close(loss((LOGITS, None), LABELS, 0, batch_size=6),
-                               loss((LOGITS, None), LABELS, 0) / 2)
+    torch.testing.assert_close(loss(KD_OUTPUT, LABELS, 0, batch_size=6),
+                               loss(KD_OUTPUT, LABELS, 0) / 2)
 
 
 # ----------------------------------------------------------------------------- teachers
@@ -93,15 +96,16 @@ def test_teacher_is_frozen_and_stays_in_eval_mode(teachers):
     assert model.student.training
     assert not any(m.training for m in model.teacher.modules())
     images = torch.randn(8, 3, 32, 32)
-    output, _ = model(images)
-    objective('kd')((output, None), torch.arange(8) % 10, 0).backward()
+    output = model(images)
+    objective('kd')(output, torch.arange(8) % 10, 0).backward()
     assert all(p.grad is None and not p.requires_grad for p in model.teacher.parameters())
     assert all(p.grad is not None for p in model.student.parameters())
     # eval-mode BatchNorm: running statistics untouched, output as in eval mode
     for key, value in model.teacher.state_dict().items():
         assert torch.equal(value, teacher_state[key]), key
     model.eval()
-    torch.testing.assert_close(output[1], model(images)[0][1], rtol=0, atol=0)
+    torch.testing.assert_close(output.extras['teacher'], model(images).extras['teacher'],
+                               rtol=0, atol=0)
     # the engine's optimizer gets the student's parameters only
     optimizer = build_optimizer(args, model, torch.device('cpu'))
     assert sum(p.numel() for g in optimizer.param_groups for p in g['params']) == \
@@ -129,8 +133,8 @@ def test_one_teacher_member_is_the_ensemble_or_a_branch(teachers, member, expect
     model = METHODS['kd'].build_model(args, 10).eval()
     images = torch.randn(6, 3, 32, 32)
     with torch.no_grad():
-        logits, ensemble = one(images)
-        teacher = model(images)[0][1]
+        logits, ensemble, _ = one(images)
+        teacher = model(images).extras['teacher']
     torch.testing.assert_close(teacher, ensemble if expected == 'ens' else logits[1])
 
 

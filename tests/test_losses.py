@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import objective
-from models import one_resnet
-from methods.one import ONELoss
 from methods.baseline import CrossEntropy
-from utils.losses import correct_counts
+from methods.one import ONELoss
+from models import one_resnet
+from models.output import ModelOutput, column_hits
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -51,7 +51,7 @@ def random_output(m=3, batch=6, classes=5, seed=0, dtype=torch.float64):
 @pytest.mark.parametrize('epoch', [0, 40, 80, 200])
 def test_one_loss_value(epoch, T):
     logits, ensemble, targets = random_output()
-    loss = ONELoss(temperature=T, rampup_epochs=80, distill=True)((logits, ensemble), targets, epoch)
+    loss = ONELoss(temperature=T, rampup_epochs=80, distill=True)(ModelOutput(logits, ensemble), targets, epoch)
     expected = one_reference(logits, ensemble, targets, epoch, T, 80)
     torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-10)
     # The KL part is large enough here that a wrong weight, T or reduction would show.
@@ -62,13 +62,13 @@ def test_one_loss_value(epoch, T):
 def test_one_loss_defaults_are_spec(epoch):
     """T = 3 and R = 80 unless told otherwise."""
     logits, ensemble, targets = random_output(seed=1)
-    torch.testing.assert_close(objective('one')((logits, ensemble), targets, epoch),
+    torch.testing.assert_close(objective('one')(ModelOutput(logits, ensemble), targets, epoch),
                                one_reference(logits, ensemble, targets, epoch, 3.0, 80))
 
 
 def test_one_loss_rampup_zero():
     logits, ensemble, targets = random_output(seed=2)
-    torch.testing.assert_close(objective('one', consistency_rampup=0)((logits, ensemble), targets, 0),
+    torch.testing.assert_close(objective('one', consistency_rampup=0)(ModelOutput(logits, ensemble), targets, 0),
                                one_reference(logits, ensemble, targets, 0, 3.0, 0))
 
 
@@ -85,7 +85,7 @@ def test_kl_sends_no_gradient_to_ensemble(epoch):
     logits, ensemble, targets = random_output(seed=3)
     logits.requires_grad_(True)
     ensemble.requires_grad_(True)
-    objective('one')((logits, ensemble), targets, epoch).backward()
+    objective('one')(ModelOutput(logits, ensemble), targets, epoch).backward()
 
     ens_only = ensemble.detach().clone().requires_grad_(True)
     ce(ens_only, targets).backward()
@@ -127,7 +127,7 @@ def test_cross_entropy_plain_logits(classes):
 def test_cross_entropy_of_branches_ignores_ensemble():
     logits, ensemble, targets = random_output(seed=4)
     expected = sum(F.cross_entropy(z, targets) for z in logits)
-    torch.testing.assert_close(CrossEntropy()((logits, ensemble), targets, 0), expected)
+    torch.testing.assert_close(CrossEntropy()(ModelOutput(logits, ensemble), targets, 0), expected)
 
 
 @pytest.mark.parametrize('loss_fn', [CrossEntropy(), objective('one')], ids=['ce', 'one'])
@@ -135,7 +135,7 @@ def test_cross_entropy_of_branches_ignores_ensemble():
 def test_batch_size_divides_the_sum(loss_fn, batch_size):
     """A rank passes the global batch size: the loss is then sum / batch_size."""
     logits, ensemble, targets = random_output(seed=5)  # 6 samples
-    output = logits[0] if isinstance(loss_fn, CrossEntropy) else (logits, ensemble)
+    output = logits[0] if isinstance(loss_fn, CrossEntropy) else ModelOutput(logits, ensemble)
     mean = loss_fn(output, targets, 30)
     torch.testing.assert_close(loss_fn(output, targets, 30, batch_size=batch_size),
                                mean * len(targets) / batch_size)
@@ -145,17 +145,25 @@ def test_batch_size_split_sums_to_whole():
     """Two halves of a batch, each divided by the global size, add up to the whole."""
     logits, ensemble, targets = random_output(seed=6, batch=8)
     loss = objective('one')
-    whole = loss((logits, ensemble), targets, 50)
-    halves = sum(loss((logits[:, s], ensemble[s]), targets[s], 50, batch_size=8)
+    whole = loss(ModelOutput(logits, ensemble), targets, 50)
+    halves = sum(loss(ModelOutput(logits[:, s], ensemble[s]), targets[s], 50, batch_size=8)
                  for s in (slice(0, 3), slice(3, 8)))
     torch.testing.assert_close(halves, whole)
 
 
-def test_correct_counts():
+def test_each_column_counts_the_part_of_the_output_it_names():
+    """'1'..'m' count a member, 'ens' the ensemble, any other name an extra (KD's teacher);
+    plain logits are member 1."""
     targets = torch.tensor([0, 1, 2, 1])
     branch1 = torch.eye(3)[[0, 1, 2, 1]]          # all right
     branch2 = torch.eye(3)[[1, 1, 0, 0]]          # only sample 1 right
     ensemble = torch.eye(3)[[0, 2, 2, 0]]         # samples 0 and 2 right
-    counts = correct_counts((torch.stack([branch1, branch2]), ensemble), targets)
-    assert counts.tolist() == [4, 1, 2]
-    assert correct_counts(branch2, targets).tolist() == [1]
+    teacher = torch.eye(3)[[0, 1, 0, 0]]          # samples 0 and 1 right
+    output = ModelOutput(torch.stack([branch1, branch2]), ensemble, {'teacher': teacher})
+    assert column_hits(output, targets, ['1', '2', 'ens']).tolist() == [4, 1, 2]
+    assert column_hits(output, targets, ['2', 'teacher']).tolist() == [1, 2]
+    assert column_hits(branch2, targets, ['1']).tolist() == [1]
+    with pytest.raises(KeyError, match="no 'features'"):
+        column_hits(output, targets, ['1', 'features'])
+    with pytest.raises(KeyError, match='no ensemble'):
+        column_hits(branch2, targets, ['ens'])

@@ -96,7 +96,7 @@ def test_resnet_forward_shape(depth):
 @pytest.mark.parametrize('num_branches', [1, 2, 3, 5])
 def test_one_forward_shape(num_branches):
     model = one_resnet(8, num_classes=7, num_branches=num_branches)
-    logits, ensemble = model(torch.randn(4, 3, 32, 32))
+    logits, ensemble, _ = model(torch.randn(4, 3, 32, 32))
     assert logits.shape == (num_branches, 4, 7)
     assert ensemble.shape == (4, 7)
     assert len(model.branches) == num_branches
@@ -112,7 +112,7 @@ def test_gate_and_ensemble_by_hand(num_branches, train):
     model.train(train)
     x = torch.randn(5, 3, 32, 32, generator=g)
     with torch.no_grad():
-        logits, ensemble = model(x)
+        logits, ensemble, _ = model(x)
         shared = trunk(model, x)
         assert shared.shape[-2:] == (16, 16)  # the gate reads stage 2's 16x16 map
         weights = model.gate(shared)
@@ -173,7 +173,7 @@ def test_branch_export_matches_branch(depth, num_branches):
     one.eval()
     x = torch.randn(3, 3, 32, 32, generator=g)
     with torch.no_grad():
-        logits, _ = one(x)
+        logits = one(x).members
     assert not torch.allclose(logits[0], logits[-1])  # the branches differ
     for k in range(num_branches):
         plain = resnet(depth, num_classes=10)
@@ -200,5 +200,5 @@ def test_backward_reaches_every_parameter(num_branches):
 def test_single_branch_gate_is_constant():
     """With m = 1 the softmax over one entry is 1 whatever the gate computes: z_e = z_1."""
     model = one_resnet(8, num_classes=5, num_branches=1)
-    logits, ensemble = model(torch.randn(4, 3, 32, 32))
+    logits, ensemble, _ = model(torch.randn(4, 3, 32, 32))
     torch.testing.assert_close(ensemble, logits[0])

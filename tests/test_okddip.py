@@ -10,8 +10,9 @@ import cifar_okddip
 import export_branch
 from conftest import load, objective, tiny
 from methods import METHODS
-from methods.okddip import OKDDipResNet
 from models import one_resnet, resnet
+from models.okddip import OKDDipResNet
+from models.output import ModelOutput
 
 SUBSET = ['--train-subset', 128]
 
@@ -52,6 +53,11 @@ def reference(logits, attention, targets, epoch, T=3.0, alpha=1.0, R=80, aggrega
     return hard + alpha * ramp(epoch, R) * T * T * (dis1 + dis2)
 
 
+def okddip_output(logits, log_attention):
+    """What the OKDDip model returns for these logits (leader first) and attention."""
+    return ModelOutput(logits, logits[1:].mean(0), {'log_attention': log_attention})
+
+
 def fixed_output():
     """The tensors the pinned values below were computed from: 4 branches, 6 images, 5 classes."""
     g = torch.Generator().manual_seed(0)
@@ -67,7 +73,7 @@ def fixed_output():
     ('logits', 40, 13.595985470150348), ('logits', 80, 16.93675373721171)])
 def test_objective_value(aggregate, epoch, pinned):
     logits, log_attention, y = fixed_output()
-    loss = objective('okddip', aggregate=aggregate)((logits, logits[1:].mean(0), log_attention), y, epoch)
+    loss = objective('okddip', aggregate=aggregate)(okddip_output(logits, log_attention), y, epoch)
     expected = reference(logits, log_attention.exp(), y, epoch, aggregate=aggregate)
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
     assert loss.item() == pytest.approx(pinned, abs=1e-9)
@@ -80,7 +86,7 @@ def test_defaults_and_weight():
     assert loss.rampup(0) == pytest.approx(math.exp(-5)) and loss.rampup(80) == 1.0
     assert objective('okddip', alpha=0.5).rampup(200) == 0.5
     logits, log_attention, y = fixed_output()
-    output = (logits, logits[1:].mean(0), log_attention)
+    output = okddip_output(logits, log_attention)
     torch.testing.assert_close(objective('okddip', alpha=0.5, temperature=2.0)(output, y, 30),
                                reference(logits, log_attention.exp(), y, 30, T=2.0, alpha=0.5))
     # the distillation terms are large enough here that a lost T^2 or leader term would show
@@ -98,7 +104,7 @@ def test_nothing_is_detached(aggregate):
         fn(z, a).backward()
         return z.grad, a.grad
 
-    ours = grads(lambda z, a: objective('okddip', aggregate=aggregate)((z, z[1:].mean(0), a), y, 80))
+    ours = grads(lambda z, a: objective('okddip', aggregate=aggregate)(okddip_output(z, a), y, 80))
     live = grads(lambda z, a: reference(z, a.exp(), y, 80, aggregate=aggregate))
     frozen = grads(lambda z, a: reference(z, a.exp(), y, 80, aggregate=aggregate,
                                           detach_targets='all'))
@@ -114,7 +120,7 @@ def test_each_target_sends_gradient_to_the_peers(frozen):
     peers' gradient: both distillation levels train the peers through their targets."""
     logits, log_attention, y = fixed_output()
     z = logits.clone().requires_grad_(True)
-    objective('okddip')((z, z[1:].mean(0), log_attention), y, 80).backward()
+    objective('okddip')(okddip_output(z, log_attention), y, 80).backward()
     z_ref = logits.clone().requires_grad_(True)
     reference(z_ref, log_attention.exp(), y, 80, detach_targets=frozen).backward()
     assert (z.grad[1:] - z_ref.grad[1:]).abs().max() > 1e-3
@@ -133,7 +139,8 @@ def test_attention_is_a_softmax_over_all_peers_including_itself():
     model = OKDDipResNet(8, num_classes=10, num_branches=4).eval()
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
-        logits, ensemble, log_attention = model(x)
+        logits, ensemble, extras = model(x)
+        log_attention = extras['log_attention']
         h = peer_features(model, x)
     attention = log_attention.exp()
     assert logits.shape == (4, 5, 10) and attention.shape == (5, 3, 3)
@@ -236,9 +243,10 @@ def test_bad_flags_are_one_line(flags, named, fashion_root, tmp_path, capsys):
 
 def test_two_branches_leader_and_one_peer():
     model = OKDDipResNet(8, num_classes=10, num_branches=2)
-    logits, ensemble, log_attention = model(torch.randn(4, 3, 32, 32))
+    output = model(torch.randn(4, 3, 32, 32))
+    log_attention = output.extras['log_attention']
     assert log_attention.shape == (4, 1, 1) and torch.all(log_attention == 0)
-    loss = objective('okddip')((logits, ensemble, log_attention), torch.randint(0, 10, (4,)), 80)
+    loss = objective('okddip')(output, torch.randint(0, 10, (4,)), 80)
     assert torch.isfinite(loss)
 
 

@@ -8,6 +8,7 @@ import cifar_one
 import export_branch
 from conftest import load, objective, run_script, tiny
 from models import branch_state_dict, one_resnet, resnet
+from models.output import ModelOutput
 from test_losses import ce, one_reference, random_output
 from test_models import num_params, perturb_batchnorm
 
@@ -15,10 +16,10 @@ from test_models import num_params, perturb_batchnorm
 @pytest.mark.parametrize('epoch', [0, 80, 200])
 def test_no_distill_drops_only_the_kl_term(epoch):
     logits, ensemble, targets = random_output(seed=11)
-    loss = objective('one', no_distill=True)((logits, ensemble), targets, epoch)
+    loss = objective('one', no_distill=True)(ModelOutput(logits, ensemble), targets, epoch)
     expected = sum(ce(z, targets) for z in logits) + ce(ensemble, targets)
     torch.testing.assert_close(loss, expected, rtol=1e-10, atol=1e-10)
-    with_kl = objective('one')((logits, ensemble), targets, epoch)
+    with_kl = objective('one')(ModelOutput(logits, ensemble), targets, epoch)
     torch.testing.assert_close(with_kl, one_reference(logits, ensemble, targets, epoch, 3.0, 80))
     assert with_kl - loss > 1e-3  # the dropped term was not negligible
     assert objective('one', no_distill=True).rampup(epoch) == 0.0
@@ -30,7 +31,7 @@ def test_average_gate_is_the_plain_mean_and_has_no_parameters():
     assert model.gate is None
     assert num_params(model) == num_params(one_resnet(8, 6, 4)) - (32 * 4 + 4) - 2 * 4  # Linear(32, 4), BN1d(4)
     with torch.no_grad():
-        logits, ensemble = model(torch.randn(3, 3, 32, 32))
+        logits, ensemble, _ = model(torch.randn(3, 3, 32, 32))
     torch.testing.assert_close(ensemble, logits.mean(0), rtol=0, atol=0)
 
 
@@ -52,7 +53,7 @@ def test_branch_point_decides_what_is_shared(branch_point, shared, depth):
     plain.load_state_dict(branch_state_dict(model.state_dict(), 2))
     x = torch.randn(4, 3, 32, 32, generator=g)
     with torch.no_grad():
-        torch.testing.assert_close(plain(x), model(x)[0][2], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(plain(x), model(x).members[2], rtol=1e-5, atol=1e-5)
 
 
 def test_sharing_less_costs_parameters():

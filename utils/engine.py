@@ -376,7 +376,7 @@ class Trainer:
         output, loss_sum = self.method.train_step(
             self.train_model, self.objective, self.optimizer, self.scaler, images, targets,
             epoch, batch_size, self.args.amp)
-        return loss_sum, self.method.correct(output, targets)
+        return loss_sum, self.method.correct(output, targets, self.names)
 
     def check(self, meters, stop):
         """Stop on a NaN/Inf loss (saving nothing) or, on a signal, save this step and stop."""

@@ -1,15 +1,7 @@
 """Pieces the methods' objectives share.
 
 An objective maps (model output, targets, epoch) to the loss to minimise."""
-import torch
 import torch.nn.functional as F
-
-
-def as_branches(output):
-    """(branch_logits (m, B, C), ensemble_logits or None) from a model's output."""
-    if isinstance(output, tuple):
-        return output
-    return output.unsqueeze(0), None
 
 
 def distillation_kl(student_logits, teacher_logits, temperature):
@@ -27,10 +19,3 @@ def branch_cross_entropy(logits, targets):
     """sum over branches and samples of CE(z_i, y); logits (m, B, C)."""
     return F.cross_entropy(logits.flatten(0, 1), targets.repeat(len(logits)), reduction='sum')
 
-
-def correct_counts(output, targets):
-    """Top-1 hits per branch, then of the ensemble if there is one: shape (m[+1],)."""
-    logits, ensemble = as_branches(output)
-    if ensemble is not None:
-        logits = torch.cat([logits, ensemble.unsqueeze(0)])
-    return (logits.argmax(-1) == targets).sum(1)

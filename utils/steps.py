@@ -88,7 +88,7 @@ def evaluate(model, loader, method, objective, epoch, names, world, amp='off', s
         for number, (images, targets) in enumerate(loader.batches(), 1):
             output = model(images)
             meters.update(objective(output, targets, epoch) * len(targets),
-                          method.correct(output, targets), len(targets))
+                          method.correct(output, targets, names), len(targets))
             if stop is not None and number % every == 0 and stop.requested(world):
                 return None
     return meters.reduce(world).summary(names)
