@@ -12,10 +12,10 @@ Models return plain logits (batch, classes) or a models.output.ModelOutput (memb
 ensemble, named extras); a method's accuracy columns name the parts of that output, so the
 engine never looks inside it.
 """
-from models import BACKBONES, branch_state_dict
+from models import BACKBONES, IMAGENET_BACKBONES, branch_state_dict
 from models.output import column_hits
 from models.resnet import DEPTH_RULES
-from utils.cli import build_parser
+from utils.cli import build_parser, parse_flags
 from utils.errors import UserError
 from utils.steps import train_step
 from .networks import (COMPUTATION_ONLY, add_network_flags, backbone_of, network_identity,
@@ -57,8 +57,10 @@ class Method:
 
     @property
     def archs(self):
-        """The -a values it trains: its default arch first, then every other backbone."""
-        return (self.arch, *(b for b in BACKBONES if b != backbone_of(self.arch)))
+        """The -a values it trains: its default arch first, then every other backbone, then
+        torchvision's ImageNet networks."""
+        return (self.arch, *(b for b in BACKBONES if b != backbone_of(self.arch)),
+                *IMAGENET_BACKBONES)
 
     def add_network_flags(self, parser):
         """-a, --depth and the networks' flags (methods/networks.py)."""
@@ -70,7 +72,8 @@ class Method:
     def defaults(self, **flags):
         """The flags a run of this method gets from an empty command line, with `flags` set
         on top: what tests, the benchmark and the report use instead of copies."""
-        args = build_parser('', self).parse_args([])
+        dataset = ['--dataset', flags['dataset']] if 'dataset' in flags else []
+        args = parse_flags(build_parser('', self), dataset)
         args.method = self.name
         for key, value in flags.items():
             setattr(args, key, value)

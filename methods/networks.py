@@ -7,6 +7,10 @@ unset takes the constructor's default (the paper's network); one given to a netw
 no such keyword is refused. Like --depth, these flags are part of a run's identity: a
 checkpoint of ResNeXt-29 (8x64d) is not resumed as (16x64d).
 
+On --dataset imagenet the networks are torchvision's (models.IMAGENET_BACKBONES: -a resnet18,
+resnet34, resnet50, resnext50_32x4d), of fixed depth and without width flags; the CIFAR
+networks are refused there, and torchvision's on the CIFAR-sized datasets.
+
 The multi-branch methods (ONE, CL-ILR, OKDDip) train their own layout of the CIFAR ResNet
 under -a METHOD_resnet (the seed's one_resnet, ...), and over any other backbone the branches
 of models/branched.py: the trunk and branch K form exactly the plain network, which
@@ -18,7 +22,8 @@ import inspect
 
 import torch
 
-from models import BACKBONES, NETWORK_NAMES, branch_points
+from models import (BACKBONES, IMAGENET_BACKBONES, IMAGENET_DEPTHS, IMAGENET_NAMES, NETWORK_NAMES,
+                    branch_points)
 from models.branched import Branched
 from models.resnet import DEPTH_RULES
 from utils.errors import UserError
@@ -50,29 +55,36 @@ NETWORK_FLAGS = {
 CHOICES = {'depth_rule': DEPTH_RULES}
 # Keywords that change how a network computes, not what: not part of a run's identity.
 COMPUTATION_ONLY = ('memory_efficient',)
+# Every network by its -a name: the CIFAR backbones, then torchvision's ImageNet ones.
+NETWORKS = {**BACKBONES, **IMAGENET_BACKBONES}
+IMAGENET = 'imagenet'
 
 
 def keywords(backbone):
     """{keyword: default} of a backbone's own arguments (beyond depth and num_classes)."""
-    parameters = inspect.signature(BACKBONES[backbone]).parameters.values()
+    parameters = inspect.signature(NETWORKS[backbone]).parameters.values()
     return {p.name: p.default for p in parameters if p.name not in ('depth', 'num_classes')}
 
 
 def backbone_of(arch):
     """The plain network under an arch: a method's own layout is named METHOD_BACKBONE
     (one_resnet, clilr_resnet: the CIFAR ResNet), a plain network by itself."""
-    return arch.rsplit('_', 1)[-1]
+    return arch if arch in NETWORKS else arch.rsplit('_', 1)[-1]
 
 
 def network_name(arch, depth):
     """How tables name a network, e.g. 'ResNet-32' for resnet and one_resnet alike."""
     name = backbone_of(str(arch))
+    if name in IMAGENET_NAMES:
+        return IMAGENET_NAMES[name]
     return f'{NETWORK_NAMES.get(name, name)}-{depth}'
 
 
 def default_depth(backbone):
     if backbone == 'resnet':
         return RESNET_DEPTH
+    if backbone in IMAGENET_DEPTHS:
+        return IMAGENET_DEPTHS[backbone]
     return inspect.signature(BACKBONES[backbone]).parameters['depth'].default
 
 
@@ -83,7 +95,7 @@ def add_network_flags(parser, archs):
     parser.add_argument('--depth', type=int, default=None,
                         help=f'layers (default: {RESNET_DEPTH} for the ResNets, the paper\'s '
                              'network for the others: ResNeXt-29, DenseNet-BC-190, WRN-28-10, '
-                             'VGG-16)')
+                             'VGG-16; torchvision\'s networks have the depth their name says)')
     for key, (kind, text) in NETWORK_FLAGS.items():
         flag = '--' + key.replace('_', '-')
         if kind is bool:
@@ -97,6 +109,8 @@ def add_network_flags(parser, archs):
 def describe_arch(arch):
     backbone = backbone_of(arch)
     layout = 'its own layout of ' if arch != backbone else ''
+    if backbone in IMAGENET_NAMES:
+        return f"torchvision's {IMAGENET_NAMES[backbone]} (ImageNet)"
     return f'{layout}{NETWORK_NAMES[backbone]}'
 
 
@@ -104,13 +118,18 @@ def resolve_network_flags(args):
     """Fill --depth and the network's unset flags with its defaults; refuse a network flag
     given to a network without it, and a depth or width the network cannot build."""
     backbone = backbone_of(args.arch)
+    check_network_fits_dataset(args, backbone)
     own = keywords(backbone)
     given = [key for key in NETWORK_FLAGS if key not in own and _given(args, key)]
     if given:
         flag = '--' + given[0].replace('_', '-')
         takers = [a for a in BACKBONES if given[0] in keywords(a)]
-        raise UserError(f'{flag}: {NETWORK_NAMES[backbone]} (-a {args.arch}) has no such setting; '
+        name = NETWORK_NAMES.get(backbone) or IMAGENET_NAMES[backbone]
+        raise UserError(f'{flag}: {name} (-a {args.arch}) has no such setting; '
                         f'it is a flag of -a {", ".join(takers)}')
+    if backbone in IMAGENET_DEPTHS and args.depth not in (None, IMAGENET_DEPTHS[backbone]):
+        raise UserError(f'--depth {args.depth}: -a {args.arch} has {IMAGENET_DEPTHS[backbone]} '
+                        f'layers; choose the depth by -a ({", ".join(IMAGENET_BACKBONES)})')
     if args.depth is None:
         args.depth = default_depth(backbone)
     for key, default in own.items():
@@ -120,6 +139,17 @@ def resolve_network_flags(args):
         build_plain(args, 1, meta=True)
     except ValueError as e:
         raise UserError(f'{flag_of(e)}: {e}') from None
+
+
+def check_network_fits_dataset(args, backbone):
+    """torchvision's networks on ImageNet only, and only they there."""
+    on_imagenet = getattr(args, 'dataset', None) == IMAGENET
+    if on_imagenet and backbone not in IMAGENET_BACKBONES:
+        raise UserError(f'-a {args.arch} is a network for 32x32 images; on --dataset imagenet '
+                        f'use -a {", ".join(IMAGENET_BACKBONES)}')
+    if not on_imagenet and backbone in IMAGENET_BACKBONES:
+        raise UserError(f'-a {args.arch} is an ImageNet network; on --dataset {args.dataset} use '
+                        f'-a {", ".join(BACKBONES)} (or a method\'s own layout)')
 
 
 def _given(args, key):
@@ -148,17 +178,23 @@ def network_identity(args):
 
 def build_plain(args, num_classes, meta=False):
     """The plain network of args.arch's backbone (on the meta device: only its shapes)."""
-    backbone = BACKBONES[backbone_of(args.arch)]
     with torch.device('meta') if meta else contextlib.nullcontext():
-        return backbone(depth=args.depth, num_classes=num_classes, **network_kwargs(args))
+        return NETWORKS[backbone_of(args.arch)](num_classes=num_classes, **constructor_kwargs(args))
+
+
+def constructor_kwargs(args):
+    """The network constructor's keywords but num_classes: depth (torchvision's networks take
+    none) and the backbone's own flags."""
+    depth = {} if backbone_of(args.arch) in IMAGENET_BACKBONES else {'depth': args.depth}
+    return {**depth, **network_kwargs(args)}
 
 
 def build_branched(args, num_classes, gate, model_class=Branched):
     """ONE's branches (model_class: Branched or a method's subclass of it) over args.arch's
     backbone, cut at args.branch_point where the method has one, else at the last stage."""
-    return model_class(BACKBONES[backbone_of(args.arch)], args.num_branches,
-                       getattr(args, 'branch_point', None), gate,
-                       depth=args.depth, num_classes=num_classes, **network_kwargs(args))
+    return model_class(NETWORKS[backbone_of(args.arch)], args.num_branches,
+                       getattr(args, 'branch_point', None), gate, num_classes=num_classes,
+                       **constructor_kwargs(args))
 
 
 def check_branch_point(args):

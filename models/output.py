@@ -54,7 +54,13 @@ def column_logits(output, column):
     return output.extra(column)
 
 
+TOP_K = 5
+
+
 def column_hits(output, targets, columns):
-    """Top-1 hits of each column over the batch, shape (len(columns),), left on the device."""
+    """Hits of each column over the batch, left on the device: shape (2, len(columns)), the
+    top-1 hits, then the top-5 (top-k of every class where there are fewer than 5)."""
     logits = torch.stack([column_logits(output, column) for column in columns])
-    return (logits.argmax(-1) == targets).sum(1)
+    top = logits.topk(min(TOP_K, logits.shape[-1]), dim=-1).indices       # (columns, B, k)
+    hit = top == targets[:, None]
+    return torch.stack([hit[..., 0].sum(1), hit.any(-1).sum(1)])

@@ -104,3 +104,24 @@ def write_svhn(root, sizes=(('train', 7), ('test', 4), ('extra', 5)), seed=0):
                          {'X': np.ascontiguousarray(images.transpose(2, 3, 1, 0)), 'y': stored})
         arrays[split] = (images, digits)
     return arrays
+
+
+def write_image_folder(root, classes=6, train_per_class=8, val_per_class=3, size=(56, 48),
+                       seed=0):
+    """ImageNet's layout under root: train/ and val/, one folder per class (n0000000k), real
+    JPEG files of varied sizes. Class k has a bright band at height k / classes, so that a few
+    steps learn something."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for split, per_class in (('train', train_per_class), ('val', val_per_class)):
+        for k in range(classes):
+            folder = os.path.join(root, split, f'n{k:08d}')
+            os.makedirs(folder, exist_ok=True)
+            for i in range(per_class):
+                width, height = size[0] + int(rng.integers(0, 9)), size[1] + int(rng.integers(0, 9))
+                pixels = rng.integers(0, 80, (height, width, 3), dtype=np.uint8)
+                band = height * k // classes
+                pixels[band:band + max(2, height // classes), :, :] = 240
+                Image.fromarray(pixels).save(os.path.join(folder, f'{split}_{k}_{i}.JPEG'),
+                                             quality=90)
+    return root

@@ -76,12 +76,13 @@ def test_evaluation_changes_nothing_and_counts_like_a_direct_computation(data):
     with torch.no_grad():
         hits = sum(column_hits(model(x), y, names) for x, y in test.batches())
     for i, name in enumerate(names):
-        assert metrics[f'acc_{name}'] == pytest.approx(hits[i].item() * 100 / 64)
+        assert metrics[f'acc_{name}'] == pytest.approx(hits[0, i].item() * 100 / 64)
+        assert metrics[f'acc5_{name}'] == pytest.approx(hits[1, i].item() * 100 / 64)
 
 
 def test_meters_accumulate_on_the_device_like_python_sums():
     meters = Meters(2, CPU)
-    total, hits = 0.0, [0, 0]
+    total, hits, fives = 0.0, [0, 0], 0
     for _ in range(3):
         logits, ensemble = torch.randn(1, 8, 5), torch.randn(8, 5)
         y = torch.randint(0, 5, (8,))
@@ -91,7 +92,9 @@ def test_meters_accumulate_on_the_device_like_python_sums():
         total += loss_sum.item()
         hits[0] += (logits[0].argmax(1) == y).sum().item()
         hits[1] += (ensemble.argmax(1) == y).sum().item()
+        fives += (ensemble.topk(5).indices == y[:, None]).any(1).sum().item()
     summary = meters.summary(['1', 'ens'])
+    assert summary['acc5_ens'] == pytest.approx(fives * 100 / 24) == 100   # 5 classes
     assert summary['loss'] == pytest.approx(total / 24)
     assert (summary['acc_1'], summary['acc_ens']) == pytest.approx((hits[0] * 100 / 24, hits[1] * 100 / 24))
 

@@ -3,6 +3,15 @@ import argparse
 
 from .data import LOADERS
 from .errors import Parser
+from .imagefolder import BAD_IMAGES, IMAGENET
+
+# --dataset imagenet's defaults under every method: the standard ResNet recipe (He et al.
+# 2016, as pytorch/examples trains it): 90 epochs, SGD momentum 0.9, weight decay 1e-4,
+# LR / 10 at epochs 30 and 60, batch 256 at LR 0.1, the LR scaled linearly with the global
+# batch (Goyal et al. 2017). Flags given on the command line win.
+IMAGENET_RECIPE = {'arch': 'resnet18', 'epochs': 90, 'train_batch': 256, 'lr': None,
+                   'schedule': [30, 60], 'gamma': 0.1, 'momentum': 0.9, 'weight_decay': 1e-4}
+REFERENCE_BATCH, REFERENCE_LR = 256, 0.1
 
 # args.json keys that do not change what a run trains: report.py groups runs without them, and
 # a run may continue with other values (amp included: its rounding is ignored). `run_id` names
@@ -13,18 +22,26 @@ BOOKKEEPING = frozenset({
     'device', 'workers', 'overwrite', 'evaluate', 'compile', 'cuda_graphs', 'channels_last',
     'sync_bn', 'tensorboard', 'start_epoch', 'fast', 'amp', 'test_batch',
     'print_freq', 'log_interval', 'threads', 'progress', 'quiet', 'verbose', 'rewind',
-    'deterministic', 'check_only',
+    'deterministic', 'check_only', 'bad_images',
 })  # init_from is not: a fork never merges with runs from scratch
 
 
 def build_parser(description, method):
     p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('-d', '--dataset', default='cifar10', choices=sorted(LOADERS))
+    p.add_argument('-d', '--dataset', default='cifar10', choices=sorted([*LOADERS, IMAGENET]),
+                   help='imagenet: the ImageFolder layout DIR/train/CLASS/*.JPEG and '
+                        'DIR/val/CLASS/*.JPEG, with its own defaults (docs/IMAGENET.md)')
     p.add_argument('--data-dir', default='./data',
                    help='where datasets are found or downloaded by torchvision')
     p.add_argument('-j', '--workers', default=4, type=int,
-                   help='accepted for compatibility; batches are built on the device, '
-                        'so no loader processes are used')
+                   help='ImageNet: loader processes decoding JPEGs (per rank); the other '
+                        'datasets build their batches on the device and use none')
+    p.add_argument('--image-size', default=224, type=int,
+                   help='ImageNet: the side of the training crop and of the centre crop '
+                        'evaluated (resized to size * 256 / 224 first)')
+    p.add_argument('--bad-images', default='stop', choices=BAD_IMAGES,
+                   help='ImageNet: an image that cannot be read stops the run naming it '
+                        '(stop), or is left out and counted (skip)')
     p.add_argument('--epochs', default=300, type=int, help='total epochs to run')
     p.add_argument('--start-epoch', default=0, type=int,
                    help='epoch to start at (0-based; LR and ramp-up follow it); '
@@ -98,6 +115,18 @@ def build_parser(description, method):
                         "machine's GPUs are left to the run. sweep.py checks every run this way "
                         'before it submits any')
     return p
+
+
+def parse_flags(parser, argv=None):
+    """Parse the command line; on --dataset imagenet with IMAGENET_RECIPE's defaults (the
+    given flags still win) and, unless --lr is given, LR 0.1 * global batch / 256."""
+    args = parser.parse_args(argv)
+    if args.dataset == IMAGENET:
+        parser.set_defaults(**IMAGENET_RECIPE)
+        args = parser.parse_args(argv)
+        if args.lr is None:
+            args.lr = REFERENCE_LR * args.train_batch / REFERENCE_BATCH
+    return args
 
 
 def flag_names(method):

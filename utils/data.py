@@ -165,6 +165,23 @@ def crop_and_flip(images, offsets, flips, padding=4):
     return picked.permute(0, 3, 1, 2)
 
 
+class Normalize:
+    """uint8 images (B, C, H, W) on the device -> float32 (x / 255 - mean) / std, laid out in
+    `memory_format`: the last step of every loader, run on the device."""
+
+    def __init__(self, mean, std, device, memory_format=torch.contiguous_format):
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        # A tensor divisor: CUDA divides by a Python number by multiplying by its reciprocal,
+        # 1 ulp off x / 255 (the CPU's and torchvision's value) for about half the values.
+        self.scale = torch.full((), 255.0, device=device)
+        self.memory_format = memory_format
+
+    def __call__(self, images):
+        images = images.contiguous(memory_format=self.memory_format)
+        return images.float().div_(self.scale).sub_(self.mean).div_(self.std)
+
+
 class DeviceLoader:
     """Mini-batches of one split, built on the split's device with tensor operations.
 
@@ -173,16 +190,14 @@ class DeviceLoader:
     gets its contiguous share of every global batch (the last, partial batch is kept).
     """
 
+    skipped = ()   # images left out of batches: none, all are in memory (as FolderLoader's)
+
     def __init__(self, images, labels, mean, std, batch_size, *, shuffle, augment, seed=0,
                  rank=0, world_size=1, memory_format=torch.contiguous_format):
-        self.images, self.labels = images, labels
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-        # A tensor divisor: CUDA divides by a Python number by multiplying by its reciprocal,
-        # 1 ulp off x / 255 (the CPU's and torchvision's value) for about half the values.
-        self.scale = torch.full((), 255.0, device=images.device)
+        self.images, self.labels, self.device = images, labels, images.device
+        self.normalize = Normalize(mean, std, images.device, memory_format)
         self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
-        self.rank, self.world_size, self.memory_format = rank, world_size, memory_format
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self):
         return -(-len(self.labels) // self.batch_size)
@@ -200,10 +215,6 @@ class DeviceLoader:
             if self.augment:
                 images = crop_and_flip(images, offsets[positions], flips[positions])
             yield self.normalize(images), self.labels[index]
-
-    def normalize(self, images):
-        images = images.contiguous(memory_format=self.memory_format)
-        return images.float().div_(self.scale).sub_(self.mean).div_(self.std)
 
 
 def rank_share(images, labels, rank, world_size):

@@ -15,10 +15,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import (FORMAT_VERSION, TRAINING, check_identity, check_keys, load_checkpoint,
                          rng_states, save_atomic, set_rng_states)
-from .cli import build_parser, changed_flags
+from .cli import build_parser, changed_flags, parse_flags
 from .distributed import wait_for_rank_0, world_from_env
 from .errors import UserError
 from .graphs import GraphedStep
+from .imagefolder import IMAGENET, UnreadableImage
 from .logger import epoch_line, result_line, write_args, write_run_files
 from .records import BEST, CHECKPOINT, RUN_ID, write_status
 from .run_folder import AlreadyDone, RunFolder, new_run_id
@@ -41,7 +42,7 @@ def main(method, description, argv=None):
     parser = build_parser(description, method)
     with quiet_unless(world.is_main):  # a bad flag or --help: shown once, not once per rank
         try:
-            args = parser.parse_args(argv)
+            args = parse_flags(parser, argv)
         except SystemExit as e:
             if e.code and world.distributed and not world.is_main:
                 wait_for_rank_0()
@@ -66,20 +67,22 @@ def evaluate_checkpoint(args, method):
         raise UserError('-e/--evaluate needs --resume PATH of the checkpoint to evaluate')
     state = load_checkpoint(args.resume)
     check_identity(state, args.resume, identity(args, method), method.identity_assumed)
-    data, _, test = load_data(args, device, world)
+    data = load_data(args, device, world)
     model = build_model(args, method, data.num_classes, device)
     model.load_state_dict(state['state_dict'])
     if args.check_only:
         print(f'check-only: would evaluate {args.resume} (epoch {state["epoch"]})')
         return 0
     names = method.columns(args)
-    metrics = evaluate(model, test, method, method.objective(args), state['epoch'], names,
+    metrics = evaluate(model, data.test, method, method.objective(args), state['epoch'], names,
                        world, args.amp)
     if world.is_main:
+        top5 = args.dataset == IMAGENET
         print(f'{args.resume} (epoch {state["epoch"]}), {args.dataset} test set, '
-              f'{len(data.test_labels)} images: top-1 accuracy (%)')
+              f'{data.num_test} images: top-1{" and top-5" if top5 else ""} accuracy (%)')
         for n in names:
-            print(f'  {method.label(n):<18} {metrics[f"acc_{n}"]:.2f}')
+            fifth = f' {metrics[f"acc5_{n}"]:6.2f}' if top5 else ''
+            print(f'  {method.label(n):<18} {metrics[f"acc_{n}"]:.2f}{fifth}')
         if len(member_columns(names)) > 1:
             print(f'  {"mean of " + method.members:<18} {metrics["acc_mean"]:.2f}')
     return 0
@@ -113,16 +116,18 @@ class Trainer:
         args.manualSeed = self.seed
         seed_everything(self.seed)
 
-        self.data, self.train_loader, self.test_loader = load_data(args, self.device, self.world)
-        if args.train_subset > len(self.data.train_labels):
+        self.data = load_data(args, self.device, self.world)
+        self.train_loader, self.test_loader = self.data.train, self.data.test
+        if args.train_subset > len(self.train_loader.labels):
             raise UserError(f'--train-subset {args.train_subset} is larger than {args.dataset}\'s '
-                            f'{len(self.data.train_labels)} training images: use at most that '
+                            f'{len(self.train_loader.labels)} training images: use at most that '
                             '(or 0 for all)')
         self.train_loader.seed = self.seed
         self.model = build_model(args, method, self.data.num_classes, self.device)
         self.optimizer = build_optimizer(args, self.model, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=args.amp == 'fp16')
         self.names = method.columns(args)
+        self.top5 = args.dataset == IMAGENET   # shown in log.txt and the epoch lines
         self.epoch, self.step, self.best_acc, self.history = args.start_epoch, 0, 0.0, []
         self.partial = None
         self.plotted_at = -float('inf')
@@ -306,9 +311,11 @@ class Trainer:
                         self.names, self.world, args.amp, stop)
         if test is None:
             self.preempt_after_training(train_meters, stop.signum)
+        self.report_skipped()
         row = {'epoch': epoch + 1, 'lr': lr, 'rampup': self.objective.rampup(epoch),
                'train_loss': train['loss'], 'test_loss': test['loss']}
-        for key in [f'acc_{n}' for n in self.names] + ['acc_mean']:
+        for key in ([f'acc_{n}' for n in self.names] + ['acc_mean']
+                    + [f'acc5_{n}' for n in self.names]):
             row[f'train_{key}'], row[f'test_{key}'] = train[key], test[key]
         row['seconds'] = round(time.time() - start, 3)
         self.history.append(row)
@@ -319,7 +326,14 @@ class Trainer:
         if self.world.is_main:
             self.save_epoch(is_best)
             self.set_status('running')  # now with this epoch done
-            print(epoch_line(row, self.names, self.args.epochs), flush=True)
+            print(epoch_line(row, self.names, self.args.epochs, self.top5), flush=True)
+
+    def report_skipped(self):
+        """--bad-images skip: how many unreadable images this process has left out so far."""
+        for split, loader in (('training', self.train_loader), ('test', self.test_loader)):
+            if loader.skipped:
+                print(f'--bad-images skip: {len(loader.skipped)} unreadable {split} image(s) '
+                      f'left out so far (first: {loader.skipped[0]})', flush=True)
 
     def save_epoch(self, is_best):
         """Best model first, then the checkpoint: a crash between them only repeats an epoch."""
@@ -330,7 +344,7 @@ class Trainer:
         title = f'{self.method.title}: {self.args.arch}-{self.args.depth} on {self.args.dataset}'
         plot = (self.epoch >= self.args.epochs
                 or time.monotonic() - self.plotted_at >= PLOT_EVERY_SECONDS)
-        write_run_files(self.folder, self.history, self.names, title, plot)
+        write_run_files(self.folder, self.history, self.names, title, plot, self.top5)
         if plot:
             self.plotted_at = time.monotonic()
         if self.args.tensorboard:
@@ -351,6 +365,16 @@ class Trainer:
         bar = Bar(f'Epoch {self.epoch + 1}', max=num_batches - self.step,
                   suffix='%(index)d/%(max)d batches, %(elapsed_td)s, eta %(eta_td)s'
                   ) if world.is_main else None  # shown on a terminal only
+        try:
+            self.train_steps(meters, stop, lr, check_every, bar)
+        except UnreadableImage as e:
+            self.stop_at_unreadable(meters, e)
+        if bar is not None:
+            bar.finish()
+        return meters.reduce(world)
+
+    def train_steps(self, meters, stop, lr, check_every, bar):
+        args, world, num_batches = self.args, self.world, len(self.train_loader)
         for step, (images, targets) in enumerate(
                 self.train_loader.batches(self.epoch, self.step), self.step):
             global_size = min(args.train_batch, len(self.train_loader.labels) - step * args.train_batch)
@@ -367,9 +391,19 @@ class Trainer:
                 self.check(meters, stop)
             if bar is not None:
                 bar.next()
-        if bar is not None:
-            bar.finish()
-        return meters.reduce(world)
+
+    def stop_at_unreadable(self, meters, error):
+        """A training image that cannot be read (--bad-images stop): in one process, save the
+        steps done so far, as a preemption does, then stop naming the image. (Under torchrun
+        the other ranks wait in a collective: torchrun stops them, the last epoch's checkpoint
+        stays.)"""
+        if self.world.distributed:
+            raise error
+        state = self.checkpoint_state(meters)
+        save_atomic(state, self.path(CHECKPOINT))
+        raise UnreadableImage(f'{error}; the steps before it are saved in '
+                              f'{self.path(CHECKPOINT)}: resume with --resume '
+                              f'{self.path(CHECKPOINT)}') from None
 
     def train_and_count(self, images, targets, epoch, batch_size):
         """One optimizer step; returns (loss summed over the images, top-1 hits per column)."""

@@ -18,12 +18,15 @@ from .steps import member_columns  # noqa: E402
 
 
 
-def write_log_txt(folder, history, names):
-    """The original's log.txt: tab-separated TAcc_i VAcc_i per branch, then TAcc_e VAcc_e."""
-    header = [f'{split}Acc_{"e" if n == "ens" else n}' for n in names for split in 'TV']
+def write_log_txt(folder, history, names, top5=False):
+    """The original's log.txt: tab-separated TAcc_i VAcc_i per branch, then TAcc_e VAcc_e;
+    with `top5` (ImageNet), then T5Acc_i V5Acc_i likewise."""
+    kinds = [('acc', 'Acc')] + ([('acc5', '5Acc')] if top5 else [])
+    header = [f'{split}{label}_{"e" if n == "ens" else n}'
+              for _, label in kinds for n in names for split in 'TV']
     rows = ['\t'.join(header)]
     for row in history:
-        rows.append('\t'.join(f'{row[f"{split}_acc_{n}"]:.6f}'
+        rows.append('\t'.join(f'{row[f"{split}_{key}_{n}"]:.6f}' for key, _ in kinds
                               for n in names for split in ('train', 'test')))
     write_text_atomic(os.path.join(folder, LOG), '\n'.join(rows) + '\n')
 
@@ -61,15 +64,16 @@ def plot_curves(folder, history, names, title):
         plt.close(fig)
 
 
-def write_run_files(folder, history, names, title, plot=True):
-    write_log_txt(folder, history, names)
+def write_run_files(folder, history, names, title, plot=True, top5=False):
+    write_log_txt(folder, history, names, top5)
     write_summary_csv(folder, history)
     if plot:
         plot_curves(folder, history, names, title)
 
 
-def epoch_line(row, names, epochs):
-    """The line printed after each epoch: LR, ramp-up, losses, top-1 of every column."""
+def epoch_line(row, names, epochs, top5=False):
+    """The line printed after each epoch: LR, ramp-up, losses, top-1 of every column (and
+    with `top5`, the test top-5 of every column)."""
     def accs(split):
         parts = ' '.join(f'{row[f"{split}_acc_{n}"]:.2f}' for n in names if n != 'ens')
         if len(member_columns(names)) > 1:
@@ -77,9 +81,11 @@ def epoch_line(row, names, epochs):
         if 'ens' in names:
             parts += f' ens {row[f"{split}_acc_ens"]:.2f}'
         return parts
+    fives = (' | top-5 test ' + ' '.join(f'{row[f"test_acc5_{n}"]:.2f}' for n in names)
+             if top5 else '')
     return (f'Epoch {row["epoch"]}/{epochs} lr {row["lr"]:.4g} w {row["rampup"]:.4f} | loss '
             f'train {row["train_loss"]:.4f} test {row["test_loss"]:.4f} | top-1 train '
-            f'{accs("train")} | test {accs("test")} | {row["seconds"]:.1f}s')
+            f'{accs("train")} | test {accs("test")}{fives} | {row["seconds"]:.1f}s')
 
 
 def result_line(history, names, label):

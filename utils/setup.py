@@ -2,6 +2,7 @@
 import math
 import os
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -9,6 +10,7 @@ import torch
 from .data import DeviceLoader, load_dataset, rank_share
 from .distributed import init_process_group, world_from_env
 from .errors import UserError
+from .imagefolder import IMAGENET, load_image_folder
 
 TEST_BATCH = 100        # the original's test batch
 FAST_TEST_BATCH = 1000  # under --fast on CUDA: evaluation is launch-bound at 100
@@ -31,6 +33,12 @@ def check_flags(args, method, world):
                         'for several GPUs use torchrun --nproc_per_node N')
     if args.manualSeed is not None and not 0 <= args.manualSeed < 2**32:
         raise UserError(f'--manualSeed must be in [0, 2**32), got {args.manualSeed}')
+    if args.dataset == IMAGENET and args.image_size < 32:
+        raise UserError(f'--image-size must be at least 32 (the networks downsample 32 '
+                        f'times), got {args.image_size}')
+    if args.workers < 0:
+        raise UserError(f'-j/--workers must be 0 (load in the main process) or more, got '
+                        f'{args.workers}')
     if args.train_subset < 0 or args.start_epoch < 0:
         raise UserError('--train-subset and --start-epoch cannot be negative')
     # The optimiser's flags, checked here rather than by torch.optim.SGD's ValueError; NaN
@@ -156,17 +164,35 @@ def build_optimizer(args, model, device):
                            weight_decay=args.weight_decay, nesterov=args.nesterov, **fused)
 
 
+@dataclass
+class Data:
+    num_classes: int
+    train: object      # a loader: batches(epoch, start), labels, device (utils/data.py)
+    test: object       # this rank's share of the test split
+    num_test: int      # test images over all ranks
+
+
 def load_data(args, device, world):
+    """The dataset's loaders: ImageNet's folders read by worker processes (every rank scans
+    the folders itself), the others as tensors on the device."""
+    if args.dataset == IMAGENET:
+        data = Data(*load_image_folder(args, device, world))
+    else:
+        data = load_tensors(args, device, world)
+    last = len(data.train.labels) % args.train_batch
+    if 0 < last < 2 * world.size:  # BatchNorm in training needs 2 samples (the gate: per rank)
+        raise UserError(f'the last batch would hold {last} image(s) for {world.size} rank(s), '
+                        'too few for BatchNorm; change --train-batch or --train-subset')
+    return data
+
+
+def load_tensors(args, device, world):
     # Under torchrun one rank per data folder prepares or downloads it while the others wait;
     # a failure on any rank stops every rank with its message (World.in_turn).
     data = world.in_turn(lambda: load_dataset(args.dataset, args.data_dir))
     if args.train_subset:
         data.train_images = data.train_images[:args.train_subset]
         data.train_labels = data.train_labels[:args.train_subset]
-    last = len(data.train_labels) % args.train_batch
-    if 0 < last < 2 * world.size:  # BatchNorm in training needs 2 samples (the gate: per rank)
-        raise UserError(f'the last batch would hold {last} image(s) for {world.size} rank(s), '
-                        'too few for BatchNorm; change --train-batch or --train-subset')
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     train = DeviceLoader(data.train_images.to(device), data.train_labels.to(device), data.mean,
                          data.std, args.train_batch, shuffle=True, augment=data.augment,
@@ -176,4 +202,4 @@ def load_data(args, device, world):
     test = DeviceLoader(test_images.to(device), test_labels.to(device), data.mean, data.std,
                         args.test_batch, shuffle=False, augment=False,
                         memory_format=memory_format)
-    return data, train, test
+    return Data(data.num_classes, train, test, len(data.test_labels))

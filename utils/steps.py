@@ -33,11 +33,12 @@ def train_step(model, objective, optimizer, scaler, images, targets, epoch, batc
 
 
 class Meters:
-    """Sums kept on the device (no host synchronisation per step): loss, hits, images."""
+    """Sums kept on the device (no host synchronisation per step): loss, hits (top-1 and
+    top-5 per column, shape (2, columns)), images."""
 
     def __init__(self, num_scores, device):
         self.loss = torch.zeros((), dtype=torch.float64, device=device)
-        self.correct = torch.zeros(num_scores, dtype=torch.int64, device=device)
+        self.correct = torch.zeros(2, num_scores, dtype=torch.int64, device=device)
         self.count = torch.zeros((), dtype=torch.int64, device=device)
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
 
@@ -52,7 +53,9 @@ class Meters:
 
     def load(self, state):
         self.loss.copy_(state['loss'])
-        self.correct.copy_(state['correct'])
+        # a checkpoint written before top-5 was counted holds the top-1 row alone
+        saved = state['correct'].view(-1, self.correct.shape[1])
+        self.correct[:len(saved)].copy_(saved)
         self.count.copy_(state['count'])
 
     def reduce(self, world):
@@ -61,13 +64,15 @@ class Meters:
         return self
 
     def summary(self, names):
-        """{'loss': mean loss, 'acc_<name>': top-1 % per column, 'acc_mean': of the members}."""
+        """{'loss': mean loss, 'acc_<name>': top-1 % per column, 'acc_mean': of the members,
+        'acc5_<name>': top-5 % per column}."""
         count = max(self.count.item(), 1)
-        accs = (self.correct.double() * 100 / count).tolist()
+        top1, top5 = (self.correct.double() * 100 / count).tolist()
         out = {'loss': self.loss.item() / count}
-        out.update({f'acc_{n}': a for n, a in zip(names, accs)})
+        out.update({f'acc_{n}': a for n, a in zip(names, top1)})
         member_accs = [out[f'acc_{n}'] for n in member_columns(names)]
         out['acc_mean'] = sum(member_accs) / len(member_accs)
+        out.update({f'acc5_{n}': a for n, a in zip(names, top5)})
         return out
 
 
@@ -82,9 +87,9 @@ def evaluate(model, loader, method, objective, epoch, names, world, amp='off', s
     """Test loss and top-1 of every column over the loader's images (all ranks' shares).
     Returns None when `stop` (a StopRequest) is set between two batches."""
     model.eval()
-    meters = Meters(len(names), loader.images.device)
+    meters = Meters(len(names), loader.device)
     every = STOP_CHECK_EVERY if world.distributed else 1
-    with autocast(amp, loader.images.device):
+    with autocast(amp, loader.device):
         for number, (images, targets) in enumerate(loader.batches(), 1):
             output = model(images)
             meters.update(objective(output, targets, epoch) * len(targets),

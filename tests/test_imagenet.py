@@ -1,0 +1,226 @@
+"""--dataset imagenet on a small ImageFolder of real JPEG files that the tests write: the
+layout checks, the loader (workers, determinism, mid-epoch start, rank shares, unreadable
+images), torchvision's networks under every method, export into torchvision's constructor,
+top-5, and the recipe's defaults."""
+import os
+
+import pytest
+import torch
+import torchvision
+
+import cifar_baseline
+import cifar_kd
+import cifar_one
+import export_branch
+from conftest import assert_same_run, entry, load
+from fakedata import write_image_folder
+from methods import METHODS
+from models.output import ModelOutput, column_hits
+from utils.cli import build_parser, parse_flags
+from utils.imagefolder import FolderLoader, UnreadableImage, scan, train_transform
+
+pytestmark = pytest.mark.usefixtures('one_thread')
+
+CLASSES = 6
+# 48 training images in 3 batches of 16, 18 validation images, 32x32 crops, 2 loader workers.
+SMALL = ['-d', 'imagenet', '--image-size', '32', '--train-batch', '16', '--test-batch', '9',
+         '-j', '2', '--manualSeed', '3']
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+    return write_image_folder(str(tmp_path_factory.mktemp('imagenet')), classes=CLASSES)
+
+
+def small(root, run, *extra):
+    return [*SMALL, '--data-dir', root, '-c', str(run), *map(str, extra)]
+
+
+def printed_accuracy(out, label):
+    """(top-1, top-5) from -e's line for `label`."""
+    line = next(l for l in out.splitlines() if l.strip().startswith(label))
+    return tuple(map(float, line.split()[-2:]))
+
+
+# ----------------------------------------------------------------------------- the loader
+
+def loader(root, workers, **kwargs):
+    samples, _ = scan(root)
+    return FolderLoader(samples['train'], train_transform(32), (0.5,) * 3, (0.25,) * 3, 16,
+                        shuffle=True, device=torch.device('cpu'), workers=workers, seed=5,
+                        **kwargs)
+
+
+def test_pixels_are_a_function_of_seed_and_epoch_not_of_workers_or_start(folder):
+    """0 or 2 worker processes, from the first batch or from batch 1: the same pixels, so a
+    run resumed mid-epoch sees exactly what an uninterrupted one would."""
+    whole = list(loader(folder, 0).batches(epoch=4))
+    assert len(whole) == 3 and whole[0][0].shape == (16, 3, 32, 32)
+    with_workers = list(loader(folder, 2).batches(epoch=4))
+    from_batch_1 = list(loader(folder, 2).batches(epoch=4, start=1))
+    for (a, ya), (b, yb) in zip(whole, with_workers):
+        assert torch.equal(a, b) and torch.equal(ya, yb)
+    for (a, ya), (b, yb) in zip(whole[1:], from_batch_1):
+        assert torch.equal(a, b) and torch.equal(ya, yb)
+    other_epoch = next(loader(folder, 0).batches(epoch=5))[0]
+    assert not torch.equal(whole[0][0], other_epoch)
+
+
+def test_ranks_share_each_global_batch(folder):
+    """Two ranks' shares of each global batch are the single process's batch, halved."""
+    whole = list(loader(folder, 0).batches(epoch=1))
+    shares = [list(loader(folder, 0, rank=r, world_size=2).batches(epoch=1)) for r in (0, 1)]
+    for k, (images, labels) in enumerate(whole):
+        assert torch.equal(torch.cat([shares[0][k][0], shares[1][k][0]]), images)
+        assert torch.equal(torch.cat([shares[0][k][1], shares[1][k][1]]), labels)
+
+
+def test_top5_counts_a_target_among_the_five_highest():
+    logits = torch.tensor([[9., 8, 7, 6, 5, 4, 3], [1, 2, 3, 4, 5, 6, 7]])
+    targets = torch.tensor([4, 1])   # 5th highest of row 0: a top-5 hit; 6th of row 1: none
+    hits = column_hits(ModelOutput(logits.unsqueeze(0)), targets, ['1'])
+    assert hits.tolist() == [[0], [1]]
+    assert column_hits(logits, torch.tensor([0, 6]), ['1']).tolist() == [[2], [2]]
+
+
+# ----------------------------------------------------------------------------- the recipe
+
+def test_the_imagenet_recipe_is_every_methods_default_and_given_flags_win():
+    for name in ('one', 'okddip', 'dml'):
+        args = METHODS[name].defaults(dataset='imagenet')
+        assert (args.arch, args.depth, args.epochs, args.train_batch, args.lr, args.schedule,
+                args.weight_decay, args.momentum) == (
+            'resnet18', 18, 90, 256, 0.1, [30, 60], 1e-4, 0.9), name
+    parser = build_parser('', METHODS['one'])
+    assert parse_flags(parser, ['-d', 'imagenet', '--train-batch', '1024']).lr == 0.4
+    given = parse_flags(build_parser('', METHODS['one']),
+                        ['-d', 'imagenet', '--lr', '0.05', '--epochs', '120', '-a', 'resnet50'])
+    assert (given.lr, given.epochs, given.arch) == (0.05, 120, 'resnet50')
+    cifar = METHODS['one'].defaults()
+    assert (cifar.arch, cifar.epochs, cifar.lr, cifar.schedule) == ('one_resnet', 300, 0.1, [151, 225])
+
+
+# ----------------------------------------------------------------------------- every method
+
+@pytest.fixture(scope='module')
+def teacher_run(folder, tmp_path_factory):
+    run = tmp_path_factory.mktemp('inet_teacher') / 'baseline'
+    assert cifar_baseline.main(small(folder, run, '--epochs', 1)) == 0
+    return run / 'checkpoint.pth.tar'
+
+
+@pytest.mark.parametrize('name', list(METHODS))
+def test_every_method_trains_on_torchvision_resnet18_and_evaluates_top5(
+        name, folder, teacher_run, tmp_path, capsys):
+    run = tmp_path / 'run'
+    extra = ['--teacher', teacher_run] if name == 'kd' else []
+    assert entry(name).main(small(folder, run, '--epochs', 1, *extra)) == 0
+    state = load(run / 'checkpoint.pth.tar')
+    assert (state['arch'], state['depth'], state['dataset'], state['num_classes']) == (
+        'resnet18', 18, 'imagenet', CLASSES)
+    row = state['history'][-1]
+    assert row['lr'] == pytest.approx(0.1 * 16 / 256)
+    assert row['test_acc_1'] <= row['test_acc5_1'] <= 100
+    log = (run / 'log.txt').read_text().splitlines()[0].split('\t')
+    assert log[:2] == ['TAcc_1', 'VAcc_1'] and 'V5Acc_1' in log
+    capsys.readouterr()
+    assert entry(name).main(small(folder, tmp_path / 'unused', *extra, '-e', '--resume',
+                                  run / 'checkpoint.pth.tar')) == 0
+    out = capsys.readouterr().out
+    assert 'top-1 and top-5' in out
+    assert printed_accuracy(out, METHODS[name].label('1')) == pytest.approx(
+        (row['test_acc_1'], row['test_acc5_1']), abs=0.005)
+
+
+def test_one_resumes_bitwise_and_its_branch_loads_into_torchvision(folder, tmp_path, capsys):
+    straight, split = tmp_path / 'straight', tmp_path / 'split'
+    assert cifar_one.main(small(folder, straight, '--epochs', 2)) == 0
+    assert cifar_one.main(small(folder, split, '--epochs', 1)) == 0
+    assert cifar_one.main(small(folder, split, '--epochs', 2, '--resume', 'auto')) == 0
+    assert_same_run(straight / 'checkpoint.pth.tar', split / 'checkpoint.pth.tar')
+
+    exported = tmp_path / 'branch2.pth.tar'
+    assert export_branch.main([str(straight / 'checkpoint.pth.tar'), '--branch', '2',
+                               '-o', str(exported)]) == 0
+    network = torchvision.models.resnet18(num_classes=CLASSES)
+    network.load_state_dict(load(exported)['state_dict'], strict=True)
+    capsys.readouterr()
+    assert cifar_baseline.main(small(folder, tmp_path / 'unused', '-a', 'resnet18', '-e',
+                                     '--resume', exported)) == 0
+    branch_2 = load(straight / 'checkpoint.pth.tar')['history'][-1]['test_acc_2']
+    assert printed_accuracy(capsys.readouterr().out, 'network 1')[0] == pytest.approx(
+        branch_2, abs=0.005)
+
+
+def test_a_kd_student_of_another_depth(folder, teacher_run, tmp_path):
+    """A ResNet-34 student of the ResNet-18 teacher: networks of another depth work."""
+    run = tmp_path / 'kd'
+    assert cifar_kd.main(small(folder, run, '--epochs', 1, '-a', 'resnet34',
+                               '--teacher', teacher_run)) == 0
+    assert load(run / 'checkpoint.pth.tar')['arch'] == 'resnet34'
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def break_layout(root, how):
+    if how == 'no val':
+        os.rename(os.path.join(root, 'val'), os.path.join(root, 'validation'))
+    elif how == 'other classes':
+        os.rename(os.path.join(root, 'val', 'n00000005'), os.path.join(root, 'val', 'n00000099'))
+    elif how == 'empty class':
+        folder = os.path.join(root, 'train', 'n00000002')
+        for name in os.listdir(folder):
+            os.remove(os.path.join(folder, name))
+
+
+@pytest.mark.parametrize('how, message', [
+    ('no val', 'there is no val/ folder; lay ImageNet out as DIR/train/CLASS/*.JPEG'),
+    ('other classes', 'train/ and val/ have different class folders (1 in train/ only, 1 in '
+                      'val/ only; n00000005 is in train/ only)'),
+    ('empty class', 'train/n00000002 holds no image'),
+])
+def test_a_bad_layout_is_one_line_before_any_file(how, message, tmp_path, capsys):
+    root = write_image_folder(str(tmp_path / 'data'), classes=CLASSES, train_per_class=2,
+                              val_per_class=1)
+    break_layout(root, how)
+    assert cifar_one.main(small(root, tmp_path / 'run', '--epochs', 1)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['-a', 'one_resnet'], '-a one_resnet is a network for 32x32 images; on --dataset imagenet'),
+    (['--depth', '50'], '--depth 50: -a resnet18 has 18 layers'),
+    (['--image-size', '16'], '--image-size must be at least 32'),
+    (['--widen-factor', '2'], '--widen-factor: ResNet-18 (-a resnet18) has no such setting'),
+])
+def test_bad_imagenet_flags(flags, message, folder, tmp_path, capsys):
+    assert cifar_one.main(small(folder, tmp_path / 'run', '--epochs', 1, *flags)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / 'run').exists()
+
+
+def test_an_imagenet_network_on_cifar_is_refused(fashion_root, tmp_path, capsys):
+    assert cifar_baseline.main(['-d', 'fashionmnist', '--data-dir', fashion_root, '-a',
+                                'resnet18', '-c', str(tmp_path / 'run')]) == 2
+    assert '-a resnet18 is an ImageNet network' in capsys.readouterr().err
+
+
+def test_an_unreadable_image_stops_naming_it_or_is_skipped_and_counted(tmp_path, capsys):
+    root = write_image_folder(str(tmp_path / 'data'), classes=CLASSES, train_per_class=4,
+                              val_per_class=1)
+    bad = os.path.join(root, 'train', 'n00000003', 'train_3_1.JPEG')
+    with open(bad, 'r+b') as f:
+        f.truncate(200)    # a truncated JPEG: the header parses, the pixels do not
+    run = tmp_path / 'run'
+    assert cifar_one.main(small(root, run, '--epochs', 1, '--train-batch', 8)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f'cannot read image {bad}' in err[0], err
+    assert 'Traceback' not in '\n'.join(err) and 'saved in' in err[0]
+    assert load(run / 'checkpoint.pth.tar')['epoch'] == 0      # the steps before it, kept
+    assert cifar_one.main(small(root, tmp_path / 'skip', '--epochs', 1, '--train-batch', 8,
+                                '--bad-images', 'skip')) == 0
+    assert f'1 unreadable training image(s) left out so far (first: {bad})' in \
+        capsys.readouterr().out

@@ -1,0 +1,195 @@
+"""ImageNet from folders of JPEG files, decoded by DataLoader worker processes.
+
+The layout is torchvision's ImageFolder (as pytorch/examples' ImageNet script expects):
+DIR/train/CLASS/*.JPEG and DIR/val/CLASS/*.JPEG, the same class folders in both. Training
+images get RandomResizedCrop(size) and a horizontal flip; evaluation images Resize(size *
+256 / 224) and CenterCrop(size), the standard ImageNet protocol at size 224. Workers decode with
+PIL (Pillow, which wheels build on libjpeg-turbo) and send uint8 tensors in pinned memory; the
+normalisation runs on the device, as for the CIFAR-sized datasets (utils/data.py).
+
+An epoch's order and every image's crop and flip are a pure function of (seed, epoch): each
+image is transformed under its own seed, drawn with the order, so neither the worker that
+decodes it nor the number of workers changes a pixel, and a run resumed mid-epoch at the exact
+batch, or any torchrun rank, sees what an uninterrupted run would. Each global batch is split
+into contiguous rank shares, as DeviceLoader does.
+
+An image that cannot be read (corrupt, truncated, not an image) never raises in a worker:
+the worker reports its path, and the loader stops the run naming it (--bad-images stop) or
+leaves it out of its batch and counts it (--bad-images skip).
+"""
+import os
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.transforms import v2
+
+from .data import Normalize
+from .errors import UserError
+
+IMAGENET = 'imagenet'   # the --dataset name
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SPLITS = ('train', 'val')
+BAD_IMAGES = ('stop', 'skip')
+LAYOUT = 'DIR/train/CLASS/*.JPEG and DIR/val/CLASS/*.JPEG (see docs/IMAGENET.md)'
+
+
+class UnreadableImage(UserError):
+    """An image a worker could not decode, under --bad-images stop."""
+
+
+def class_folders(root, split):
+    path = os.path.join(root, split)
+    if not os.path.isdir(path):
+        raise UserError(f'--data-dir {root}: there is no {split}/ folder; lay ImageNet out as '
+                        f'{LAYOUT}')
+    return sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
+
+
+def image_files(folder):
+    return sorted(entry.path for entry in os.scandir(folder)
+                  if entry.is_file() and entry.name.lower().endswith(IMG_EXTENSIONS))
+
+
+def scan(root):
+    """{split: [(path, class index)]} and the class names, after checking the layout: both
+    splits present, the same classes, no class folder without images."""
+    classes = {split: class_folders(root, split) for split in SPLITS}
+    if not classes['train']:
+        raise UserError(f'--data-dir {root}: train/ holds no class folder; lay ImageNet out as '
+                        f'{LAYOUT}')
+    if classes['train'] != classes['val']:
+        only_train = sorted(set(classes['train']) - set(classes['val']))
+        only_val = sorted(set(classes['val']) - set(classes['train']))
+        where = (f'{only_train[0]} is in train/ only' if only_train
+                 else f'{only_val[0]} is in val/ only')
+        raise UserError(f'--data-dir {root}: train/ and val/ have different class folders '
+                        f'({len(only_train)} in train/ only, {len(only_val)} in val/ only; '
+                        f'{where})')
+    samples = {}
+    for split in SPLITS:
+        samples[split] = []
+        for index, name in enumerate(classes[split]):
+            files = image_files(os.path.join(root, split, name))
+            if not files:
+                raise UserError(f'--data-dir {root}: {split}/{name} holds no image '
+                                f'({", ".join(IMG_EXTENSIONS)})')
+            samples[split] += [(path, index) for path in files]
+    return samples, classes['train']
+
+
+def train_transform(size):
+    return v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(),
+                       v2.PILToTensor()])
+
+
+def eval_transform(size):
+    return v2.Compose([v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size),
+                       v2.PILToTensor()])
+
+
+class SeededImages(torch.utils.data.Dataset):
+    """Item (index, seed): the image decoded and transformed under torch.manual_seed(seed),
+    as (uint8 tensor (3, size, size), class, ''), or (None, class, path) if it cannot be read."""
+
+    def __init__(self, samples, transform):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, key):
+        index, seed = key
+        path, target = self.samples[index]
+        try:
+            with open(path, 'rb') as f:
+                image = Image.open(f).convert('RGB')
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            return None, target, path
+        torch.manual_seed(seed)
+        return self.transform(image), target, ''
+
+
+def collate(items):
+    """(images (B, 3, H, W) uint8 or None, targets (B,), paths of the unreadable images)."""
+    good = [(image, target) for image, target, bad in items if not bad]
+    images = torch.stack([image for image, _ in good]) if good else None
+    targets = torch.tensor([target for _, target in good], dtype=torch.int64)
+    return images, targets, [bad for _, _, bad in items if bad]
+
+
+def epoch_keys(num_images, seed, epoch, shuffle):
+    """The order of an epoch and each position's transform seed, from (seed, epoch)."""
+    generator = torch.Generator().manual_seed((seed << 20) + epoch)
+    order = torch.randperm(num_images, generator=generator) if shuffle else torch.arange(num_images)
+    seeds = torch.randint(0, 2 ** 62, (num_images,), generator=generator)
+    return order, seeds
+
+
+class FolderLoader:
+    """Mini-batches of one split's images, decoded by `workers` processes; the interface of
+    utils.data.DeviceLoader (batches(epoch, start), labels, device, len)."""
+
+    def __init__(self, samples, transform, mean, std, batch_size, *, shuffle, device,
+                 workers, bad_images='stop', seed=0, rank=0, world_size=1,
+                 memory_format=torch.contiguous_format):
+        self.dataset = SeededImages(samples, transform)
+        self.labels = torch.tensor([target for _, target in samples], dtype=torch.int64)
+        self.device, self.workers, self.bad_images = device, workers, bad_images
+        self.normalize = Normalize(mean, std, device, memory_format)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.skipped = []   # paths left out under --bad-images skip, this process
+
+    def __len__(self):
+        return -(-len(self.labels) // self.batch_size)
+
+    def rank_batches(self, epoch, start):
+        """[[(index, seed)] of this rank] for global batches start, start+1, ..."""
+        order, seeds = epoch_keys(len(self.labels), self.seed, epoch, self.shuffle)
+        batches = []
+        for first in range(start * self.batch_size, len(order), self.batch_size):
+            positions = torch.arange(first, min(first + self.batch_size, len(order)))
+            share = positions.tensor_split(self.world_size)[self.rank]
+            batches.append(list(zip(order[share].tolist(), seeds[share].tolist())))
+        return batches
+
+    def batches(self, epoch=0, start=0):
+        """Yield (images, labels) of this rank on the device for global batches start, ..."""
+        loader = DataLoader(self.dataset, batch_sampler=self.rank_batches(epoch, start),
+                            num_workers=self.workers, collate_fn=collate,
+                            pin_memory=self.device.type == 'cuda',
+                            persistent_workers=False)
+        for images, targets, unreadable in loader:
+            if unreadable:
+                self.unreadable(unreadable, everything=images is None)
+            yield (self.normalize(images.to(self.device, non_blocking=True)),
+                   targets.to(self.device, non_blocking=True))
+
+    def unreadable(self, paths, everything):
+        """Stop naming the first image (--bad-images stop, or a batch share with no image
+        left), or count them (skip)."""
+        if self.bad_images == 'stop' or everything:
+            hint = ('no image of the batch was left to train on' if self.bad_images == 'skip'
+                    else 'remove or replace it, or pass --bad-images skip to leave such images '
+                         'out and count them')
+            raise UnreadableImage(f'cannot read image {paths[0]} (corrupt, truncated or not an '
+                                  f'image; {len(paths)} in this batch); {hint}')
+        self.skipped += paths
+
+
+def load_image_folder(args, device, world):
+    """(num_classes, train loader, this rank's share of the val loader, val images in all) for
+    --dataset imagenet."""
+    samples, classes = scan(args.data_dir)
+    train_samples = samples['train'][:args.train_subset or None]
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    common = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD, device=device, workers=args.workers,
+                  bad_images=args.bad_images, memory_format=memory_format)
+    train = FolderLoader(train_samples, train_transform(args.image_size), batch_size=args.train_batch,
+                         shuffle=True, rank=world.rank, world_size=world.size, **common)
+    share = torch.arange(len(samples['val'])).tensor_split(world.size)[world.rank].tolist()
+    test = FolderLoader([samples['val'][i] for i in share], eval_transform(args.image_size),
+                        batch_size=args.test_batch, shuffle=False, **common)
+    return len(classes), train, test, len(samples['val'])
