@@ -5,9 +5,11 @@ Every number is a top-1 ERROR in percent (accuracies from a source are stored as
   method   'baseline', 'one', 'kd', 'dml', 'clilr', 'okddip' (args.json's `method`)
   variant  sorted ((flag, value), ...) of the flags that differ from reference_setup(method);
            () is the method as published
-  arch     the backbone: 'resnet' (a ONE branch is a plain resnet), 'resnext', 'densenet'
+  arch     the backbone: 'resnet' (a ONE branch is a plain resnet), 'resnext', 'densenet',
+           or torchvision's ImageNet network ('resnet18', 'resnext50_32x4d')
   member   '1' the single deployed network, 'ens' the ensemble (ONE-E)
-All were obtained with 300 epochs (PUBLISHED_EPOCHS) as far as the sources say.
+The CIFAR numbers were obtained with 300 epochs (PUBLISHED_EPOCHS), the ImageNet ones with
+90 (IMAGENET_EPOCHS), as far as the sources say; each entry records its own.
 `secondary` is True exactly where docs/FIDELITY.md (Published numbers) calls the source
 secondary; that section lists every entry with its source and the test that pins it. Numbers
 from the "comparison" sources have not yet been checked against the papers themselves.
@@ -16,13 +18,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 PUBLISHED_EPOCHS = 300
+IMAGENET_EPOCHS = 90
 
 
 
 def reference_setup(method, arch=None):
     """The setup a method's published numbers refer to: its entry script's defaults, which
     are its paper's settings (methods/*.py), on `arch` with that network's default flags
-    (ResNeXt-29 is 8x64d). A run whose flags equal these has variant ()."""
+    (ResNeXt-29 is 8x64d; torchvision's networks with the ImageNet recipe). A run whose flags
+    equal these has variant ()."""
     return dict(_reference_setup(method, arch))
 
 
@@ -31,8 +35,12 @@ def _reference_setup(method, arch):
     from methods import METHODS  # methods/__init__.py does not import this module
     if method not in METHODS:
         return {}
+    from models import IMAGENET_BACKBONES
     method = METHODS[method]
-    return vars(method.defaults(**({'arch': arch} if arch in method.archs else {})))
+    flags = {'arch': arch} if arch in method.archs else {}
+    if arch in IMAGENET_BACKBONES:  # torchvision's networks train on ImageNet, by its recipe
+        flags['dataset'] = 'imagenet'
+    return vars(method.defaults(**flags))
 
 
 ONE_PAPER = 'ONE paper (Lan, Zhu, Gong, NeurIPS 2018, arXiv 1806.04606)'
@@ -44,6 +52,8 @@ PCL_README = ('PCL (Wu & Gong, AAAI 2021) as restated in the README of shaoeric\
 OKDDIP_PAPER = ('OKDDip paper (Chen et al., AAAI 2020), Table 2, CIFAR-100 ResNet-32 '
                 'branch-based, as quoted in the OKDDip repository\'s issue #1')
 IMAGENET = 'ONE paper, ImageNet (secondary source)'
+IMAGENET_RECALLED = ('ONE paper, ImageNet table, recalled and NOT checked against a reachable '
+                     'copy of the paper')
 ONE_RECALLED = ('ONE paper, CIFAR table, recalled and NOT checked against a reachable copy of '
                 'the paper')
 
@@ -59,6 +69,7 @@ class Published:
     error: float
     std: float = None
     source: str = ONE_PAPER
+    epochs: int = PUBLISHED_EPOCHS
     secondary: bool = False
     note: str = ''
 
@@ -127,10 +138,16 @@ def _others():
         Published('okddip', (('aggregate', 'logits'),), 'resnet', 32, 'cifar100', '1', 25.65,
                   0.15, source=OKDDIP_PAPER,
                   note="the leader, trained by the authors' code (logit targets)"),
-        Published('baseline', (), 'resnet', 18, 'imagenet', '1', 30.48, source=IMAGENET,
-                  secondary=True),
-        Published('one', (), 'resnet', 18, 'imagenet', '1', 29.45, source=IMAGENET,
-                  secondary=True),
+        Published('baseline', (), 'resnet18', 18, 'imagenet', '1', 30.48, source=IMAGENET,
+                  epochs=IMAGENET_EPOCHS, secondary=True),
+        Published('one', (), 'resnet18', 18, 'imagenet', '1', 29.45, source=IMAGENET,
+                  epochs=IMAGENET_EPOCHS, secondary=True),
+        Published('baseline', (), 'resnext50_32x4d', 50, 'imagenet', '1', 22.62,
+                  source=IMAGENET_RECALLED, epochs=IMAGENET_EPOCHS, secondary=True,
+                  note='unverified: to be checked against the paper'),
+        Published('one', (), 'resnext50_32x4d', 50, 'imagenet', '1', 21.85,
+                  source=IMAGENET_RECALLED, epochs=IMAGENET_EPOCHS, secondary=True,
+                  note='unverified: to be checked against the paper'),
     ]
 
 

@@ -5,7 +5,7 @@ import json
 
 from methods import METHODS
 from methods.networks import network_name
-from methods.published import PUBLISHED_EPOCHS
+from methods.published import IMAGENET_EPOCHS, PUBLISHED_EPOCHS
 from .groups import describe_schedule, method_label
 
 BEST_LABEL = 'best epoch, selected on the test set'
@@ -13,8 +13,9 @@ BEST_LABEL = 'best epoch, selected on the test set'
 
 def result_note(result):
     run, notes = result.runs[0], []
-    if result.published and run.args['epochs'] != PUBLISHED_EPOCHS:
-        notes.append(f'{run.args["epochs"]} epochs, published {PUBLISHED_EPOCHS}')
+    epochs = result.published[0].epochs if result.published else None
+    if epochs and run.args['epochs'] != epochs:
+        notes.append(f'{run.args["epochs"]} epochs, published {epochs}')
     if run.data[0]:
         notes.append(f'trained on the first {run.data[0]} images')
     if result.published and run.unchecked:
@@ -58,7 +59,8 @@ def markdown(results, skipped, best, mixed):
         columns.insert(4, 'schedule')
     lines = [f'## Top-1 error (%), {selection}', '',
              f'Mean and sample std (ddof=1) over n seeds; std "-" when n = 1. '
-             f'Published values are for {PUBLISHED_EPOCHS} epochs; "ours - published" < 0 '
+             f'Published values are for {PUBLISHED_EPOCHS} epochs (ImageNet: '
+             f'{IMAGENET_EPOCHS}); "ours - published" < 0 '
              'means a lower error than published.', '']
     if best:
         lines += ['**Best epoch selected on the test set** (each network its own best epoch): '

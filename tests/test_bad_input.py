@@ -31,7 +31,7 @@ def test_the_seed_command_names_the_missing_gpu(tmp_path):
 @pytest.mark.parametrize('flags, message', [
     (['--depth', '30'], '--depth: depth must be 6n+2'),
     (['-a', 'vgg16'], "argument -a/--arch: invalid choice: 'vgg16'"),
-    (['-d', 'imagenet'], "argument -d/--dataset: invalid choice: 'imagenet'"),
+    (['-d', 'mnist'], "argument -d/--dataset: invalid choice: 'mnist'"),
     (['--num-branches', '0'], '--num-branches must be at least 1'),
     (['--resume', 'nowhere/checkpoint.pth.tar'], "checkpoint 'nowhere/checkpoint.pth.tar' does "
                                                  'not exist'),

@@ -3,6 +3,8 @@ layout checks, the loader (workers, determinism, mid-epoch start, rank shares, u
 images), torchvision's networks under every method, export into torchvision's constructor,
 top-5, and the recipe's defaults."""
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,10 +14,13 @@ import cifar_baseline
 import cifar_kd
 import cifar_one
 import export_branch
-from conftest import assert_same_run, entry, load
+from conftest import ROOT, assert_same_run, entry, load
 from fakedata import write_image_folder
 from methods import METHODS
+from methods.published import lookup
 from models.output import ModelOutput, column_hits
+from reports.runs import variant_flags
+from test_distributed import torchrun
 from utils.cli import build_parser, parse_flags
 from utils.imagefolder import FolderLoader, UnreadableImage, scan, train_transform
 
@@ -100,6 +105,19 @@ def test_the_imagenet_recipe_is_every_methods_default_and_given_flags_win():
     assert (cifar.arch, cifar.epochs, cifar.lr, cifar.schedule) == ('one_resnet', 300, 0.1, [151, 225])
 
 
+@pytest.mark.parametrize('method, arch, depth, error', [
+    ('baseline', 'resnet18', 18, 30.48), ('one', 'resnet18', 18, 29.45),
+    ('baseline', 'resnext50_32x4d', 50, 22.62), ('one', 'resnext50_32x4d', 50, 21.85)])
+def test_a_run_of_the_recipe_meets_the_papers_imagenet_row(method, arch, depth, error):
+    """The recipe's run has no variant flags, so report.py compares it with the ONE paper's
+    ImageNet entry (90 epochs; secondary, the ResNeXt-50 one recalled: docs/FIDELITY.md)."""
+    args = vars(METHODS[method].defaults(dataset='imagenet', arch=arch))
+    assert variant_flags(method, args) == ((), ())
+    entry = lookup(method, (), arch, depth, 'imagenet', '1')[0]
+    assert (entry.error, entry.epochs, entry.secondary) == (error, 90, True)
+    assert variant_flags(method, {**args, 'weight_decay': 5e-4}) != ((), ())
+
+
 # ----------------------------------------------------------------------------- every method
 
 @pytest.fixture(scope='module')
@@ -150,6 +168,18 @@ def test_one_resumes_bitwise_and_its_branch_loads_into_torchvision(folder, tmp_p
     branch_2 = load(straight / 'checkpoint.pth.tar')['history'][-1]['test_acc_2']
     assert printed_accuracy(capsys.readouterr().out, 'network 1')[0] == pytest.approx(
         branch_2, abs=0.005)
+
+
+def test_sharded_evaluation_under_torchrun_counts_every_val_image_once(folder, teacher_run,
+                                                                      tmp_path):
+    """18 validation images over 2 gloo ranks, read by each rank's workers: the single
+    process's top-1 and top-5, line for line."""
+    argv = small(folder, tmp_path / 'x', '-e', '--resume', teacher_run)
+    single = subprocess.run([sys.executable, os.path.join(ROOT, 'cifar_baseline.py'),
+                             *map(str, argv)], capture_output=True, text=True, timeout=300)
+    distributed = torchrun('cifar_baseline.py', *argv)
+    assert single.returncode == 0 and distributed.returncode == 0, distributed.stderr
+    assert distributed.stdout == single.stdout and '18 images: top-1 and top-5' in single.stdout
 
 
 def test_a_kd_student_of_another_depth(folder, teacher_run, tmp_path):
