@@ -160,9 +160,10 @@ def test_each_column_counts_the_part_of_the_output_it_names():
     ensemble = torch.eye(3)[[0, 2, 2, 0]]         # samples 0 and 2 right
     teacher = torch.eye(3)[[0, 1, 0, 0]]          # samples 0 and 1 right
     output = ModelOutput(torch.stack([branch1, branch2]), ensemble, {'teacher': teacher})
-    assert column_hits(output, targets, ['1', '2', 'ens']).tolist() == [4, 1, 2]
-    assert column_hits(output, targets, ['2', 'teacher']).tolist() == [1, 2]
-    assert column_hits(branch2, targets, ['1']).tolist() == [1]
+    # row 0: top-1 hits; row 1: top-5 (with 3 classes every target is among them)
+    assert column_hits(output, targets, ['1', '2', 'ens']).tolist() == [[4, 1, 2], [4, 4, 4]]
+    assert column_hits(output, targets, ['2', 'teacher']).tolist()[0] == [1, 2]
+    assert column_hits(branch2, targets, ['1']).tolist()[0] == [1]
     with pytest.raises(KeyError, match="no 'features'"):
         column_hits(output, targets, ['1', 'features'])
     with pytest.raises(KeyError, match='no ensemble'):
