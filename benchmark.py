@@ -12,10 +12,13 @@ matrix-multiply GFLOP/s measured in the same process.
     python benchmark.py --models one_resnet-32 --fast --json bench.json
     python benchmark.py --models resnet-8 --steps 2 --repeats 1   # a quick check (depth 6n+2)
     python benchmark.py --models densenet-190 one_densenet-190 --memory-efficient
+    python benchmark.py --dataset imagenet --data-dir /data/imagenet --workers 8   # data vs step
 Models are ARCH-DEPTH: a plain network (resnet, resnext, densenet, wrn, vgg) as the baseline
 trains it, or ONE over it (one_resnet: the seed's layout; one_resnext, one_densenet, ...),
 each with its paper's width (ResNeXt 8x64d, DenseNet-BC k = 40, WRN k = 10).
 Each model runs in its own process, so peak memory is that model's alone.
+With --dataset imagenet the models are torchvision's (resnet18, one_resnet18, resnet50, ...)
+and benchmarks/imagenet.py measures the JPEG loader against the training step instead.
 """
 import argparse
 import json
@@ -38,7 +41,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 from torchvision.datasets import VisionDataset
 
+from benchmarks import imagenet
 from methods import METHODS
+from models import IMAGENET_BACKBONES
 from utils.atomic import write_json_atomic
 from utils.cli import Parser
 from utils.data import CIFAR_MEAN, CIFAR_STD, DeviceLoader
@@ -49,6 +54,7 @@ from utils.setup import apply_fast_preset, build_model, build_optimizer
 from utils.steps import Meters, evaluate, train_step
 
 MODELS = ['resnet-32', 'one_resnet-32', 'resnet-110', 'one_resnet-110']
+IMAGENET_MODELS = ['one_resnet18']
 COMPILE_MODES = ['default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs']
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
@@ -64,22 +70,27 @@ def cpu_count():
 
 def method_and_flags(name, **flags):
     """'one_resnext-29' -> (ONE, its flags for ResNeXt-29 with the paper's width); a plain
-    name is the baseline's network."""
-    arch, depth = name.rsplit('-', 1)
+    name is the baseline's network. torchvision's networks have no depth: 'one_resnet18'
+    (with the ImageNet recipe's flags)."""
+    arch, _, depth = name.rpartition('-') if '-' in name else (name, '', '')
     method = METHODS['one' if arch.startswith('one_') else 'baseline']
     if arch.startswith('one_') and arch != 'one_resnet':
         arch = arch[len('one_'):]
+    if arch in IMAGENET_BACKBONES:
+        return method, method.defaults(dataset='imagenet', arch=arch, **flags)
     return method, method.defaults(arch=arch, depth=int(depth), **flags)
 
 
 def model_name(text):
-    """'ARCH-DEPTH' of a network the baseline or ONE trains, at a depth it can build."""
+    """'ARCH-DEPTH' of a CIFAR network the baseline or ONE trains, at a depth it can build,
+    or the name of one of torchvision's ImageNet networks, 'one_' in front for ONE's."""
     match = re.fullmatch(r'([a-z_]+)-(\d+)', text)
-    plain = METHODS['baseline'].archs
+    plain = tuple(a for a in METHODS['baseline'].archs if a not in IMAGENET_BACKBONES)
     archs = plain + tuple(f'one_{a}' for a in plain)
-    if not match or match.group(1) not in archs:
-        raise argparse.ArgumentTypeError(f'{text!r} is not ARCH-DEPTH with ARCH one of '
-                                         f'{", ".join(archs)}')
+    torchvision = tuple(IMAGENET_BACKBONES) + tuple(f'one_{a}' for a in IMAGENET_BACKBONES)
+    if text not in torchvision and (not match or match.group(1) not in archs):
+        raise argparse.ArgumentTypeError(f'{text!r} is neither ARCH-DEPTH with ARCH one of '
+                                         f'{", ".join(archs)} nor one of {", ".join(torchvision)}')
     try:
         method_and_flags(text)
     except UserError as e:
@@ -96,6 +107,11 @@ def parse(argv=None):
     p.add_argument('--memory-efficient', action='store_true',
                    help="DenseNet models: recompute the dense blocks' concatenations in the "
                         'backward pass (less memory, more time)')
+    p.add_argument('--dataset', default='cifar', choices=['cifar', 'imagenet'],
+                   help="cifar: synthetic 32x32 images on the device; imagenet: the JPEG "
+                        "loader over --data-dir's train/ against the training step")
+    p.add_argument('--data-dir', help='--dataset imagenet: the ImageFolder root')
+    p.add_argument('--image-size', type=int, default=224, help='--dataset imagenet: crop size')
     p.add_argument('--device', default='auto', choices=['auto', 'cpu', 'cuda'])
     p.add_argument('--batch', type=int, default=128, help='training batch')
     p.add_argument('--test-batch', type=int, default=None,
@@ -129,6 +145,8 @@ def parse(argv=None):
     args = p.parse_args(argv)
     if args.conventional_repeats is None:
         args.conventional_repeats = args.repeats
+    if args.dataset == 'imagenet' and args.models == MODELS:
+        args.models = IMAGENET_MODELS
     return args
 
 
@@ -157,6 +175,19 @@ def check_args(args):
     if args.conventional_repeats > args.repeats:
         raise BenchmarkError(f'--conventional-repeats {args.conventional_repeats} is more than '
                              f'--repeats {args.repeats}: each is paired with one of the project\'s')
+    torchvision = [m for m in args.models if '-' not in m]
+    if args.dataset == 'imagenet':
+        if not args.data_dir:
+            raise BenchmarkError('--dataset imagenet needs --data-dir, the ImageFolder root')
+        if len(torchvision) < len(args.models):
+            raise BenchmarkError(f'--dataset imagenet measures torchvision\'s networks '
+                                 f'({", ".join(IMAGENET_MODELS)}, ...), not '
+                                 f'{next(m for m in args.models if "-" in m)}')
+        if args.image_size < 32:
+            raise BenchmarkError(f'--image-size must be at least 32, got {args.image_size}')
+    elif torchvision:
+        raise BenchmarkError(f'{torchvision[0]} is an ImageNet network: add --dataset imagenet '
+                             '--data-dir DIR')
     if args.json:
         check_writable_file(args.json)
 
@@ -472,6 +503,8 @@ def run(args, argv):
         print(json.dumps(measure(args, device)))
         return 0
     apply_fast_preset(args, device)  # for the header; each child applies it again
+    if args.dataset == 'imagenet':
+        return run_imagenet(args, device)
     flags = list(sys.argv[1:] if argv is None else argv)
     print_header(args, describe_device(device))
     rows = []
@@ -479,6 +512,26 @@ def run(args, argv):
         row = measure_in_child(flags, name)
         row['eval_over_train'] = row['eval_img_s'] / row['train_img_s']
         print_row(row)
+        rows.append(row)
+    if args.json:
+        write_json(args.json, {'device': describe_device(device), 'torch': torch.__version__,
+                               'flags': {k: v for k, v in vars(args).items() if k != 'one'},
+                               'results': rows})
+    return 0
+
+
+def run_imagenet(args, device):
+    """The loader against the step, model by model, in this process."""
+    print(f'device: {describe_device(device)}; torch {torch.__version__}; data {args.data_dir}; '
+          f'amp={args.amp} channels_last={args.channels_last}' + (' (--fast)' if args.fast else ''),
+          flush=True)
+    rows = []
+    for name in args.models:
+        method, config = method_and_flags(name, channels_last=args.channels_last,
+                                          fast=args.fast, train_batch=args.batch,
+                                          image_size=args.image_size)
+        row = imagenet.measure(args, device, name, method, config)
+        imagenet.print_result(row)
         rows.append(row)
     if args.json:
         write_json(args.json, {'device': describe_device(device), 'torch': torch.__version__,

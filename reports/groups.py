@@ -86,6 +86,7 @@ class Result:
     errors: list
     epochs_selected: list
     published: list = field(default_factory=list)
+    top5_errors: list = None   # at the same epochs; None unless every run recorded top-5
 
     @property
     def n(self):
@@ -101,15 +102,28 @@ class Result:
         return statistics.stdev(self.errors) if self.n > 1 else None
 
     @property
+    def top5_mean(self):
+        return statistics.fmean(self.top5_errors) if self.top5_errors else None
+
+    @property
+    def top5_std(self):
+        return statistics.stdev(self.top5_errors) if self.top5_errors and self.n > 1 else None
+
+    @property
     def diff(self):
         return self.mean - self.published[0].error if self.published else None
 
 
-def selected_error(run, member, best):
-    """(error, 1-based epoch) at the last epoch, or at this network's best test epoch."""
+def selected_index(run, member, best):
+    """The row of the last epoch, or of this network's best top-1 test epoch."""
     errors = run.errors(member)
-    index = min(range(len(errors)), key=errors.__getitem__) if best else len(errors) - 1
-    return errors[index], int(run.rows[index]['epoch'])
+    return min(range(len(errors)), key=errors.__getitem__) if best else len(errors) - 1
+
+
+def top5_at(runs, member, picked):
+    """The top-5 errors at the selected rows, or None if a run did not record top-5."""
+    top5 = [run.top5_errors(member) for run in runs]
+    return None if None in top5 else [errors[i] for errors, i in zip(top5, picked)]
 
 
 def summarise(groups, best):
@@ -118,8 +132,10 @@ def summarise(groups, best):
         method, arch, depth, dataset, _ = key
         members = [m for m in runs[0].members() if all(m in run.members() for run in runs)]
         for member in members:
-            picked = [selected_error(run, member, best) for run in runs]
+            picked = [selected_index(run, member, best) for run in runs]
             published = lookup(method, runs[0].variant, backbone_of(arch), depth, dataset, member)
-            results.append(Result(key, member, runs, [e for e, _ in picked],
-                                  [epoch for _, epoch in picked], published))
+            results.append(Result(key, member, runs,
+                                  [run.errors(member)[i] for run, i in zip(runs, picked)],
+                                  [int(run.rows[i]['epoch']) for run, i in zip(runs, picked)],
+                                  published, top5_at(runs, member, picked)))
     return results

@@ -69,6 +69,11 @@ class Run:
     def errors(self, member):
         return [100.0 - row[f'test_acc_{member}'] for row in self.rows]
 
+    def top5_errors(self, member):
+        """Top-5 errors per epoch; None for runs that did not record top-5."""
+        key = f'test_acc5_{member}'
+        return [100.0 - row[key] for row in self.rows] if key in self.rows[0] else None
+
 
 def find_run_folders(paths):
     """Folders holding args.json at or below each path. Not searched: hidden folders, and a
@@ -173,7 +178,7 @@ def summary_problem(rows):
     for i, row in enumerate(rows, start=1):
         if None in row or None in row.values():
             return f'row {i} has {"more" if None in row else "fewer"} fields than the header'
-        for key in ['epoch'] + [k for k in row if k.startswith('test_acc_')]:
+        for key in ['epoch'] + [k for k in row if k.startswith(('test_acc_', 'test_acc5_'))]:
             value = row.get(key)
             if not isinstance(value, float):
                 return f'row {i}: {key} is not a number'

@@ -50,11 +50,20 @@ def source_numbers(results):
     return {label: i for i, label in enumerate(labels, start=1)}
 
 
+def shows_top5(results):
+    """Top-5 columns in the Markdown table: where an ImageNet run is in it (every run records
+    top-5 since it was added; CIFAR tables keep the papers' top-1 only)."""
+    return any(result.key[3] == 'imagenet' for result in results)
+
+
 def markdown(results, skipped, best, mixed):
     numbers = source_numbers(results)
     selection = BEST_LABEL if best else 'last epoch'
+    top5 = shows_top5(results)
     columns = ['dataset', 'network', 'method', 'n', f'error % ({selection})', 'std',
                'published', 'ours - published', 'source', 'note']
+    if top5:
+        columns[6:6] = ['top-5 error %', 'top-5 std']
     if mixed:
         columns.insert(4, 'schedule')
     lines = [f'## Top-1 error (%), {selection}', '',
@@ -69,7 +78,7 @@ def markdown(results, skipped, best, mixed):
         lines += [f'Schedule of every run: {describe_schedule(results[0].runs[0])}.', '']
     lines += ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
     for result in results:
-        lines.append('| ' + ' | '.join(markdown_cells(result, numbers, mixed)) + ' |')
+        lines.append('| ' + ' | '.join(markdown_cells(result, numbers, mixed, top5)) + ' |')
     if numbers:
         lines += ['', 'Sources:'] + [f'- [{i}] {label}' for label, i in numbers.items()]
     if skipped:
@@ -78,7 +87,7 @@ def markdown(results, skipped, best, mixed):
     return '\n'.join(lines) + '\n'
 
 
-def markdown_cells(result, numbers, mixed):
+def markdown_cells(result, numbers, mixed, top5=False):
     method, arch, depth, dataset, _ = result.key
     run, first = result.runs[0], (result.published or [None])[0]
     note = result_note(result)
@@ -90,13 +99,16 @@ def markdown_cells(result, numbers, mixed):
              fmt_published(first) if first else '', fmt(result.diff, signed=True) if first else '',
              f'[{numbers[source_label(first)]}]' if first else '',
              '; '.join(filter(None, [note] + others))]
+    if top5:
+        cells[6:6] = [fmt(result.top5_mean), fmt(result.top5_std)]
     if mixed:
         cells.insert(4, describe_schedule(run))
     return [cell.replace('|', '/') for cell in cells]
 
 
 CSV_COLUMNS = ['dataset', 'network', 'arch', 'depth', 'method', 'member', 'label', 'variant',
-               'n', 'seeds', 'selection', 'error_mean', 'error_std', 'selected_epochs',
+               'n', 'seeds', 'selection', 'error_mean', 'error_std', 'top5_error_mean',
+               'top5_error_std', 'selected_epochs',
                'epochs', 'schedule', 'train_subset', 'published_error', 'published_std',
                'published_source', 'published_secondary', 'diff', 'note', 'other_published',
                'runs']
@@ -114,6 +126,8 @@ def csv_row(result, best):
         'selection': BEST_LABEL if best else 'last epoch',
         'error_mean': round(result.mean, 4),
         'error_std': '' if result.std is None else round(result.std, 4),
+        'top5_error_mean': '' if result.top5_mean is None else round(result.top5_mean, 4),
+        'top5_error_std': '' if result.top5_std is None else round(result.top5_std, 4),
         'selected_epochs': ';'.join(map(str, result.epochs_selected)),
         'epochs': run.args['epochs'], 'schedule': describe_schedule(run),
         'train_subset': run.data[0],

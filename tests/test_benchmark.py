@@ -116,7 +116,7 @@ def test_cuda_without_a_gpu_is_one_line(capsys):
 
 @pytest.mark.parametrize('flags, message', [
     (['--models', 'resnet-9'], 'depth must be 6n+2'),
-    (['--models', 'mobilenet-10'], 'is not ARCH-DEPTH with ARCH one of resnet, resnext'),
+    (['--models', 'mobilenet-10'], 'is neither ARCH-DEPTH with ARCH one of resnet, resnext'),
     (['--models', 'one_resnext-12'], 'depth must be 9n+2'),
     (['--models', 'vgg-12'], 'depth must be one of 11, 13, 16, 19'),
     (['--batch', '1'], 'BatchNorm needs 2 images'),

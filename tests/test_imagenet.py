@@ -11,13 +11,13 @@ import torch
 import torchvision
 
 import cifar_baseline
-import cifar_kd
 import cifar_one
 import export_branch
 from conftest import ROOT, assert_same_run, entry, load
 from fakedata import write_image_folder
 from methods import METHODS
 from methods.published import lookup
+from models import branch_state_dict
 from models.output import ModelOutput, column_hits
 from reports.runs import variant_flags
 from test_distributed import torchrun
@@ -182,12 +182,18 @@ def test_sharded_evaluation_under_torchrun_counts_every_val_image_once(folder, t
     assert distributed.stdout == single.stdout and '18 images: top-1 and top-5' in single.stdout
 
 
-def test_a_kd_student_of_another_depth(folder, teacher_run, tmp_path):
-    """A ResNet-34 student of the ResNet-18 teacher: networks of another depth work."""
-    run = tmp_path / 'kd'
-    assert cifar_kd.main(small(folder, run, '--epochs', 1, '-a', 'resnet34',
-                               '--teacher', teacher_run)) == 0
-    assert load(run / 'checkpoint.pth.tar')['arch'] == 'resnet34'
+@pytest.mark.parametrize('arch', ['resnet18', 'resnet34', 'resnet50', 'resnext50_32x4d'])
+def test_every_torchvision_network_splits_into_branches_it_loads_back(arch):
+    """On the meta device (no weights computed): ONE over each network has torchvision's own
+    keys for trunk + branch K, and branches at layer4 by default."""
+    args = METHODS['one'].defaults(dataset='imagenet', arch=arch)
+    with torch.device('meta'):
+        model = METHODS['one'].build_model(args, 10)
+        plain = getattr(torchvision.models, arch)(num_classes=10)
+    assert model.branch_point == 'stage4' and model.shared_stages == ('layer1', 'layer2', 'layer3')
+    exported = branch_state_dict(model.state_dict(), 2)
+    assert {k: v.shape for k, v in exported.items()} == {
+        k: v.shape for k, v in plain.state_dict().items()}
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -254,3 +260,73 @@ def test_an_unreadable_image_stops_naming_it_or_is_skipped_and_counted(tmp_path,
                                 '--bad-images', 'skip')) == 0
     assert f'1 unreadable training image(s) left out so far (first: {bad})' in \
         capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+def test_benchmark_puts_the_loader_beside_the_step(folder, tmp_path, capsys):
+    import json
+    import benchmark
+    out = tmp_path / 'bench.json'
+    assert benchmark.main(['--dataset', 'imagenet', '--data-dir', folder, '--image-size', '32',
+                           '--batch', '8', '--steps', '2', '--warmup', '1', '--workers', '2',
+                           '--json', str(out)]) == 0
+    row, = json.loads(out.read_text())['results']
+    assert row['model'] == 'one_resnet18' and row['workers'] == 2
+    assert row['loader_img_s_per_worker'] > 0 and row['loader_img_s'] > 0 and row['step_img_s'] > 0
+    slower = min(row['loader_img_s'], row['step_img_s'])
+    assert row['bound_by'] == ('data' if row['loader_img_s'] < row['step_img_s'] else 'compute')
+    assert row['projected_hours_90_epochs'] == pytest.approx(90 * 1_281_167 / slower / 3600)
+    assert row['projected_hours_90_epochs_8_devices'] == pytest.approx(
+        row['projected_hours_90_epochs'] / 8)
+    assert 'projected 90 epochs of ILSVRC-2012' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--dataset', 'imagenet'], '--dataset imagenet needs --data-dir'),
+    (['--models', 'resnet18'], 'resnet18 is an ImageNet network: add --dataset imagenet'),
+    (['--dataset', 'imagenet', '--data-dir', 'x', '--models', 'resnet-32'],
+     "--dataset imagenet measures torchvision's networks"),
+])
+def test_benchmark_refuses_a_mismatched_dataset(flags, message, capsys):
+    import benchmark
+    assert benchmark.main(flags) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_report_gives_top1_and_top5(folder, teacher_run, tmp_path,
+                                                          capsys):
+    """report.py over an ImageNet run: top-5 columns in the table and the CSV, at the epoch
+    the top-1 selection picks. (A tiny run is a variant, so it meets no published row: the
+    recipe's run does, test_a_run_of_the_recipe_meets_the_papers_imagenet_row.)"""
+    import csv
+    import report
+    code = report.main([str(teacher_run.parent), '--out', str(tmp_path / 'out'), '--no-plots'])
+    out = capsys.readouterr().out
+    assert code == 0
+    row = load(teacher_run)['history'][-1]
+    line = next(l for l in out.splitlines() if l.startswith('| imagenet | ResNet-18 | baseline'))
+    cells = [c.strip() for c in line.strip('|').split('|')]
+    assert cells[4:8] == [f'{100 - row["test_acc_1"]:.2f}', '-',
+                          f'{100 - row["test_acc5_1"]:.2f}', '-']
+    assert '| top-5 error % | top-5 std |' in out
+    table, = csv.DictReader(open(tmp_path / 'out' / 'table_last.csv'))
+    assert float(table['top5_error_mean']) == pytest.approx(100 - row['test_acc5_1'], abs=1e-4)
+
+
+def test_a_sweep_grid_of_imagenet_runs(folder, tmp_path):
+    """sweep.py checks and runs ImageNet runs like any other (local executor; SLURM's is the
+    same submitit job, tests/test_slurm.py)."""
+    import json
+    root = tmp_path / 'grid'
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'sweep.py'), '--root', str(root),
+                           '--scripts', 'cifar_one.py', '--executor', 'local', '--vary',
+                           'num-branches=2', '--', *SMALL, '--data-dir', folder, '--epochs', '1'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = root / 'cifar_one' / 'num-branches=2'
+    assert json.loads((run / 'status.json').read_text())['state'] == 'done'
+    state = load(run / 'checkpoint.pth.tar')
+    assert (state['dataset'], state['arch'], state['num_branches']) == ('imagenet', 'resnet18', 2)
+    assert 'test_acc5_ens' in state['history'][-1]

@@ -203,3 +203,31 @@ def test_sigkill_at_many_moments_always_leaves_a_resumable_run(fashion_root, tmp
     assert_same_run(reference / 'model_best.pth.tar', run / 'model_best.pth.tar')
     assert (reference / 'log.txt').read_text() == (run / 'log.txt').read_text()
     assert checkpoint_temporaries(run) == []  # a killed writer's are removed by the next run
+
+
+def test_save_every_minutes_loses_minutes_not_the_epoch(fashion_root, tmp_path, monkeypatch):
+    """A crash in the middle of epoch 2 (a RuntimeError, as a dying process leaves it): with
+    --save-every-minutes the checkpoint holds a step of epoch 2, and the resumed run ends
+    bitwise where the uninterrupted one does."""
+    from utils.engine import Trainer
+    flags = ['--epochs', 2, '--train-subset', 256, '--train-batch', 32]
+    straight, crashed = tmp_path / 'straight', tmp_path / 'crashed'
+    assert cifar_one.main(tiny(fashion_root, straight, *flags)) == 0
+
+    step = Trainer.train_and_count
+    calls = []
+
+    def dies_at_step_13(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 13:   # epoch 2, batch 5 of 8
+            raise RuntimeError('simulated crash')
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, 'train_and_count', dies_at_step_13)
+    with pytest.raises(RuntimeError, match='simulated crash'):
+        cifar_one.main(tiny(fashion_root, crashed, *flags, '--save-every-minutes', 1e-9))
+    saved = load_checkpoint(str(crashed / 'checkpoint.pth.tar'))
+    assert (saved['epoch'], saved['step']) == (1, 4)     # the last step before the crash
+    monkeypatch.setattr(Trainer, 'train_and_count', step)
+    assert cifar_one.main(tiny(fashion_root, crashed, *flags, '--resume', 'auto')) == 0
+    assert_same_run(straight / 'checkpoint.pth.tar', crashed / 'checkpoint.pth.tar')

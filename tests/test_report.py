@@ -120,6 +120,7 @@ def test_means_and_sample_stds_in_stdout_and_csv(runs, tmp_path, capsys):
     assert (dml['n'], dml['error_mean'], dml['error_std']) == ('1', '27.5', '')
     assert '| 1 | 27.50 | - |' in out           # std shown as '-' for a single run
     assert 'last epoch' in out and 'selected on the test set' not in out
+    assert 'top-5' not in out                   # CIFAR tables: the papers' top-1 only
     assert (out_dir / 'table_last.md').read_text() == out
 
 

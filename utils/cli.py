@@ -22,7 +22,7 @@ BOOKKEEPING = frozenset({
     'device', 'workers', 'overwrite', 'evaluate', 'compile', 'cuda_graphs', 'channels_last',
     'sync_bn', 'tensorboard', 'start_epoch', 'fast', 'amp', 'test_batch',
     'print_freq', 'log_interval', 'threads', 'progress', 'quiet', 'verbose', 'rewind',
-    'deterministic', 'check_only', 'bad_images',
+    'deterministic', 'check_only', 'bad_images', 'save_every_minutes',
 })  # init_from is not: a fork never merges with runs from scratch
 
 
@@ -105,6 +105,10 @@ def build_parser(description, method):
     p.add_argument('--deterministic', action='store_true',
                    help='bitwise-repeatable CUDA runs (a resumed run equals an uninterrupted '
                         'one): deterministic kernels, no cuDNN autotuning; slower')
+    p.add_argument('--save-every-minutes', type=float, default=0, metavar='M',
+                   help='also save the exact step into checkpoint.pth.tar every M minutes '
+                        'within an epoch, so a crash loses minutes, not an epoch (0: at the end '
+                        'of each epoch only; a preemption signal always saves the step)')
     p.add_argument('--tensorboard', action='store_true',
                    help='also write TensorBoard event files into RUN/tensorboard (rank 0)')
     p.add_argument('--check-only', action='store_true',

@@ -131,6 +131,7 @@ class Trainer:
         self.epoch, self.step, self.best_acc, self.history = args.start_epoch, 0, 0.0, []
         self.partial = None
         self.plotted_at = -float('inf')
+        self.saved_at = time.monotonic()   # the last checkpoint, for --save-every-minutes
         if state is not None:
             self.restore(state, run.resume)
         elif source is not None:
@@ -341,6 +342,7 @@ class Trainer:
         if is_best:
             save_atomic(state, self.path(BEST))
         save_atomic(state, self.path(CHECKPOINT))
+        self.saved_at = time.monotonic()
         title = f'{self.method.title}: {self.args.arch}-{self.args.depth} on {self.args.dataset}'
         plot = (self.epoch >= self.args.epochs
                 or time.monotonic() - self.plotted_at >= PLOT_EVERY_SECONDS)
@@ -413,10 +415,14 @@ class Trainer:
         return loss_sum, self.method.correct(output, targets, self.names)
 
     def check(self, meters, stop):
-        """Stop on a NaN/Inf loss (saving nothing) or, on a signal, save this step and stop."""
+        """Stop on a NaN/Inf loss (saving nothing) or, on a signal, save this step and stop;
+        when --save-every-minutes have passed since the last save (on any rank's clock), save
+        this step and go on."""
         flags = torch.stack([meters.nonfinite.to(torch.int64),
-                             torch.tensor(stop.signum, device=self.device)])
-        nonfinite, signum = self.world.all_reduce(flags, torch.distributed.ReduceOp.MAX).tolist()
+                             torch.tensor(stop.signum, device=self.device),
+                             torch.tensor(int(self.save_due()), device=self.device)])
+        nonfinite, signum, due = self.world.all_reduce(flags,
+                                                       torch.distributed.ReduceOp.MAX).tolist()
         if nonfinite:
             kept = [path for path in map(self.path, (CHECKPOINT, BEST)) if os.path.exists(path)]
             raise Diverged(f'the loss became NaN or Inf in epoch {self.epoch + 1} (by batch '
@@ -424,6 +430,19 @@ class Trainer:
                            f'{" and ".join(kept) or "no file (none was saved)"}')
         if signum and self.step < len(self.train_loader):
             self.preempt(meters.reduce(self.world), signum)
+        if due and self.step < len(self.train_loader):
+            self.save_step(meters.copy().reduce(self.world))
+
+    def save_due(self):
+        minutes = self.args.save_every_minutes
+        return bool(minutes) and time.monotonic() - self.saved_at >= 60 * minutes
+
+    def save_step(self, meters):
+        """--save-every-minutes: this exact step (with the epoch's running sums, summed over
+        the ranks) into the checkpoint, as a preemption saves it; training goes on."""
+        if self.world.is_main:
+            save_atomic(self.checkpoint_state(meters), self.path(CHECKPOINT))
+        self.saved_at = time.monotonic()
 
     def preempt(self, meters, signum):
         """Save this exact step (with the epoch's running sums) and stop."""

@@ -36,6 +36,9 @@ def check_flags(args, method, world):
     if args.dataset == IMAGENET and args.image_size < 32:
         raise UserError(f'--image-size must be at least 32 (the networks downsample 32 '
                         f'times), got {args.image_size}')
+    if not (math.isfinite(args.save_every_minutes) and args.save_every_minutes >= 0):
+        raise UserError(f'--save-every-minutes must be a number >= 0, got '
+                        f'{args.save_every_minutes}')
     if args.workers < 0:
         raise UserError(f'-j/--workers must be 0 (load in the main process) or more, got '
                         f'{args.workers}')

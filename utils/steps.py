@@ -51,6 +51,12 @@ class Meters:
     def state(self):
         return {'loss': self.loss, 'correct': self.correct, 'count': self.count}
 
+    def copy(self):
+        """Meters holding the same sums, to reduce over the ranks while these go on."""
+        other = Meters(self.correct.shape[1], self.loss.device)
+        other.load(self.state())
+        return other
+
     def load(self, state):
         self.loss.copy_(state['loss'])
         # a checkpoint written before top-5 was counted holds the top-1 row alone
