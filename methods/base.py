@@ -133,8 +133,8 @@ class Method:
         return f'{self.member} {column}' if column.isdigit() else column
 
     def correct(self, output, targets, columns):
-        """Top-1 hits per column, shape (len(columns),). A method changes what it counts by
-        its columns and its model's output, not here."""
+        """Top-1 and top-5 hits per column, shape (2, len(columns)). A method changes what
+        it counts by its columns and its model's output, not here."""
         return column_hits(output, targets, columns)
 
     def deployable(self, state, member):

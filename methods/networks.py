@@ -27,6 +27,7 @@ from models import (BACKBONES, IMAGENET_BACKBONES, IMAGENET_DEPTHS, IMAGENET_NAM
 from models.branched import Branched
 from models.resnet import DEPTH_RULES
 from utils.errors import UserError
+from utils.imagefolder import IMAGENET
 
 # The seed's default depth (the ResNets have no default); other networks default to their
 # paper's (the constructors' defaults: ResNeXt-29, DenseNet-BC-190, WRN-28-10, VGG-16).
@@ -57,7 +58,7 @@ CHOICES = {'depth_rule': DEPTH_RULES}
 COMPUTATION_ONLY = ('memory_efficient',)
 # Every network by its -a name: the CIFAR backbones, then torchvision's ImageNet ones.
 NETWORKS = {**BACKBONES, **IMAGENET_BACKBONES}
-IMAGENET = 'imagenet'
+IMAGENET_ARCH = 'resnet18'   # -a's default on ImageNet: the ONE paper's ImageNet network
 
 
 def keywords(backbone):
@@ -91,7 +92,9 @@ def default_depth(backbone):
 def add_network_flags(parser, archs):
     """-a (the first of `archs` by default), --depth and every network keyword's flag."""
     parser.add_argument('-a', '--arch', default=archs[0], choices=archs,
-                        help='the network; ' + ', '.join(f'{a}: {describe_arch(a)}' for a in archs))
+                        help=f'the network (default on ImageNet: {IMAGENET_ARCH}); '
+                             + ', '.join(f'{a}: {describe_arch(a)}' for a in archs))
+    parser.dataset_defaults = {IMAGENET: {'arch': IMAGENET_ARCH}}
     parser.add_argument('--depth', type=int, default=None,
                         help=f'layers (default: {RESNET_DEPTH} for the ResNets, the paper\'s '
                              'network for the others: ResNeXt-29, DenseNet-BC-190, WRN-28-10, '

@@ -20,6 +20,8 @@ import torch
 
 __all__ = ['ModelOutput', 'as_output', 'column_logits', 'column_hits']
 
+TOP_K = 5   # column_hits counts top-1 and top-TOP_K hits
+
 
 class ModelOutput(NamedTuple):
     members: torch.Tensor
@@ -52,9 +54,6 @@ def column_logits(output, column):
             raise KeyError("column 'ens': the model returned no ensemble")
         return output.ensemble
     return output.extra(column)
-
-
-TOP_K = 5
 
 
 def column_hits(output, targets, columns):

@@ -8,9 +8,10 @@ from .imagefolder import BAD_IMAGES, IMAGENET
 # --dataset imagenet's defaults under every method: the standard ResNet recipe (He et al.
 # 2016, as pytorch/examples trains it): 90 epochs, SGD momentum 0.9, weight decay 1e-4,
 # LR / 10 at epochs 30 and 60, batch 256 at LR 0.1, the LR scaled linearly with the global
-# batch (Goyal et al. 2017). Flags given on the command line win.
-IMAGENET_RECIPE = {'arch': 'resnet18', 'epochs': 90, 'train_batch': 256, 'lr': None,
-                   'schedule': [30, 60], 'gamma': 0.1, 'momentum': 0.9, 'weight_decay': 1e-4}
+# batch (Goyal et al. 2017). Flags given on the command line win. (The network's default,
+# -a resnet18, comes with the network flags: methods/networks.py.)
+IMAGENET_RECIPE = {'epochs': 90, 'train_batch': 256, 'lr': None, 'schedule': [30, 60],
+                   'gamma': 0.1, 'momentum': 0.9, 'weight_decay': 1e-4}
 REFERENCE_BATCH, REFERENCE_LR = 256, 0.1
 
 # args.json keys that do not change what a run trains: report.py groups runs without them, and
@@ -122,11 +123,12 @@ def build_parser(description, method):
 
 
 def parse_flags(parser, argv=None):
-    """Parse the command line; on --dataset imagenet with IMAGENET_RECIPE's defaults (the
-    given flags still win) and, unless --lr is given, LR 0.1 * global batch / 256."""
+    """Parse the command line; on --dataset imagenet with IMAGENET_RECIPE's defaults and the
+    parser's own for that dataset (the given flags still win) and, unless --lr is given, LR
+    0.1 * global batch / 256."""
     args = parser.parse_args(argv)
     if args.dataset == IMAGENET:
-        parser.set_defaults(**IMAGENET_RECIPE)
+        parser.set_defaults(**IMAGENET_RECIPE, **parser.dataset_defaults.get(IMAGENET, {}))
         args = parser.parse_args(argv)
         if args.lr is None:
             args.lr = REFERENCE_LR * args.train_batch / REFERENCE_BATCH

@@ -32,6 +32,10 @@ def one_line_errors(prog, work):
 
 
 class Parser(argparse.ArgumentParser):
+    # {dataset: {dest: default}}: defaults a dataset changes (utils/cli.parse_flags); the
+    # network flags add theirs (methods/networks.py: ImageNet's -a)
+    dataset_defaults = {}
+
     def error(self, message):
         """One line on stderr and exit status 2, instead of the usage block."""
         self.exit(2, f'{self.prog}: error: {message} (see --help)\n')

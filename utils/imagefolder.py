@@ -25,9 +25,9 @@ leaves it out of its batch and counts it (--bad-images skip).
 import os
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.datasets.folder import IMG_EXTENSIONS
-from PIL import Image
 from torchvision.transforms import v2
 
 from .data import Normalize
