@@ -513,11 +513,16 @@ def run(args, argv):
         row['eval_over_train'] = row['eval_img_s'] / row['train_img_s']
         print_row(row)
         rows.append(row)
+    write_results(args, device, rows)
+    return 0
+
+
+def write_results(args, device, rows):
+    """--json: the device, torch, the flags and one result per model."""
     if args.json:
         write_json(args.json, {'device': describe_device(device), 'torch': torch.__version__,
                                'flags': {k: v for k, v in vars(args).items() if k != 'one'},
                                'results': rows})
-    return 0
 
 
 def run_imagenet(args, device):
@@ -533,10 +538,7 @@ def run_imagenet(args, device):
         row = imagenet.measure(args, device, name, method, config)
         imagenet.print_result(row)
         rows.append(row)
-    if args.json:
-        write_json(args.json, {'device': describe_device(device), 'torch': torch.__version__,
-                               'flags': {k: v for k, v in vars(args).items() if k != 'one'},
-                               'results': rows})
+    write_results(args, device, rows)
     return 0
 
 

@@ -15,7 +15,8 @@ class CrossEntropy:
     def __call__(self, output, targets, epoch, batch_size=None):
         """Loss summed over the batch and divided by `batch_size` (default: this batch's size,
         giving the mean; a distributed rank passes the global batch size)."""
-        return branch_cross_entropy(as_output(output).members, targets) / (batch_size or len(targets))
+        loss = branch_cross_entropy(as_output(output).members, targets)
+        return loss / (batch_size or len(targets))
 
 
 class Baseline(Method):

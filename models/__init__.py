@@ -17,5 +17,6 @@ BACKBONES = {'resnet': resnet, 'resnext': resnext, 'densenet': densenet, 'wrn': 
 NETWORK_NAMES = {'resnet': 'ResNet', 'resnext': 'ResNeXt', 'densenet': 'DenseNet', 'wrn': 'WRN',
                  'vgg': 'VGG'}
 
-__all__ = ['BACKBONES', 'NETWORK_NAMES', 'IMAGENET_BACKBONES', 'IMAGENET_DEPTHS', 'IMAGENET_NAMES', 'resnet', 'resnext', 'densenet', 'wrn', 'vgg', 'one_resnet',
+__all__ = ['BACKBONES', 'NETWORK_NAMES', 'IMAGENET_BACKBONES', 'IMAGENET_DEPTHS', 'IMAGENET_NAMES',
+           'resnet', 'resnext', 'densenet', 'wrn', 'vgg', 'one_resnet',
            'branched', 'branch_points', 'branch_state_dict', 'blocks_per_stage']
