@@ -28,11 +28,10 @@ def wait_for(device):
         torch.cuda.synchronize(device)
 
 
-def loader_rate(args, device, workers):
+def loader_rate(args, device, samples, workers):
     """Images/s the training loader delivers on the device over up to --steps batches, after
     the first (which pays for starting the workers)."""
-    samples, _ = scan(args.data_dir)
-    loader = FolderLoader(samples['train'], train_transform(args.image_size), IMAGENET_MEAN,
+    loader = FolderLoader(samples, train_transform(args.image_size), IMAGENET_MEAN,
                           IMAGENET_STD, args.batch, shuffle=True, device=device,
                           workers=workers, bad_images='skip')
     batches = loader.batches(epoch=0)
@@ -69,8 +68,9 @@ def hours(rate, devices=1):
 
 
 def measure(args, device, name, method, config):
-    per_worker = loader_rate(args, device, 1)
-    loader = loader_rate(args, device, args.workers) if args.workers != 1 else per_worker
+    samples = scan(args.data_dir)[0]['train']   # once: a listing of ILSVRC takes a while
+    per_worker = loader_rate(args, device, samples, 1)
+    loader = loader_rate(args, device, samples, args.workers) if args.workers != 1 else per_worker
     step = step_rate(args, device, method, config)
     bound = min(loader, step)
     return {'model': name, 'image_size': args.image_size, 'batch': args.batch,

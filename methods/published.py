@@ -17,6 +17,8 @@ from the "comparison" sources have not yet been checked against the papers thems
 from dataclasses import dataclass
 from functools import lru_cache
 
+from models import IMAGENET_BACKBONES
+
 PUBLISHED_EPOCHS = 300
 IMAGENET_EPOCHS = 90
 
@@ -35,7 +37,6 @@ def _reference_setup(method, arch):
     from methods import METHODS  # methods/__init__.py does not import this module
     if method not in METHODS:
         return {}
-    from models import IMAGENET_BACKBONES
     method = METHODS[method]
     flags = {'arch': arch} if arch in method.archs else {}
     if arch in IMAGENET_BACKBONES:  # torchvision's networks train on ImageNet, by its recipe

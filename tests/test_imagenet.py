@@ -56,6 +56,14 @@ def loader(root, workers, **kwargs):
                         **kwargs)
 
 
+def test_the_listing_is_torchvisions_imagefolder(folder):
+    samples, classes = scan(folder)
+    for split in ('train', 'val'):
+        reference = torchvision.datasets.ImageFolder(os.path.join(folder, split))
+        assert samples[split] == reference.samples and classes == reference.classes
+    assert len(samples['train']) == 48 and len(samples['val']) == 18
+
+
 def test_pixels_are_a_function_of_seed_and_epoch_not_of_workers_or_start(folder):
     """0 or 2 worker processes, from the first batch or from batch 1: the same pixels, so a
     run resumed mid-epoch sees exactly what an uninterrupted one would."""

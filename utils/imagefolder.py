@@ -27,7 +27,7 @@ import os
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
 
 from .data import Normalize
@@ -45,25 +45,23 @@ class UnreadableImage(UserError):
 
 
 def class_folders(root, split):
+    """The class folders of a split, sorted (torchvision's find_classes)."""
     path = os.path.join(root, split)
     if not os.path.isdir(path):
         raise UserError(f'--data-dir {root}: there is no {split}/ folder; lay ImageNet out as '
                         f'{LAYOUT}')
-    return sorted(entry.name for entry in os.scandir(path) if entry.is_dir())
-
-
-def image_files(folder):
-    return sorted(entry.path for entry in os.scandir(folder)
-                  if entry.is_file() and entry.name.lower().endswith(IMG_EXTENSIONS))
+    try:
+        return find_classes(path)[0]
+    except FileNotFoundError:
+        raise UserError(f'--data-dir {root}: {split}/ holds no class folder; lay ImageNet out '
+                        f'as {LAYOUT}') from None
 
 
 def scan(root):
-    """{split: [(path, class index)]} and the class names, after checking the layout: both
-    splits present, the same classes, no class folder without images."""
+    """{split: [(path, class index)]} (torchvision's make_dataset, as ImageFolder lists them)
+    and the class names, after checking the layout: both splits present, the same classes, no
+    class folder without images."""
     classes = {split: class_folders(root, split) for split in SPLITS}
-    if not classes['train']:
-        raise UserError(f'--data-dir {root}: train/ holds no class folder; lay ImageNet out as '
-                        f'{LAYOUT}')
     if classes['train'] != classes['val']:
         only_train = sorted(set(classes['train']) - set(classes['val']))
         only_val = sorted(set(classes['val']) - set(classes['train']))
@@ -72,15 +70,15 @@ def scan(root):
         raise UserError(f'--data-dir {root}: train/ and val/ have different class folders '
                         f'({len(only_train)} in train/ only, {len(only_val)} in val/ only; '
                         f'{where})')
+    class_to_idx = {name: index for index, name in enumerate(classes['train'])}
     samples = {}
     for split in SPLITS:
-        samples[split] = []
-        for index, name in enumerate(classes[split]):
-            files = image_files(os.path.join(root, split, name))
-            if not files:
-                raise UserError(f'--data-dir {root}: {split}/{name} holds no image '
-                                f'({", ".join(IMG_EXTENSIONS)})')
-            samples[split] += [(path, index) for path in files]
+        samples[split] = make_dataset(os.path.join(root, split), class_to_idx, IMG_EXTENSIONS,
+                                      allow_empty=True)
+        empty = sorted(set(class_to_idx) - {classes['train'][i] for _, i in samples[split]})
+        if empty:
+            raise UserError(f'--data-dir {root}: {split}/{empty[0]} holds no image '
+                            f'({", ".join(IMG_EXTENSIONS)})')
     return samples, classes['train']
 
 
