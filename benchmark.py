@@ -43,7 +43,7 @@ from torchvision.datasets import VisionDataset
 
 from benchmarks import imagenet
 from methods import METHODS
-from models import IMAGENET_BACKBONES
+from models import IMAGENET_NETWORKS
 from utils.atomic import write_json_atomic
 from utils.cli import Parser
 from utils.data import CIFAR_MEAN, CIFAR_STD, DeviceLoader
@@ -76,7 +76,7 @@ def method_and_flags(name, **flags):
     method = METHODS['one' if arch.startswith('one_') else 'baseline']
     if arch.startswith('one_') and arch != 'one_resnet':
         arch = arch[len('one_'):]
-    if arch in IMAGENET_BACKBONES:
+    if arch in IMAGENET_NETWORKS:
         return method, method.defaults(dataset='imagenet', arch=arch, **flags)
     return method, method.defaults(arch=arch, depth=int(depth), **flags)
 
@@ -85,9 +85,9 @@ def model_name(text):
     """'ARCH-DEPTH' of a CIFAR network the baseline or ONE trains, at a depth it can build,
     or the name of one of torchvision's ImageNet networks, 'one_' in front for ONE's."""
     match = re.fullmatch(r'([a-z_]+)-(\d+)', text)
-    plain = tuple(a for a in METHODS['baseline'].archs if a not in IMAGENET_BACKBONES)
+    plain = tuple(a for a in METHODS['baseline'].archs if a not in IMAGENET_NETWORKS)
     archs = plain + tuple(f'one_{a}' for a in plain)
-    torchvision = tuple(IMAGENET_BACKBONES) + tuple(f'one_{a}' for a in IMAGENET_BACKBONES)
+    torchvision = tuple(IMAGENET_NETWORKS) + tuple(f'one_{a}' for a in IMAGENET_NETWORKS)
     if text not in torchvision and (not match or match.group(1) not in archs):
         raise argparse.ArgumentTypeError(f'{text!r} is neither ARCH-DEPTH with ARCH one of '
                                          f'{", ".join(archs)} nor one of {", ".join(torchvision)}')

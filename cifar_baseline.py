@@ -1,8 +1,4 @@
-"""Train the baseline: a plain CIFAR ResNet with cross-entropy.
-
-    python cifar_baseline.py -a resnet --dataset cifar100 --depth 32 --epochs 300 \
-        --schedule 151 225 --gamma 0.1 --wd 1e-4 --checkpoint checkpoints/cifar100/baseline-32
-"""
+"""Train the baseline: methods/baseline.py declares it; `python cifar_baseline.py --help` shows how."""
 import sys
 
 from utils.startup import interrupt_exits_while_importing
@@ -13,7 +9,7 @@ with interrupt_exits_while_importing(__name__ == '__main__'):  # Ctrl-C: one lin
 
 
 def main(argv=None):
-    return engine.main(METHODS['baseline'], __doc__.splitlines()[0], argv)
+    return engine.main(METHODS['baseline'], argv)
 
 
 if __name__ == '__main__':

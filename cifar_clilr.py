@@ -1,11 +1,4 @@
-"""Train CL-ILR (Song & Chai, NeurIPS 2018): heads on a shared trunk learn from each other.
-
-    python cifar_clilr.py --dataset cifar100 --depth 32 --checkpoint checkpoints/cifar100/CL-ILR-32
-Defaults: 4 heads, T = 2, beta = 0.5 (qq456cvb's reimplementation; the paper's own values are
-unchecked), backpropagation rescaling, LR / 10 at epochs 150 and 225. Ablation: --no-rescaling.
-DefangChen/OKDDip's version: --form okddip --temperature 3 --consistency_rampup 80.
-See docs/FIDELITY.md (CL-ILR).
-"""
+"""Train CL-ILR: methods/clilr.py declares it; `python cifar_clilr.py --help` shows how."""
 import sys
 
 from utils.startup import interrupt_exits_while_importing
@@ -16,7 +9,7 @@ with interrupt_exits_while_importing(__name__ == '__main__'):  # Ctrl-C: one lin
 
 
 def main(argv=None):
-    return engine.main(METHODS['clilr'], __doc__.splitlines()[0], argv)
+    return engine.main(METHODS['clilr'], argv)
 
 
 if __name__ == '__main__':

@@ -1,9 +1,4 @@
-"""Train a CIFAR ResNet student by knowledge distillation (KD) from a frozen teacher checkpoint.
-
-    python cifar_kd.py -a resnet --dataset cifar100 --depth 32 --teacher \
-        checkpoints/cifar100/baseline-110/model_best.pth.tar --checkpoint checkpoints/cifar100/KD-32
-A ONE teacher distils its ensemble by default; --teacher-member K takes its branch K.
-"""
+"""Train KD: methods/kd.py declares it; `python cifar_kd.py --help` shows how."""
 import sys
 
 from utils.startup import interrupt_exits_while_importing
@@ -14,7 +9,7 @@ with interrupt_exits_while_importing(__name__ == '__main__'):  # Ctrl-C: one lin
 
 
 def main(argv=None):
-    return engine.main(METHODS['kd'], __doc__.splitlines()[0], argv)
+    return engine.main(METHODS['kd'], argv)
 
 
 if __name__ == '__main__':

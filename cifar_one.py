@@ -1,9 +1,4 @@
-"""Train ONE (On-the-fly Native Ensemble) on CIFAR: m branches distilled from their gated ensemble.
-
-    python cifar_one.py -a one_resnet --dataset cifar100 --depth 32 --epochs 300 \
-        --schedule 151 225 --gamma 0.1 --wd 1e-4 --checkpoint checkpoints/cifar100/ONE-32
-Ablations of the paper: --no-distill, --gate average, --branch-point stage1, --num-branches M.
-"""
+"""Train ONE: methods/one.py declares it; `python cifar_one.py --help` shows how."""
 import sys
 
 from utils.startup import interrupt_exits_while_importing
@@ -14,7 +9,7 @@ with interrupt_exits_while_importing(__name__ == '__main__'):  # Ctrl-C: one lin
 
 
 def main(argv=None):
-    return engine.main(METHODS['one'], __doc__.splitlines()[0], argv)
+    return engine.main(METHODS['one'], argv)
 
 
 if __name__ == '__main__':

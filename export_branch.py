@@ -22,12 +22,14 @@ def export(path, member, out=None, overwrite=False):
     method = METHODS.get(state.get('method'))
     if method is None:
         raise UserError(f'{path!r} was saved by an unknown method {state.get("method")!r}')
+    state = method.upgrade_checkpoint(state)
     arch = backbone_of(state['arch'])
     out = out or os.path.join(os.path.dirname(path), f'{arch}_branch{member}.pth.tar')
     if os.path.exists(out) and not overwrite:
         raise UserError(f'{out!r} exists; pass --overwrite to replace it')
     plain = method.deployable(state, member)
-    network = {key: state[key] for key in NETWORK_FLAGS if key in state}
+    network = {**{key: state[key] for key in NETWORK_FLAGS if key in state},
+               **method.deployed_keywords(state, member)}
     save_atomic({'format': FORMAT_VERSION, 'method': 'baseline', 'arch': arch,
                  'depth': state['depth'],
                  'dataset': state['dataset'], 'num_branches': 1, **network,
@@ -50,10 +52,25 @@ def main(argv=None):
     return one_line_errors(p.prog, lambda: export_and_say(args))
 
 
+def evaluation_command(exported, out):
+    """The cifar_baseline.py -e command that evaluates an exported network: its -a, depth,
+    dataset and every network flag it records."""
+    flags = []
+    for key in NETWORK_FLAGS:
+        value, flag = exported.get(key), '--' + key.replace('_', '-')
+        if isinstance(value, bool):
+            flags.append(flag if value else '--no-' + flag[2:])
+        elif value is not None:
+            flags += [flag, str(value)]
+    return ' '.join(['python cifar_baseline.py -e --resume', out, '-a', exported['arch'],
+                     '--depth', str(exported['depth']), '--dataset', exported['dataset'], *flags])
+
+
 def export_and_say(args):
     state, out = export(args.checkpoint, args.member, args.out, args.overwrite)
     print(f'wrote {out}: {backbone_of(state["arch"])}-{state["depth"]} on {state["dataset"]} '
-          f'from member {args.member} of {args.checkpoint} (epoch {state["epoch"]})')
+          f'from member {args.member} of {args.checkpoint} (epoch {state["epoch"]}); '
+          f'evaluate it with: {evaluation_command(load_checkpoint(out), out)}')
     return 0
 
 

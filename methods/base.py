@@ -12,14 +12,17 @@ Models return plain logits (batch, classes) or a models.output.ModelOutput (memb
 ensemble, named extras); a method's accuracy columns name the parts of that output, so the
 engine never looks inside it.
 """
-from models import BACKBONES, IMAGENET_BACKBONES, branch_state_dict
+import argparse
+
+from models import NETWORKS, branch_state_dict
+from models.cohort import ENSEMBLES, Cohort
 from models.output import column_hits
 from models.resnet import DEPTH_RULES
 from utils.cli import build_parser, parse_flags
 from utils.errors import UserError
 from utils.steps import train_step
-from .networks import (COMPUTATION_ONLY, add_network_flags, backbone_of, network_identity,
-                       resolve_network_flags)
+from .networks import (COMPUTATION_ONLY, add_network_flags, backbone_of, build_plain,
+                       network_identity, resolve_network_flags)
 
 # How tables name the shared flags a run may vary (a method names its own in flag_labels).
 SHARED_FLAG_LABELS = {'weight_decay': 'wd', 'train_batch': 'batch'}
@@ -45,9 +48,12 @@ def describe_flag(key, value, labels):
 class Method:
     name = ''            # recorded in args.json and in every checkpoint
     title = ''           # how tables and logs name it
+    usage = ''           # its entry script's --help text: what it trains, an example, defaults
     arch = 'resnet'      # the default -a/--arch
     member, members, ensemble_label = 'network', 'networks', 'ensemble'  # for printed labels
-    counts_members = False  # its --num-branches (or --num-nets) is part of its identity
+    count_key = None     # the flag counting its members ('num_branches', 'num_nets'), which
+    #                      is part of its identity
+    renamed = {}         # {key: the name records (args.json, checkpoints) once gave it}
     flag_labels = {}     # short names report.py gives its variant flags, e.g. {'temperature': 'T'}
     # The identity of checkpoints written before a key was recorded: built with these values.
     identity_assumed = {'depth_rule': DEPTH_RULES[0]}
@@ -57,10 +63,15 @@ class Method:
 
     @property
     def archs(self):
-        """The -a values it trains: its default arch first, then every other backbone, then
-        torchvision's ImageNet networks."""
-        return (self.arch, *(b for b in BACKBONES if b != backbone_of(self.arch)),
-                *IMAGENET_BACKBONES)
+        """The -a values it trains: its default arch first, then every other network of the
+        registry (models/registry.py: the CIFAR networks, then torchvision's)."""
+        return (self.arch, *(n for n in NETWORKS if n != backbone_of(self.arch)))
+
+    def upgrade(self, record):
+        """A checkpoint's or args.json's dict with the keys it recorded under an older name
+        (self.renamed) under today's: old runs resume, evaluate, export and report as new."""
+        old = {was: key for key, was in self.renamed.items() if key not in record and was in record}
+        return {old.get(key, key): value for key, value in record.items()} if old else record
 
     def add_network_flags(self, parser):
         """-a, --depth and the networks' flags (methods/networks.py)."""
@@ -98,14 +109,31 @@ class Method:
         record them by (checked on resume and evaluation)."""
         return {}
 
+    def upgrade_checkpoint(self, state):
+        """upgrade() of a checkpoint and of the args it records."""
+        state = self.upgrade(state)
+        if isinstance(state.get('args'), dict):
+            state = {**state, 'args': self.upgrade(state['args'])}
+        return state
+
     def identity(self, args):
         """What a checkpoint records of this method's model and objective beyond the network
         and data: the member count (for methods of several) and the variant."""
-        count = {'num_branches': args.num_branches} if self.counts_members else {}
+        count = {self.count_key: getattr(args, self.count_key)} if self.count_key else {}
         return {**count, **network_identity(args), **self.variant(args)}
+
+    def member_count(self, record):
+        """How many members a checkpoint's (upgraded) model has."""
+        return record[self.count_key] if self.count_key else 1
 
     def build_model(self, args, num_classes):
         raise NotImplementedError
+
+    def views(self, args):
+        """How many differently augmented copies of each training batch the model takes
+        (its training images then have shape (views, B, C, H, W)); 1 but for KDCL's input
+        distortion."""
+        return 1
 
     def objective(self, args):
         """A callable (output, targets, epoch, batch_size=None) -> loss, with .rampup(epoch),
@@ -141,14 +169,31 @@ class Method:
         """The plain network's state dict of one member (1-based) of a checkpoint's model."""
         raise NotImplementedError(f'{self.title} has nothing to export as a plain network')
 
+    def deployed_keywords(self, state, member):
+        """The network keywords under which that plain network differs from the checkpoint's
+        own (only the OKDDip code DenseNet's leader does: final_norm=False)."""
+        return {}
+
+
+
+def member_columns_and_ensemble(count):
+    return [str(i) for i in range(1, count + 1)] + ['ens']
+
+
+def check_member(member, count, what):
+    if not 1 <= member <= count:
+        raise UserError(f'--branch must be 1..{count} ({what}), got {member}')
 
 
 class BranchedMethod(Method):
     """A method on a shared trunk with m branches (ONE, CL-ILR, OKDDip): columns 1..m and the
-    ensemble; branch K with the trunk is a plain resnet."""
+    ensemble; branch K with the trunk is a plain network."""
     member, members = 'branch', 'branches'
-    counts_members = True
+    count_key = 'num_branches'
     min_branches, why_min_branches = 1, ''
+
+    def resolve(self, args):
+        resolve_network_flags(args, branched=True)
 
     def validate(self, args):
         if args.num_branches < self.min_branches:
@@ -157,17 +202,51 @@ class BranchedMethod(Method):
         super().validate(args)
 
     def columns(self, args):
-        return [str(i) for i in range(1, args.num_branches + 1)] + ['ens']
+        return member_columns_and_ensemble(args.num_branches)
 
     def deployable(self, state, member):
-        if not 1 <= member <= state['num_branches']:
-            raise UserError(f'--branch must be 1..{state["num_branches"]}, got {member}')
+        check_member(member, state['num_branches'], 'the branch')
         return branch_state_dict(state['state_dict'], member - 1)
 
     def own_layout(self, args):
         """Whether -a names the method's own ResNet layout (one_resnet, ...), rather than a
         backbone that models/branched.py splits into branches."""
         return args.arch == self.arch
+
+
+def num_nets(text):
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f'needs at least 2 networks, got {value}')
+    return value
+
+
+class CohortMethod(Method):
+    """A method of m independent networks trained side by side (DML, KDCL): --num-nets M,
+    columns 1..m and their ensemble (`ensemble`, a rule of models/cohort.py's ENSEMBLES);
+    network K is a plain network."""
+    member, members = 'network', 'networks'
+    count_key = 'num_nets'
+    renamed = {'num_nets': 'num_branches'}   # DML's runs before 2026-12 recorded num_branches
+    ensemble = 'mean_probability'
+    default_nets = 2
+
+    def add_flags(self, parser):
+        parser.add_argument('--num-nets', '--num-branches', type=num_nets, metavar='M',
+                            default=self.default_nets, help='m, the number of networks')
+
+    def build_model(self, args, num_classes):
+        return Cohort(lambda: build_plain(args, num_classes), args.num_nets,
+                      ENSEMBLES[self.ensemble])
+
+    def columns(self, args):
+        return member_columns_and_ensemble(args.num_nets)
+
+    def deployable(self, state, member):
+        check_member(member, state['num_nets'], 'the network')
+        prefix = f'nets.{member - 1}.'
+        return {key[len(prefix):]: value for key, value in state['state_dict'].items()
+                if key.startswith(prefix)}
 
 
 def require(condition, flag, value, allowed):

@@ -21,6 +21,11 @@ class CrossEntropy:
 
 class Baseline(Method):
     name, title, arch = 'baseline', 'baseline', 'resnet'
+    usage = """\
+Train the baseline: a plain CIFAR ResNet with cross-entropy.
+
+    python cifar_baseline.py -a resnet --dataset cifar100 --depth 32 --epochs 300 \\
+        --schedule 151 225 --gamma 0.1 --wd 1e-4 --checkpoint checkpoints/cifar100/baseline-32"""
 
     def build_model(self, args, num_classes):
         return build_plain(args, num_classes)

@@ -84,6 +84,14 @@ class CLILRLoss:
 
 class CLILR(BranchedMethod):
     name, title, arch = 'clilr', 'CL-ILR', 'clilr_resnet'
+    usage = """\
+Train CL-ILR (Song & Chai, NeurIPS 2018): heads on a shared trunk learn from each other.
+
+    python cifar_clilr.py --dataset cifar100 --depth 32 --checkpoint checkpoints/cifar100/CL-ILR-32
+Defaults: 4 heads, T = 2, beta = 0.5 (qq456cvb's reimplementation; the paper's own values are
+unchecked), backpropagation rescaling, LR / 10 at epochs 150 and 225. Ablation: --no-rescaling.
+DefangChen/OKDDip's version: --form okddip --temperature 3 --consistency_rampup 80.
+See docs/FIDELITY.md (CL-ILR)."""
     member, members, ensemble_label = 'head', 'heads', 'ensemble (mean of heads)'
     min_branches, why_min_branches = 2, ' (each head learns from the others)'
     flag_labels = {'num_branches': 'H', 'temperature': 'T', 'consistency_rampup': 'R'}

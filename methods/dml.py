@@ -42,20 +42,16 @@ LOGITS (one target, not m-1 pairwise terms; pairwise with 1/(m-1) under its --ty
 without detaching that target, so the gradient also flows into the peers; one optimizer step
 over all networks; its ensemble accuracy uses the mean of logits.
 """
-import argparse
-
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from models.cohort import Cohort
 from models.output import as_output
 from utils.distributed import world_from_env
 from utils.errors import UserError
 from utils.losses import distillation_kl
 from utils.steps import autocast, train_step
-from .base import Method, check_temperature
-from .networks import build_plain
+from .base import CohortMethod, check_temperature
 
 UPDATES = ('alternating', 'simultaneous')
 
@@ -131,26 +127,25 @@ def mutual_train_step(model, objective, optimizer, scaler, images, targets, epoc
         total = total + loss.detach()
         if i + 1 < len(nets):
             current[i] = fresh_logits(net, images, amp)
-    return Cohort.combine([z.detach() for z in logits]), total * batch_size
+    return unwrap(model).combine([z.detach() for z in logits]), total * batch_size
 
 
-def num_nets(text):
-    value = int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f'DML needs at least 2 networks, got {value}')
-    return value
-
-
-class DML(Method):
+class DML(CohortMethod):
     name, title, arch = 'dml', 'DML', 'resnet'
-    member, members, ensemble_label = 'network', 'networks', 'ensemble (mean probability)'
-    counts_members = True
-    flag_labels = {'num_branches': 'm', 'temperature': 'T'}
+    usage = """\
+Train m networks by deep mutual learning (DML): each also mimics the others' predictions.
+
+    python cifar_dml.py -a resnet --dataset cifar100 --depth 32 --num-nets 2 \\
+        --checkpoint checkpoints/cifar100/DML-32
+Defaults are the paper's (Nesterov, batch 64, 200 epochs, LR / 10 every 60 epochs, networks
+updated in turn); --update simultaneous takes one step over all networks' losses."""
+    ensemble_label = 'ensemble (mean probability)'
+    ensemble = 'mean_probability'
+    flag_labels = {'num_nets': 'm', 'temperature': 'T'}
     train_step = staticmethod(mutual_train_step)
 
     def add_flags(self, parser):
-        parser.add_argument('--num-nets', '--num-branches', type=num_nets, default=2,
-                            dest='num_branches', metavar='M', help='m, the number of networks')
+        super().add_flags(parser)
         parser.add_argument('--temperature', type=float, default=1.0,
                             help='T of the mimicry term (the paper: none, i.e. 1)')
         parser.add_argument('--update', default='alternating', choices=UPDATES,
@@ -176,19 +171,5 @@ class DML(Method):
     def variant(self, args):
         return {'update': args.update, 'temperature': args.temperature}
 
-    def build_model(self, args, num_classes):
-        return Cohort(lambda: build_plain(args, num_classes), args.num_branches)
-
     def objective(self, args):
         return DMLLoss(temperature=args.temperature, update=args.update)
-
-    def columns(self, args):
-        return [str(i) for i in range(1, args.num_branches + 1)] + ['ens']
-
-    def deployable(self, state, member):
-        count = state['num_branches']
-        if not 1 <= member <= count:
-            raise UserError(f'--branch must be 1..{count} (the network), got {member}')
-        prefix = f'nets.{member - 1}.'
-        return {key[len(prefix):]: value for key, value in state['state_dict'].items()
-                if key.startswith(prefix)}

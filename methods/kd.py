@@ -65,12 +65,14 @@ class KDLoss:
         return loss / (batch_size or len(targets))
 
 
-def teacher_method(state, path):
+def load_teacher(path):
+    """The teacher checkpoint and the method that wrote it (its records upgraded)."""
     from . import METHODS  # methods/__init__.py imports this module
+    state = load_checkpoint(path)
     method = METHODS.get(state.get('method'))
     if method is None:
         raise UserError(f'--teacher {path}: saved by an unknown method {state.get("method")!r}')
-    return method
+    return method.upgrade_checkpoint(state), method
 
 
 def describe_teacher(teacher):
@@ -92,7 +94,7 @@ def has_ensemble(state, method):
 
 def resolve_member(state, method, member, path):
     """'ens' or a 1-based member number as a string, checked against the teacher checkpoint."""
-    count = state.get('num_branches', 1)
+    count = method.member_count(state)
     ensemble = has_ensemble(state, method)
     if member is None:
         return 'ens' if ensemble else '1'
@@ -106,23 +108,29 @@ def resolve_member(state, method, member, path):
     return str(int(member))
 
 
-def build_teacher(state, member, num_classes):
+def build_teacher(state, method, member, num_classes):
     """The frozen teacher network a checkpoint's member (or ensemble) makes."""
     if state.get('num_classes') != num_classes:
         raise UserError(f'the teacher has {state.get("num_classes")} classes, the data '
                         f'{num_classes}')
-    method = teacher_method(state, 'the teacher')
     if member == 'ens':
         teacher = EnsembleOf(method.build_model(Namespace(**state['args']), num_classes))
         teacher.model.load_state_dict(state['state_dict'])
     else:
-        teacher = plain_network_of(state, num_classes)
+        teacher = plain_network_of(state, num_classes,
+                                   **method.deployed_keywords(state, int(member)))
         teacher.load_state_dict(method.deployable(state, int(member)))
     return teacher.requires_grad_(False).eval()
 
 
 class KD(Method):
     name, title, arch = 'kd', 'KD', 'resnet'
+    usage = """\
+Train a CIFAR ResNet student by knowledge distillation (KD) from a frozen teacher checkpoint.
+
+    python cifar_kd.py -a resnet --dataset cifar100 --depth 32 --teacher \\
+        checkpoints/cifar100/baseline-110/model_best.pth.tar --checkpoint checkpoints/cifar100/KD-32
+A ONE teacher distils its ensemble by default; --teacher-member K takes its branch K."""
     member, members, ensemble_label = 'student', 'student and teacher', 'ensemble'
     flag_labels = {'temperature': 'T'}
 
@@ -144,8 +152,7 @@ class KD(Method):
         if not args.teacher:
             raise UserError('--teacher PATH is required: the checkpoint to distil from')
         path = args.teacher
-        state = load_checkpoint(path)
-        method = teacher_method(state, path)
+        state, method = load_teacher(path)
         if state.get('dataset') != args.dataset:
             raise UserError(f'--teacher {path} was trained on {state.get("dataset")}, but this run '
                             f'is on {args.dataset}: the teacher must share the student\'s dataset')
@@ -162,7 +169,7 @@ class KD(Method):
     def build_model(self, args, num_classes):
         # The student first: with the same seed it starts from the baseline's initial weights.
         student = build_plain(args, num_classes)
-        teacher = build_teacher(load_checkpoint(args.teacher), args.teacher_member, num_classes)
+        teacher = build_teacher(*load_teacher(args.teacher), args.teacher_member, num_classes)
         return StudentTeacher(student, teacher)
 
     def objective(self, args):

@@ -47,7 +47,7 @@ from models.okddip import OKDDipBranches, OKDDipResNet
 from utils.losses import branch_cross_entropy
 from utils.schedule import rampup_weight
 from .base import BranchedMethod, check_rampup, check_temperature, require
-from .networks import build_branched
+from .networks import build_branched, plain_network_of
 
 AGGREGATES = ('probabilities', 'logits')
 
@@ -69,22 +69,25 @@ class OKDDipLoss:
         """The weight of the distillation terms: alpha * w(epoch)."""
         return self.alpha * rampup_weight(epoch, self.rampup_epochs)
 
-    def targets(self, peers, log_attention):
-        """log t_a (m - 1, B, C) and log t_m (B, C) from the peers' logits (m - 1, B, C)."""
+    def targets(self, values, log_attention):
+        """log t_a (n, B, C) and log t_m (B, C) from the attended logits (n', B, C): the
+        peers' (n' = n = m - 1), or the OKDDip code DenseNet's n' = m (its model's
+        'attention_values'), and log alpha (B, n, n')."""
         T = self.temperature
         if self.aggregate == 'logits':
-            mixed = torch.einsum('bij,jbc->ibc', log_attention.exp(), peers)
-            return F.log_softmax(mixed / T, dim=-1), F.log_softmax(peers.mean(0) / T, dim=-1)
-        log_q = F.log_softmax(peers / T, dim=-1).transpose(0, 1)             # (B, n, C)
+            mixed = torch.einsum('bij,jbc->ibc', log_attention.exp(), values)
+            return F.log_softmax(mixed / T, dim=-1), F.log_softmax(values.mean(0) / T, dim=-1)
+        log_q = F.log_softmax(values / T, dim=-1).transpose(0, 1)            # (B, n', C)
         log_t = torch.logsumexp(log_attention.unsqueeze(-1) + log_q.unsqueeze(1), dim=2)
-        log_leader = torch.logsumexp(log_q, dim=1) - math.log(len(peers))
+        log_leader = torch.logsumexp(log_q, dim=1) - math.log(len(values))
         return log_t.transpose(0, 1), log_leader
 
     def __call__(self, output, targets, epoch, batch_size=None):
         logits, log_attention = output.members, output.extra('log_attention')
         T = self.temperature
         leader, peers = logits[0], logits[1:]
-        log_t, log_t_leader = self.targets(peers, log_attention)
+        values = (output.extras or {}).get('attention_values', peers)
+        log_t, log_t_leader = self.targets(values, log_attention)
         distill = (kl_sum(log_t, F.log_softmax(peers / T, dim=-1))
                    + kl_sum(log_t_leader, F.log_softmax(leader / T, dim=-1))) * T * T
         loss = branch_cross_entropy(logits, targets) + self.rampup(epoch) * distill
@@ -93,6 +96,13 @@ class OKDDipLoss:
 
 class OKDDip(BranchedMethod):
     name, title, arch = 'okddip', 'OKDDip', 'okddip_resnet'
+    usage = """\
+Train OKDDip (Chen et al., AAAI 2020): attention-weighted peers teach each other and a leader.
+
+    python cifar_okddip.py --dataset cifar100 --depth 32 --checkpoint checkpoints/cifar100/OKDDip-32
+The authors' settings are the defaults: 4 branches (leader = branch 1), T = 3, alpha = 1,
+ramp-up 80 epochs, weight decay 5e-4, Nesterov momentum, LR / 10 at epochs 150 and 225.
+The authors' code's logit aggregation, which produced the published 25.65: --aggregate logits."""
     member, members, ensemble_label = 'branch', 'branches', 'peer ensemble'
     min_branches, why_min_branches = 2, ' (a leader and a peer)'
     flag_labels = {'num_branches': 'm', 'temperature': 'T', 'consistency_rampup': 'R'}
@@ -135,6 +145,13 @@ class OKDDip(BranchedMethod):
         return f'peer (branch {column})' if column.isdigit() else super().label(column)
 
     def deployable(self, state, member):
-        """Branch K (1: the leader) as a plain network, without the attention projections."""
+        """Branch K (1: the leader) as a plain network, without the attention projections
+        (and, for the OKDDip code's DenseNet leader, without the final BatchNorm it skips)."""
         plain = super().deployable(state, member)
-        return {k: v for k, v in plain.items() if not k.startswith('attention.')}
+        keys = plain_network_of(state, 1, meta=True,
+                                **self.deployed_keywords(state, member)).state_dict().keys()
+        return {k: v for k, v in plain.items() if k in keys}
+
+    def deployed_keywords(self, state, member):
+        leader = getattr(plain_network_of(state, 1, meta=True), 'okddip_leader', {})
+        return dict(leader) if member == 1 else {}

@@ -48,6 +48,12 @@ class ONELoss:
 
 class ONE(BranchedMethod):
     name, title, arch = 'one', 'ONE', 'one_resnet'
+    usage = """\
+Train ONE (On-the-fly Native Ensemble) on CIFAR: m branches distilled from their gated ensemble.
+
+    python cifar_one.py -a one_resnet --dataset cifar100 --depth 32 --epochs 300 \\
+        --schedule 151 225 --gamma 0.1 --wd 1e-4 --checkpoint checkpoints/cifar100/ONE-32
+Ablations of the paper: --no-distill, --gate average, --branch-point stage1, --num-branches M."""
     member, members, ensemble_label = 'branch', 'branches', 'ensemble (ONE-E)'
     flag_labels = {'num_branches': 'm', 'temperature': 'T', 'consistency_rampup': 'R',
                    'no_distill': 'no distill'}

@@ -2,11 +2,12 @@
 
 Every number is a top-1 ERROR in percent (accuracies from a source are stored as
 100 - accuracy), keyed by (method, variant, arch, depth, dataset, member):
-  method   'baseline', 'one', 'kd', 'dml', 'clilr', 'okddip' (args.json's `method`)
+  method   'baseline', 'one', 'kd', 'dml', 'kdcl', 'clilr', 'okddip' (args.json's `method`)
   variant  sorted ((flag, value), ...) of the flags that differ from reference_setup(method);
            () is the method as published
   arch     the backbone: 'resnet' (a ONE branch is a plain resnet), 'resnext', 'densenet',
-           or torchvision's ImageNet network ('resnet18', 'resnext50_32x4d')
+           the OKDDip code's 'okddip_vgg' and 'okddip_densenet', or torchvision's ImageNet
+           network ('resnet18', 'resnext50_32x4d')
   member   '1' the single deployed network, 'ens' the ensemble (ONE-E)
 The CIFAR numbers were obtained with 300 epochs (PUBLISHED_EPOCHS), the ImageNet ones with
 90 (IMAGENET_EPOCHS), as far as the sources say; each entry records its own.
@@ -17,7 +18,7 @@ from the "comparison" sources have not yet been checked against the papers thems
 from dataclasses import dataclass
 from functools import lru_cache
 
-from models import IMAGENET_BACKBONES
+from models import IMAGENET_NETWORKS
 
 PUBLISHED_EPOCHS = 300
 IMAGENET_EPOCHS = 90
@@ -39,7 +40,7 @@ def _reference_setup(method, arch):
         return {}
     method = METHODS[method]
     flags = {'arch': arch} if arch in method.archs else {}
-    if arch in IMAGENET_BACKBONES:  # torchvision's networks train on ImageNet, by its recipe
+    if arch in IMAGENET_NETWORKS:  # torchvision's networks train on ImageNet, by its recipe
         flags['dataset'] = 'imagenet'
     return vars(method.defaults(**flags))
 
@@ -52,6 +53,9 @@ PCL_README = ('PCL (Wu & Gong, AAAI 2021) as restated in the README of shaoeric\
               'the numbers may differ from ours)')
 OKDDIP_PAPER = ('OKDDip paper (Chen et al., AAAI 2020), Table 2, CIFAR-100 ResNet-32 '
                 'branch-based, as quoted in the OKDDip repository\'s issue #1')
+OKDDIP_TABLES = ('OKDDip paper (Chen et al., AAAI 2020), Tables 1 (CIFAR-10) and 2 (CIFAR-100), '
+                 'branch-based, read from screenshots of the tables in a third-party notes '
+                 'repository (Corner430/Knowledge-Distillation), not from the paper itself')
 IMAGENET = 'ONE paper, ImageNet (secondary source)'
 IMAGENET_RECALLED = ('ONE paper, ImageNet table, recalled and NOT checked against a reachable '
                      'copy of the paper')
@@ -152,6 +156,44 @@ def _others():
     ]
 
 
+# The OKDDip code's training settings for every method (train.py, train_one.py, train_GL.py):
+# Nesterov and weight decay 5e-4 (and 300 epochs, batch 128, LR / 10 at epochs 150 and 225,
+# T = 3, an 80-epoch ramp-up: the schedule is compared apart from the variant, the others are
+# ONE's and OKDDip's defaults already).
+OKDDIP_CODE = (('nesterov', True), ('weight_decay', 0.0005))
+# Each method as the OKDDip code trains it, as flags off its reference setup here: ONE with
+# train_one.py's 4 branches (the paper's branch-count figure agrees at 4); CL-ILR as
+# train_one.py --avg --bpscale (--form okddip, T = 3, ramp-up 80); OKDDip's logit mixing.
+OKDDIP_CODE_VARIANTS = {
+    'baseline': OKDDIP_CODE,
+    'one': tuple(sorted(OKDDIP_CODE + (('num_branches', 4),))),
+    'clilr': tuple(sorted(OKDDIP_CODE + (
+        ('consistency_rampup', 80.0), ('form', 'okddip'), ('temperature', 3.0)))),
+    'okddip': (('aggregate', 'logits'),),
+}
+
+
+def _okddip_tables():
+    """VGG-16 and DenseNet-40-12 of the OKDDip paper, keyed to the OKDDip code's networks
+    (-a okddip_vgg, okddip_densenet) and settings: (error, std) per dataset and method."""
+    errors = {
+        ('okddip_vgg', 16, 'cifar10'): {'baseline': (6.12, 0.15), 'clilr': (6.22, 0.10),
+                                        'one': (6.16, 0.08), 'okddip': (5.87, 0.03)},
+        ('okddip_vgg', 16, 'cifar100'): {'baseline': (26.19, 0.12), 'clilr': (25.62, 0.11),
+                                         'one': (25.63, 0.03), 'okddip': (25.15, 0.19)},
+        ('okddip_densenet', 40, 'cifar10'): {'baseline': (6.87, 0.02), 'clilr': (7.02, 0.08),
+                                             'one': (6.85, 0.15), 'okddip': (6.48, 0.12)},
+        ('okddip_densenet', 40, 'cifar100'): {'baseline': (28.97, 0.23), 'clilr': (28.61, 0.12),
+                                              'one': (28.76, 0.18), 'okddip': (28.34, 0.02)},
+    }
+    note = {'okddip': 'the leader', 'one': 'a branch or their mean: the table does not say',
+            'clilr': 'a head or their mean: the table does not say', 'baseline': ''}
+    return [Published(method, OKDDIP_CODE_VARIANTS[method], arch, depth, dataset, '1', error,
+                      std, source=OKDDIP_TABLES, secondary=True, note=note[method])
+            for (arch, depth, dataset), rows in errors.items()
+            for method, (error, std) in rows.items()]
+
+
 def _one_paper_recalled():
     """ResNeXt-29 (8x64d) and DenseNet-BC (L=190, k=40): baseline -> ONE, as recalled."""
     errors = {('resnext', 29, 'cifar10'): (3.69, 3.45), ('densenet', 190, 'cifar10'): (3.32, 3.13),
@@ -168,7 +210,8 @@ def _one_paper_recalled():
 
 # Order matters for lookup(): the first entry of a key is the one compared with, so each
 # method's own paper comes before PCL's restatement.
-PUBLISHED = _one_paper() + _one_ablation() + _others() + _pcl_readme() + _one_paper_recalled()
+PUBLISHED = (_one_paper() + _one_ablation() + _others() + _pcl_readme() + _one_paper_recalled()
+             + _okddip_tables())
 
 
 def lookup(method, variant, arch, depth, dataset, member):

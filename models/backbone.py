@@ -8,10 +8,12 @@ A backbone is a chain of named modules in four parts, each attribute named in a 
                   its attribute is called (the CIFAR ResNet keeps bearpaw's layer1..layer3)
     head_names    applied after the last stage (a final BN + ReLU in pre-activation networks,
                   then global average pooling); their output is flattened to (batch, C)
-    fc            the Linear classifier, C -> num_classes
+    fc            the classifier, C -> num_classes
 
 and `stage_channels`: the channels entering each stage, then those leaving the last one
-(len(stage_names) + 1 entries; the last equals fc.in_features).
+(len(stage_names) + 1 entries; the last is what fc takes). `fc` is a Linear but in the OKDDip
+code's VGG (models/okddip_vgg.py), whose classifier is an MLP. `shared_in_branches` names the
+modules that ONE's branches share as one object (none but in the OKDDip code's DenseNet).
 
     stem(x)       the stem's output
     pool(x)       the head on the last stage's output -> (batch, C)
@@ -41,6 +43,7 @@ class Backbone(nn.Module):
     stem_names = ()
     stage_names = ()
     head_names = ()
+    shared_in_branches = ()
 
     def stem(self, x):
         return run_modules(self, self.stem_names, x)

@@ -88,6 +88,10 @@ class Branched(GatedBranches):
         nets = [backbone_fn(**backbone_kwargs)]
         first = _first_owned_stage(nets[0], branch_point)        # refuse before building more
         nets += [backbone_fn(**backbone_kwargs) for _ in range(1, num_branches)]
+        for name in nets[0].shared_in_branches:   # one module that every branch runs
+            for net in nets[1:]:
+                setattr(net, name, getattr(nets[0], name))
+        self.backbone_class = type(nets[0])
         self.branch_point = branch_points(nets[0])[first]
         self.stem_names = nets[0].stem_names
         self.shared_stages = nets[0].stage_names[:first]

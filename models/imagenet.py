@@ -9,7 +9,7 @@ strict=True. The branches own layer4 by default (branch point 'stage4').
 """
 import torchvision.models as tv
 
-__all__ = ['IMAGENET_BACKBONES', 'IMAGENET_DEPTHS', 'IMAGENET_NAMES']
+__all__ = ['NETWORKS']
 
 STEM = ('conv1', 'bn1', 'relu', 'maxpool')
 STAGES = ('layer1', 'layer2', 'layer3', 'layer4')
@@ -19,6 +19,7 @@ HEAD = ('avgpool',)
 def declare_parts(net):
     """Name a torchvision ResNet's parts for models/branched.py (backbone.py's contract)."""
     net.stem_names, net.stage_names, net.head_names = STEM, STAGES, HEAD
+    net.shared_in_branches = ()
     net.stage_channels = (*(getattr(net, name)[0].conv1.in_channels for name in STAGES),
                           net.fc.in_features)
     return net
@@ -40,8 +41,7 @@ def resnext50_32x4d(num_classes=1000):
     return declare_parts(tv.resnext50_32x4d(num_classes=num_classes))
 
 
-# -a name -> constructor; the names are torchvision's.
-IMAGENET_BACKBONES = {f.__name__: f for f in (resnet18, resnet34, resnet50, resnext50_32x4d)}
-IMAGENET_DEPTHS = {'resnet18': 18, 'resnet34': 34, 'resnet50': 50, 'resnext50_32x4d': 50}
-IMAGENET_NAMES = {'resnet18': 'ResNet-18', 'resnet34': 'ResNet-34', 'resnet50': 'ResNet-50',
-                  'resnext50_32x4d': 'ResNeXt-50 (32x4d)'}
+# (-a name, constructor, name in tables, depth): the -a names are torchvision's.
+NETWORKS = (('resnet18', resnet18, 'ResNet-18', 18), ('resnet34', resnet34, 'ResNet-34', 34),
+            ('resnet50', resnet50, 'ResNet-50', 50),
+            ('resnext50_32x4d', resnext50_32x4d, 'ResNeXt-50 (32x4d)', 50))

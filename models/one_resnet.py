@@ -25,12 +25,14 @@ class Branch(nn.Module):
     def __init__(self, block, inplanes, blocks, num_classes, stages=STAGES[2:]):
         super().__init__()
         self.stage_names = [name for name, _, _ in stages]
-        channels = inplanes
+        channels = [inplanes]
         for name, planes, stride in stages:
-            stage, channels = make_stage(block, channels, planes, blocks, stride)
+            stage, out = make_stage(block, channels[-1], planes, blocks, stride)
             self.add_module(name, stage)
+            channels.append(out)
+        self.stage_channels = tuple(channels)
         self.avgpool = nn.AvgPool2d(8)
-        self.fc = nn.Linear(channels, num_classes)
+        self.fc = nn.Linear(channels[-1], num_classes)
 
     def features(self, x):
         """The pooled features before the classifier, shape (batch, channels)."""

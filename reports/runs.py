@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from methods import METHOD_OF_OLD_RUNS, Method
+from methods import METHOD_OF_OLD_RUNS, METHODS, Method
 from methods.published import reference_setup
 from utils.cli import BOOKKEEPING as ENGINE_BOOKKEEPING
 from utils.errors import UserError
@@ -279,6 +279,8 @@ def load_run(folder):
     if reason:
         raise Unusable(reason)
     method = infer_method(args)
+    if method in METHODS:   # keys an older version recorded under another name
+        args = METHODS[method].upgrade(args)
     return Run(folder, args, rows, method, *variant_flags(method, args))
 
 

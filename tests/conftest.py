@@ -16,6 +16,21 @@ TINY = ['-d', 'fashionmnist', '--depth', '8', '--train-batch', '64', '--test-bat
         '--manualSeed', '7']
 
 
+def flags_of(keywords):
+    """A network's constructor keywords as its command-line flags: {'growth_rate': 4,
+    'final_norm': False} -> ['--growth-rate', '4', '--no-final-norm']."""
+    flags = []
+    for key, value in keywords.items():
+        flag = '--' + key.replace('_', '-')
+        if value is None:     # the constructor's own default
+            continue
+        if isinstance(value, bool):
+            flags.append(flag if value else '--no-' + flag[2:])
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
 def tiny(data_root, folder, *extra):
     return TINY + ['--data-dir', data_root, '-c', str(folder), *map(str, extra)]
 

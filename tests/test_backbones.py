@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models import (BACKBONES, branch_points, branch_state_dict, branched, densenet, one_resnet,
+from models import (CIFAR_NETWORKS, NETWORKS, branch_points, branch_state_dict, branched, densenet,
+                    one_resnet,
                     resnet, resnext, vgg, wrn)
 from models.vgg import CONVS_PER_STAGE, WIDTHS
 from test_models import num_params, perturb_batchnorm
@@ -61,23 +62,18 @@ def test_vgg_param_count_by_hand(depth):
     assert depth != 16 or expected == 14_724_042
 
 
-# Small enough for the CPU; each still has every part of its full-size network.
-TINY = {
-    'resnet': dict(depth=8),
-    'resnext': dict(depth=11, cardinality=2, base_width=4),
-    'densenet': dict(depth=10, growth_rate=4),
-    'densenet-nonbc': dict(depth=7, growth_rate=4, bottleneck=False, compression=1),
-    'wrn': dict(depth=10, widen_factor=2, drop=0.3),
-    'vgg': dict(depth=11),
-}
+# The registry's smallest form of each network (models/registry.py), and the original
+# (non-BC) DenseNet: small enough for the CPU, each still has every part of its full size.
+TINY = {**{name: NETWORKS[name].tiny for name in CIFAR_NETWORKS},
+        'densenet-nonbc': dict(depth=7, growth_rate=4, bottleneck=False, compression=1)}
 
 
 def tiny(name, **kwargs):
-    return BACKBONES[name.split('-')[0]](**TINY[name], **kwargs)
+    return constructor(name)(**TINY[name], **kwargs)
 
 
 def constructor(name):
-    return BACKBONES[name.split('-')[0]]
+    return NETWORKS[name.split('-')[0]].build
 
 
 @pytest.mark.parametrize('name', TINY)
@@ -92,7 +88,6 @@ def test_contract_shapes_and_backward(name):
         channels.append(h.shape[1])
     assert tuple(channels) == model.stage_channels
     assert len(model.stage_channels) == len(model.stage_names) + 1
-    assert isinstance(model.fc, nn.Linear) and model.fc.in_features == channels[-1]
     features = model.features(x)
     assert features.shape == (3, channels[-1])
     logits = model(x)
@@ -176,12 +171,10 @@ def test_trunk_plus_branch_is_the_plain_backbone(name, point):
             torch.testing.assert_close(plain(x), logits[k], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize('name,last', [('resnet', 'stage3'), ('resnext', 'stage3'),
-                                       ('densenet', 'stage3'), ('wrn', 'stage3'),
-                                       ('vgg', 'stage5')])
-def test_default_branch_point_is_the_last_stage(name, last):
+@pytest.mark.parametrize('name', TINY)
+def test_default_branch_point_is_the_last_stage(name):
     model = branched(constructor(name), num_branches=2, **TINY[name])
-    assert model.branch_point == last
+    assert model.branch_point == f'stage{len(tiny(name).stage_names)}'
     assert model.shared_stages == tiny(name).stage_names[:-1]
 
 

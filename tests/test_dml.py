@@ -2,7 +2,9 @@
 simultaneous and alternating (Algorithm 1) updates, its paper's defaults and its own refusals
 (training, resume, -e, export through the command line: tests/test_methods_cli.py)."""
 import copy
+import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -227,7 +229,7 @@ def test_alternating_step_reports_the_pre_update_predictions_and_loss(cohort):
 # ----------------------------------------------------------------------------- command line
 
 @pytest.mark.parametrize('flags, env, message', [
-    (['--num-nets', '1'], {}, 'DML needs at least 2 networks, got 1'),
+    (['--num-nets', '1'], {}, 'needs at least 2 networks, got 1'),
     (['--temperature', '-1'], {}, '--temperature must be > 0'),
     (['--compile'], {}, '--compile: the alternating order'),
     ([], {'RANK': '0', 'WORLD_SIZE': '2'}, 'under torchrun use --update simultaneous'),
@@ -249,7 +251,7 @@ def test_paper_defaults():
     assert (args.train_batch, args.epochs, args.schedule, args.lr, args.gamma, args.momentum,
             args.nesterov, args.weight_decay) == (64, 200, [60, 120, 180], 0.1, 0.1, 0.9, True,
                                                   5e-4)
-    assert (args.num_branches, args.temperature, args.update) == (2, 1.0, 'alternating')
+    assert (args.num_nets, args.temperature, args.update) == (2, 1.0, 'alternating')
 
 
 @pytest.fixture(scope='module')
@@ -283,3 +285,23 @@ def test_export_gives_network_k_as_a_plain_resnet(straight, fashion_root, tmp_pa
     accuracy = float(capsys.readouterr().out.splitlines()[1].split()[-1])
     assert accuracy == pytest.approx(state['history'][-1]['test_acc_2'], abs=0.005)
     assert export_branch.main([str(checkpoint), '--member', '3', '-o', str(tmp_path / 'n3')]) == 2
+
+
+def test_a_run_from_before_num_nets_resumes_and_exports(straight, fashion_root, tmp_path):
+    """DML recorded its network count as num_branches until 2026-12 (in checkpoints and
+    args.json): such a run resumes, and its networks export, as a run of today."""
+    old = tmp_path / 'old'
+    shutil.copytree(straight, old)
+    for name in ('checkpoint.pth.tar', 'model_best.pth.tar'):
+        state = load(old / name)
+        state['num_branches'] = state.pop('num_nets')
+        state['args']['num_branches'] = state['args'].pop('num_nets')
+        torch.save(state, old / name)
+    args = json.loads((old / 'args.json').read_text())
+    args['num_branches'] = args.pop('num_nets')
+    (old / 'args.json').write_text(json.dumps(args))
+    assert cifar_dml.main(tiny(fashion_root, old, '--epochs', 2, *SUBSET, '--resume', 'auto')) == 0
+    state = load(old / 'checkpoint.pth.tar')
+    assert (state['epoch'], state['num_nets'], state['args']['num_nets']) == (2, 2, 2)
+    assert export_branch.main([str(old / 'model_best.pth.tar'), '--branch', '2',
+                               '-o', str(tmp_path / 'net2.pth.tar')]) == 0

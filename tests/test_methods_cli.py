@@ -107,8 +107,9 @@ def bad_flags(name):
              (['--lr', 'nan'], '--lr')]
     if hasattr(defaults, 'temperature'):
         cases.append((['--temperature', 0], '--temperature'))
-    if hasattr(defaults, 'num_branches'):
-        cases.append((['--num-branches', 0], '--num-branches'))
+    if METHODS[name].count_key:
+        flag = '--' + METHODS[name].count_key.replace('_', '-')
+        cases.append(([flag, 0], flag))
     if hasattr(defaults, 'consistency_rampup'):
         cases.append((['--consistency_rampup', -1], '--consistency_rampup'))
     return cases

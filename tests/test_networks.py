@@ -13,23 +13,19 @@ import cifar_baseline
 import cifar_kd
 import cifar_one
 import export_branch
-from conftest import TINY, assert_same_run, entry, load
+from conftest import TINY, assert_same_run, entry, flags_of, load
 from fakedata import write_fashion_mnist
 from methods import METHODS
 from methods.published import lookup
 from methods.networks import NETWORK_FLAGS, build_plain, keywords
-from models import BACKBONES
+from models import CIFAR_NETWORKS, NETWORKS
 from reports.runs import variant_flags
 
 NAMES = list(METHODS)
-# The smallest network of each kind (WRN with dropout, so that a resume must restore the RNG
-# that dropout draws from).
-TINY_NETWORKS = {
-    'resnext': ['--depth', 11, '--cardinality', 2, '--base-width', 2],
-    'densenet': ['--depth', 10, '--growth-rate', 4],
-    'wrn': ['--depth', 10, '--widen-factor', 1, '--drop', 0.3],
-    'vgg': ['--depth', 11],
-}
+# The registry's smallest form of every CIFAR network but the ResNet (WRN's with dropout, so
+# that a resume must restore the RNG that dropout draws from).
+TINY_NETWORKS = {name: flags_of(NETWORKS[name].tiny) for name in CIFAR_NETWORKS
+                 if name != 'resnet'}
 # Networks of fixed width (VGG's 64-512 channels, ResNeXt's 256-1024) make every image cost:
 # epochs of one step of 16 images, 40 test images.
 ONE_STEP_EPOCHS = ['--train-subset', 16, '--train-batch', 16, '--test-batch', 20]
@@ -70,7 +66,7 @@ def test_every_method_over_every_backbone(name, arch, data, teacher, tmp_path, c
     checkpoint = straight / 'checkpoint.pth.tar'
     assert_same_run(checkpoint, split / 'checkpoint.pth.tar')
     state = load(checkpoint)
-    assert (state['arch'], state['depth']) == (arch, TINY_NETWORKS[arch][1])
+    assert (state['arch'], state['depth']) == (arch, NETWORKS[arch].tiny['depth'])
     member_1 = state['history'][-1]['test_acc_1']
 
     capsys.readouterr()
@@ -79,11 +75,13 @@ def test_every_method_over_every_backbone(name, arch, data, teacher, tmp_path, c
     assert accuracy_printed(capsys.readouterr().out, METHODS[name].label('1')) == member_1
 
     exported = tmp_path / 'member1.pth.tar'
+    capsys.readouterr()
     assert export_branch.main([str(checkpoint), '-o', str(exported)]) == 0
     assert load(exported)['arch'] == arch
-    capsys.readouterr()
-    assert cifar_baseline.main(tiny(data, tmp_path / 'unused', '-a', arch,
-                                    *TINY_NETWORKS[arch], '-e', '--resume', exported)) == 0
+    # the command export_branch.py prints (the OKDDip code DenseNet's leader: --no-final-norm)
+    command = capsys.readouterr().out.split('evaluate it with: ')[1].split()
+    assert command[:2] == ['python', 'cifar_baseline.py']
+    assert cifar_baseline.main(tiny(data, tmp_path / 'unused', *command[2:])) == 0
     assert accuracy_printed(capsys.readouterr().out, 'network 1') == pytest.approx(member_1,
                                                                                   abs=0.005)
     assert not (tmp_path / 'unused').exists()
@@ -91,10 +89,11 @@ def test_every_method_over_every_backbone(name, arch, data, teacher, tmp_path, c
 
 def test_the_network_flags_are_the_constructors_keywords():
     """A keyword added to a backbone gets its flag (and a flag no backbone takes is caught)."""
-    taken = {key for backbone in BACKBONES for key in keywords(backbone)}
+    taken = {key for backbone in CIFAR_NETWORKS for key in keywords(backbone)}
     assert taken == set(NETWORK_FLAGS)
-    for backbone, build in BACKBONES.items():
-        assert list(inspect.signature(build).parameters)[:1] == ['depth'], backbone
+    for backbone in CIFAR_NETWORKS:
+        parameters = inspect.signature(NETWORKS[backbone].build).parameters
+        assert list(parameters)[:1] == ['depth'], backbone
 
 
 @pytest.mark.parametrize('arch, depth, network, millions', [

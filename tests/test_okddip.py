@@ -174,7 +174,8 @@ def test_bottleneck_projection_width():
 
 def test_export_drops_the_attention_and_other_branches():
     model = OKDDipResNet(8, num_classes=10, num_branches=4)
-    state = {'state_dict': model.state_dict(), 'num_branches': 4}
+    state = {'state_dict': model.state_dict(), 'num_branches': 4, 'arch': 'okddip_resnet',
+             'depth': 8}
     method = METHODS['okddip']
     plain = method.deployable(state, 1)
     resnet(8, 10).load_state_dict(plain)   # strict: exactly a plain resnet

@@ -43,6 +43,7 @@ class FeaturePenalty:
 
 class FeatureMethod(Method):
     name, title, arch = 'feature_penalty', 'feature penalty', 'resnet'
+    usage = 'a feature-based method'
 
     def build_model(self, args, num_classes):
         return WithFeatures(build_plain(args, num_classes))
@@ -55,7 +56,7 @@ def test_a_feature_based_method_trains_through_the_engine_untouched(fashion_root
     run = tmp_path / 'run'
     flags = [*TINY, '--data-dir', fashion_root, '-c', str(run), '--train-subset', '128',
              '--epochs', '2']
-    assert engine.main(FeatureMethod(), 'a feature-based method', flags) == 0
+    assert engine.main(FeatureMethod(), flags) == 0
     state = load(run / 'checkpoint.pth.tar')
     assert state['method'] == 'feature_penalty' and state['epoch'] == 2
     assert 'net.fc.weight' in state['state_dict']
@@ -63,5 +64,5 @@ def test_a_feature_based_method_trains_through_the_engine_untouched(fashion_root
     assert FeaturePenalty.seen and all(shape[1:] == (64,) for shape in FeaturePenalty.seen)
     last = state['history'][-1]
     assert 0 <= last['test_acc_1'] <= 100 and last['train_loss'] > 0
-    assert engine.main(FeatureMethod(), 'a feature-based method',
-                       [*flags, '-e', '--resume', str(run / 'checkpoint.pth.tar')]) == 0
+    assert engine.main(FeatureMethod(), [*flags, '-e', '--resume',
+                                         str(run / 'checkpoint.pth.tar')]) == 0

@@ -97,8 +97,20 @@ def runs(tmp_path):
     one_run(root / 'one-0', 0, 73.0, 75.0)
     one_run(root / 'nested' / 'one-1', 1, 74.0, 76.0)
     make_run(root / 'dml-0', 'dml', 0, {'1': [40.0, 60.0, 72.5], '2': [40.0, 60.0, 72.0]},
-             num_branches=3)
+             num_nets=3)
     return root
+
+
+def test_a_dml_run_from_before_num_nets_was_named_reports_as_today(tmp_path, capsys):
+    """DML's runs recorded their network count as num_branches until 2026-12."""
+    args = run_args(tmp_path / 'old', 'dml', 0, 3)
+    args['num_branches'] = args.pop('num_nets') + 1
+    make_run(tmp_path / 'old', 'dml', 0, {'1': [40.0, 60.0, 72.5], '2': [40.0, 60.0, 72.0]},
+             args_text=json.dumps(args))
+    code, out, err = report_main(capsys, tmp_path / 'old', '--out', tmp_path / 'out',
+                                 '--no-plots')
+    assert code == 0, err
+    assert row_of(read_csv(tmp_path / 'out' / 'table_last.csv'), 'DML (m=3)')
 
 
 # ----------------------------------------------------------------------------- the table

@@ -27,8 +27,12 @@ BOOKKEEPING = frozenset({
 })  # init_from is not: a fork never merges with runs from scratch
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help: the method's usage text as written, each flag with its default."""
+
+
 def build_parser(description, method):
-    p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=description, formatter_class=HelpFormatter)
     p.add_argument('-d', '--dataset', default='cifar10', choices=sorted([*LOADERS, IMAGENET]),
                    help='imagenet: the ImageFolder layout DIR/train/CLASS/*.JPEG and '
                         'DIR/val/CLASS/*.JPEG, with its own defaults (docs/IMAGENET.md)')
@@ -52,9 +56,10 @@ def build_parser(description, method):
     p.add_argument('--test-batch', default=None, type=int,
                    help='test batch size (default: 100, the original\'s; 1000 under --fast on CUDA)')
     p.add_argument('--lr', '--learning-rate', default=0.1, type=float, dest='lr')
-    p.add_argument('--drop', '--dropout', default=0.0, type=float, dest='drop',
-                   help='dropout ratio: Wide ResNets only (the other networks have none, so '
-                        'only 0 is valid there)')
+    p.add_argument('--drop', '--dropout', default=None, type=float, dest='drop',
+                   help="dropout ratio (default: the network's, 0 but in the OKDDip-code VGG's "
+                        "branches): Wide ResNets and the OKDDip code's VGG only (the other "
+                        'networks have none, so only 0 is valid there)')
     p.add_argument('--schedule', type=int, nargs='+', default=[151, 225],
                    help='0-based epochs at which the LR is multiplied by --gamma')
     p.add_argument('--gamma', type=float, default=0.1, help='LR multiplier at each milestone')

@@ -35,11 +35,11 @@ PLOT_EVERY_SECONDS = 30
 FIRST_COMMAND = ('start_epoch', 'init_from', 'init_from_epoch')
 
 
-def main(method, description, argv=None):
+def main(method, argv=None):
     """Parse flags, then train or evaluate; every anticipated failure is one line and an
     exit code (utils/stops.py)."""
     world = world_from_env()
-    parser = build_parser(description, method)
+    parser = build_parser(method.usage, method)
     with quiet_unless(world.is_main):  # a bad flag or --help: shown once, not once per rank
         try:
             args = parse_flags(parser, argv)
@@ -65,7 +65,7 @@ def evaluate_checkpoint(args, method):
     world, device = setup(args, method)
     if not args.resume or args.resume == 'auto':
         raise UserError('-e/--evaluate needs --resume PATH of the checkpoint to evaluate')
-    state = load_checkpoint(args.resume)
+    state = method.upgrade_checkpoint(load_checkpoint(args.resume))
     check_identity(state, args.resume, identity(args, method), method.identity_assumed)
     data = load_data(args, device, world)
     model = build_model(args, method, data.num_classes, device)
@@ -80,11 +80,13 @@ def evaluate_checkpoint(args, method):
         top5 = args.dataset == IMAGENET
         print(f'{args.resume} (epoch {state["epoch"]}), {args.dataset} test set, '
               f'{data.num_test} images: top-1{" and top-5" if top5 else ""} accuracy (%)')
-        for n in names:
-            fifth = f' {metrics[f"acc5_{n}"]:6.2f}' if top5 else ''
-            print(f'  {method.label(n):<18} {metrics[f"acc_{n}"]:.2f}{fifth}')
+        labels = {n: method.label(n) for n in names}
         if len(member_columns(names)) > 1:
-            print(f'  {"mean of " + method.members:<18} {metrics["acc_mean"]:.2f}')
+            labels['mean'] = 'mean of ' + method.members
+        width = max(map(len, labels.values()))
+        for n, label in labels.items():
+            fifth = f' {metrics[f"acc5_{n}"]:6.2f}' if top5 and n != 'mean' else ''
+            print(f'  {label:<{width}} {metrics[f"acc_{n}"]:.2f}{fifth}')
     return 0
 
 
@@ -103,7 +105,7 @@ class Trainer:
         run = RunFolder.from_args(args)
         self.folder = args.checkpoint = run.folder
         state = self.load_resumable(run) if run.resume else None
-        source = load_checkpoint(run.init_from) if run.init_from else None
+        source = method.upgrade_checkpoint(load_checkpoint(run.init_from)) if run.init_from else None
         if source is not None:
             check_identity(source, run.init_from, identity(args, method), method.identity_assumed)
         if state is None and args.start_epoch >= args.epochs:
@@ -116,7 +118,7 @@ class Trainer:
         args.manualSeed = self.seed
         seed_everything(self.seed)
 
-        self.data = load_data(args, self.device, self.world)
+        self.data = load_data(args, self.device, self.world, method.views(args))
         self.train_loader, self.test_loader = self.data.train, self.data.test
         if args.train_subset > len(self.train_loader.labels):
             raise UserError(f'--train-subset {args.train_subset} is larger than {args.dataset}\'s '
@@ -150,7 +152,7 @@ class Trainer:
         (identity), its keys, and what the run folder requires (RunFolder.check_continuation:
         its own run, unchanged flags, no rewind unasked, no shortening)."""
         args, path = self.args, run.resume
-        state = load_checkpoint(path)
+        state = self.method.upgrade_checkpoint(load_checkpoint(path))
         check_identity(state, path, identity(args, self.method), self.method.identity_assumed)
         if 'optimizer' not in state:
             raise UserError(f'{path!r} holds weights only (an export): evaluate it with -e, or '
