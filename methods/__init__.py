@@ -5,6 +5,7 @@ from .baseline import Baseline
 from .clilr import CLILR
 from .dml import DML
 from .kd import KD
+from .kdcl import KDCL
 from .okddip import OKDDip
 from .one import ONE
 
@@ -12,6 +13,7 @@ METHODS = {m.name: m for m in (
     Baseline(),
     KD(),
     DML(),
+    KDCL(),
     CLILR(),
     OKDDip(),
     ONE(),

@@ -112,7 +112,24 @@ def test_loader_batches_equal_torchvision_pipeline():
     for b, (x, y) in enumerate(loader.batches(epoch=2)):
         pos = slice(8 * b, 8 * b + 8)
         assert torch.equal(y, order[pos])
-        assert torch.equal(x, torchvision_functional(images[order[pos]], offsets[pos], flips[pos]))
+        assert torch.equal(x, torchvision_functional(images[order[pos]], offsets[0, pos],
+                                                     flips[0, pos]))
+
+
+def test_views_are_the_same_images_each_with_its_own_crops():
+    """KDCL's input distortion: view v of a batch is torchvision's pipeline on the same images
+    with view v's offsets and flips; view 0 is exactly the one-view loader's batch."""
+    images = random_batch(20, seed=3)[0]
+    single = cifar_loader(images, batch_size=8, shuffle=True, augment=True, seed=5)
+    loader = cifar_loader(images, batch_size=8, shuffle=True, augment=True, seed=5, views=3)
+    order, offsets, flips = epoch_plan(20, 5, 2, shuffle=True, augment=True, views=3)
+    for b, ((x, y), (x1, y1)) in enumerate(zip(loader.batches(epoch=2), single.batches(epoch=2))):
+        pos = slice(8 * b, 8 * b + 8)
+        assert x.shape[0] == 3 and torch.equal(y, y1) and torch.equal(x[0], x1)
+        for v in range(3):
+            assert torch.equal(x[v], torchvision_functional(images[order[pos]], offsets[v, pos],
+                                                            flips[v, pos]))
+        assert not torch.equal(x[1], x[2])
 
 
 def test_no_augmentation_is_normalize_only():
@@ -146,8 +163,8 @@ def test_epoch_plan_contents():
     order, offsets, flips = epoch_plan(4000, 0, 0, shuffle=True, augment=True)
     assert torch.equal(order.sort().values, torch.arange(4000))
     assert not torch.equal(order, torch.arange(4000))
-    assert offsets.shape == (4000, 2)
-    for column in offsets.T:
+    assert offsets.shape == (1, 4000, 2)
+    for column in offsets[0].T:
         assert column.unique().tolist() == list(range(9))
     assert flips.dtype == torch.bool and 0.45 < flips.float().mean() < 0.55
 

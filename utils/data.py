@@ -140,15 +140,19 @@ def load_dataset(name, root):
                         f'({reason}); put {WHERE_TO_GET[name]} into {root!r}') from None
 
 
-def epoch_plan(num_images, seed, epoch, shuffle, augment):
-    """The order of an epoch and each position's crop offsets and flip, from (seed, epoch)."""
+def epoch_plan(num_images, seed, epoch, shuffle, augment, views=1):
+    """The order of an epoch and, for each of `views` views, each position's crop offsets
+    (views, N, 2) and flip (views, N), from (seed, epoch). View 0 is drawn first, so a
+    loader of one view draws exactly what it always has."""
     generator = torch.Generator().manual_seed((seed << 20) + epoch)
     order = torch.randperm(num_images, generator=generator) if shuffle else torch.arange(num_images)
     if not augment:
         return order, None, None
-    offsets = torch.randint(0, 9, (num_images, 2), generator=generator)
-    flips = torch.rand(num_images, generator=generator) < 0.5
-    return order, offsets, flips
+    offsets, flips = [], []
+    for _ in range(views):
+        offsets.append(torch.randint(0, 9, (num_images, 2), generator=generator))
+        flips.append(torch.rand(num_images, generator=generator) < 0.5)
+    return order, torch.stack(offsets), torch.stack(flips)
 
 
 def crop_and_flip(images, offsets, flips, padding=4):
@@ -188,16 +192,18 @@ class DeviceLoader:
     Same pixels as torchvision's RandomCrop(32, padding=4) + RandomHorizontalFlip +
     ToTensor + Normalize. `batch_size` is the global batch; with `world_size` > 1 each rank
     gets its contiguous share of every global batch (the last, partial batch is kept).
+    With `views` > 1 (KDCL's input distortion) the images of a batch are (views, B, C, H, W):
+    the same images, each view with its own crops and flips.
     """
 
     skipped = ()   # images left out of batches: none, all are in memory (as FolderLoader's)
 
     def __init__(self, images, labels, mean, std, batch_size, *, shuffle, augment, seed=0,
-                 rank=0, world_size=1, memory_format=torch.contiguous_format):
+                 rank=0, world_size=1, memory_format=torch.contiguous_format, views=1):
         self.images, self.labels, self.device = images, labels, images.device
         self.normalize = Normalize(mean, std, images.device, memory_format)
         self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.views = rank, world_size, views
 
     def __len__(self):
         return -(-len(self.labels) // self.batch_size)
@@ -205,7 +211,8 @@ class DeviceLoader:
     def batches(self, epoch=0, start=0):
         """Yield (images, labels) of this rank for global batches start, start+1, ..."""
         device = self.images.device
-        plan = epoch_plan(len(self.labels), self.seed, epoch, self.shuffle, self.augment)
+        plan = epoch_plan(len(self.labels), self.seed, epoch, self.shuffle, self.augment,
+                          self.views)
         order, offsets, flips = (None if t is None else t.to(device) for t in plan)
         for first in range(start * self.batch_size, len(order), self.batch_size):
             positions = torch.arange(first, min(first + self.batch_size, len(order)), device=device)
@@ -213,8 +220,15 @@ class DeviceLoader:
             index = order[positions]
             images = self.images[index]
             if self.augment:
-                images = crop_and_flip(images, offsets[positions], flips[positions])
-            yield self.normalize(images), self.labels[index]
+                views = [crop_and_flip(images, offsets[v, positions], flips[v, positions])
+                         for v in range(self.views)]
+                images = views[0] if self.views == 1 else torch.cat(views)
+            elif self.views > 1:
+                images = images.repeat(self.views, 1, 1, 1)
+            images = self.normalize(images)
+            if self.views > 1:
+                images = images.unflatten(0, (self.views, -1))
+            yield images, self.labels[index]
 
 
 def rank_share(images, labels, rank, world_size):

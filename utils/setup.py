@@ -175,13 +175,17 @@ class Data:
     num_test: int      # test images over all ranks
 
 
-def load_data(args, device, world):
+def load_data(args, device, world, views=1):
     """The dataset's loaders: ImageNet's folders read by worker processes (every rank scans
-    the folders itself), the others as tensors on the device."""
+    the folders itself), the others as tensors on the device. `views`: training batches of
+    that many differently cropped and flipped copies of their images (KDCL's)."""
     if args.dataset == IMAGENET:
+        if views > 1:
+            raise UserError(f'{views} views of each training image: the ImageNet loader gives '
+                            'one (for KDCL: --no-icl)')
         data = Data(*load_image_folder(args, device, world))
     else:
-        data = load_tensors(args, device, world)
+        data = load_tensors(args, device, world, views)
     last = len(data.train.labels) % args.train_batch
     if 0 < last < 2 * world.size:  # BatchNorm in training needs 2 samples (the gate: per rank)
         raise UserError(f'the last batch would hold {last} image(s) for {world.size} rank(s), '
@@ -189,7 +193,7 @@ def load_data(args, device, world):
     return data
 
 
-def load_tensors(args, device, world):
+def load_tensors(args, device, world, views=1):
     # Under torchrun one rank per data folder prepares or downloads it while the others wait;
     # a failure on any rank stops every rank with its message (World.in_turn).
     data = world.in_turn(lambda: load_dataset(args.dataset, args.data_dir))
@@ -199,7 +203,8 @@ def load_tensors(args, device, world):
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     train = DeviceLoader(data.train_images.to(device), data.train_labels.to(device), data.mean,
                          data.std, args.train_batch, shuffle=True, augment=data.augment,
-                         rank=world.rank, world_size=world.size, memory_format=memory_format)
+                         rank=world.rank, world_size=world.size, memory_format=memory_format,
+                         views=views)
     test_images, test_labels = rank_share(data.test_images, data.test_labels,
                                           world.rank, world.size)
     test = DeviceLoader(test_images.to(device), test_labels.to(device), data.mean, data.std,
