@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import pickle
+import subprocess
 import urllib.error
 import urllib.request
 
@@ -16,6 +17,7 @@ from torchvision import datasets
 from torchvision.datasets.utils import calculate_md5
 
 import cifar_baseline
+from conftest import ROOT
 from fakedata import write_cifar10, write_cifar100
 from utils.data import load_dataset
 from utils.errors import UserError
@@ -145,3 +147,21 @@ def test_the_flag_is_refused_where_it_means_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count('\n') == 1
     assert f'{FLAG} applies to cifar10 and cifar100 only' in err
+
+
+def test_the_helper_refuses_a_copy_that_is_not_the_rebuilt_one(tmp_path):
+    """scripts/prepare_cifar100.sh checks the digest of what it would carry; the rebuilt copy
+    itself needs FedLoRE's repository (docs/REPRODUCE.md), so the test gives it another."""
+    tools, data = tmp_path / 'tools', tmp_path / 'data'
+    tools.mkdir()
+    (tools / 'cifar100_from_fedlore.py').write_text(   # GIT_DIR: where fakedata.py is
+        'import os, sys\nsys.path.insert(0, sys.argv[1])\nfrom fakedata import write_cifar100\n'
+        'write_cifar100(os.path.dirname(sys.argv[2]))\n')
+    script = os.path.join(ROOT, 'scripts', 'prepare_cifar100.sh')
+    proc = subprocess.run(['bash', script, os.path.join(ROOT, 'tests'), str(tools)],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, 'DATA': str(data)})
+    digest = sha256_of(data_files('cifar100', str(data)))
+    assert proc.returncode == 2 and proc.stderr.count('\n') == 1
+    assert f'has sha256 {digest}, not the rebuilt copy' in proc.stderr
+    assert not (data / 'transfer').exists()
