@@ -25,8 +25,6 @@ class Check:
     ours: float
     published: float
     source: object = None   # the methods.published entry (a column's), for its footnote
-    n: int = None
-    std: float = None
 
     @property
     def diff(self):
@@ -44,7 +42,6 @@ class Check:
 class Verdict:
     state: str
     reason: str
-    checks: list
 
 
 def label(result):
@@ -60,8 +57,7 @@ def column_check(result):
     """A column's mean against its first published entry; None where nothing is published."""
     if not result.published:
         return None
-    return Check(label(result), result.mean, result.published[0].error, result.published[0],
-                 result.n, result.std)
+    return Check(label(result), result.mean, result.published[0].error, result.published[0])
 
 
 def column_checks(results):
@@ -99,26 +95,23 @@ def judge(results, asked, finished):
     ASKED runs of which FINISHED have finished."""
     if finished < asked or not asked:
         return Verdict(INCOMPLETE, f'{finished} of {asked} runs finished' if asked
-                       else 'not run yet', [])
+                       else 'not run yet')
+    if not results:
+        return Verdict(INCOMPLETE, 'no finished run could be read (the report lists why)')
     differences = protocol_differences(results)
     if differences:
-        return Verdict(NOT_JUDGED, 'trained otherwise than published: ' +
-                       ', '.join(differences), column_checks(results))
+        return Verdict(NOT_JUDGED, 'trained otherwise than published: ' + ', '.join(differences))
     few = [f'{label(r)} has {r.n}' for r in results if r.n < MIN_SEEDS]
     if few:
-        return Verdict(INCOMPLETE, f'{", ".join(few)} seed(s); a verdict needs {MIN_SEEDS}',
-                       column_checks(results))
+        return Verdict(INCOMPLETE, f'{", ".join(few)} seed(s); a verdict needs {MIN_SEEDS}')
     baseline = next((r for r in results if is_baseline(r)), None)
     if baseline is None or not baseline.published:
-        return Verdict(NOT_JUDGED, 'methods/published.py has no baseline number for this row',
-                       column_checks(results))
-    checks = column_checks(results) + gain_checks(results, baseline)
-    if len(checks) == len(column_checks(results)):
+        return Verdict(NOT_JUDGED, 'methods/published.py has no baseline number for this row')
+    gains = gain_checks(results, baseline)
+    if not gains:
         return Verdict(NOT_JUDGED, 'methods/published.py has no number for a method beside the '
-                       'baseline in this row', checks)
-    failed = [check.failure() for check in checks if not check.passed]
+                       'baseline in this row')
+    failed = [check.failure() for check in column_checks(results) + gains if not check.passed]
     if failed:
-        return Verdict(NOT_REPRODUCED, f'more than {TOLERANCE:.1f} point off: ' + '; '.join(failed),
-                       checks)
-    return Verdict(REPRODUCED, f'every number within {TOLERANCE:.1f} point of the published',
-                   checks)
+        return Verdict(NOT_REPRODUCED, f'more than {TOLERANCE:.1f} point off: ' + '; '.join(failed))
+    return Verdict(REPRODUCED, f'every number within {TOLERANCE:.1f} point of the published')

@@ -143,12 +143,12 @@ def test_the_same_command_continues_and_collects_again(tiny_table, capsys):
 
 # ----------------------------------------------------------------------------- verdicts
 
-def write_run(folder, method, seed, errors, epochs=300):
+def write_run(folder, method, seed, errors, epochs=300, dataset='cifar100'):
     """A finished run as the engine writes it: the method's published settings, ResNet-32 on
-    CIFAR-100, and its last epoch's errors ({'1': ..., 'ens': ...})."""
+    DATASET, and its last epoch's errors ({'1': ..., 'ens': ...})."""
     os.makedirs(folder)
     args = published.reference_setup(method)
-    args.update(method=method, dataset='cifar100', depth=32, epochs=epochs, manualSeed=seed,
+    args.update(method=method, dataset=dataset, depth=32, epochs=epochs, manualSeed=seed,
                 run_id=f'run-{method}-{seed}')
     (folder / 'args.json').write_text(json.dumps(args))
     columns = [f'test_acc_{m}' for m in errors]
@@ -157,17 +157,17 @@ def write_run(folder, method, seed, errors, epochs=300):
     (folder / 'summary.csv').write_text('\n'.join(lines) + '\n')
 
 
-def results_folder(root, baseline, one, extra_states=()):
-    """results/one-cifar100 with the ResNet-32 row's runs: BASELINE [error per seed], ONE
+def results_folder(root, baseline, one, extra_states=(), dataset='cifar100'):
+    """results/one-DATASET with the ResNet-32 row's runs: BASELINE [error per seed], ONE
     [(branch 1, ensemble) per seed], and runs.json (plus EXTRA_STATES: unfinished runs)."""
-    folder = root / 'one-cifar100'
+    folder = root / f'one-{dataset}'
     entries = []
     for stem, method, values in (('cifar_baseline', 'baseline', baseline),
                                  ('cifar_one', 'one', one)):
         for seed, value in enumerate(values):
             errors = {'1': value} if method == 'baseline' else {'1': value[0], 'ens': value[1]}
             name = f'resnet-32/{stem}/manualSeed={seed}'
-            write_run(folder / 'runs' / name, method, seed, errors)
+            write_run(folder / 'runs' / name, method, seed, errors, dataset=dataset)
             entries.append({'run': name, 'row': 'resnet-32', 'state': 'done'})
     entries += [{'run': f'resnet-32/x/{i}', 'row': 'resnet-32', 'state': s}
                 for i, s in enumerate(extra_states)]
@@ -200,6 +200,15 @@ def test_each_verdict_as_the_issue_defines_it(case, tmp_path, capsys):
     if case == 'reproduced':
         assert '| ONE | 2 | 26.70 ± 0.28 | 26.61 [1] | +0.09 | yes |' in out
         assert '| gain of ONE over the baseline | | 4.50 | 4.57 | -0.07 | yes |' in out
+
+
+def test_a_row_without_a_published_baseline_is_not_judged(tmp_path, capsys):
+    results = results_folder(tmp_path, [7.0, 7.2], [(6.0, 5.5), (6.2, 5.7)], dataset='cifar10')
+    code, out, err = reproduce(capsys, 'one-cifar10', '--show', '--results', results)
+    assert code == 0, err
+    assert ('| resnet-32 | ResNet-32 | **not judged** | methods/published.py has no baseline '
+            'number for this row |') in out
+    assert '| ONE | 2 | 6.10 ± 0.14 | 5.80 [' in out          # PCL's restatement, still shown
 
 
 # ----------------------------------------------------------------------------- the rest
