@@ -23,7 +23,6 @@ and benchmarks/imagenet.py measures the JPEG loader against the training step in
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import signal
@@ -50,7 +49,7 @@ from utils.data import CIFAR_MEAN, CIFAR_STD, DeviceLoader
 from utils.distributed import World
 from utils.errors import UserError, one_line_errors
 from utils.graphs import GraphedStep
-from utils.setup import apply_fast_preset, build_model, build_optimizer
+from utils.setup import apply_fast_preset, build_model, build_optimizer, cpu_name
 from utils.steps import Meters, evaluate, train_step
 
 MODELS = ['resnet-32', 'one_resnet-32', 'resnet-110', 'one_resnet-110']
@@ -447,15 +446,6 @@ def measure_in_child(flags, name):
     except (IndexError, ValueError):
         raise BenchmarkError(f'measuring {name} printed no result: '
                              f'{failure_reason(1, proc.stderr)}', EXIT_FAILED) from None
-
-
-def cpu_name():
-    try:
-        with open('/proc/cpuinfo') as f:
-            names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
-    except OSError:
-        names = []
-    return names[0] if names else platform.processor() or platform.machine()
 
 
 def describe_device(device):

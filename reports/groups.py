@@ -7,7 +7,7 @@ from methods import METHODS
 from methods.base import describe_value
 from methods.networks import backbone_of, network_name
 from methods.published import lookup
-from .runs import Refusal
+from .runs import OFFICIAL, Refusal
 
 def group_runs(runs):
     groups = {}
@@ -43,8 +43,14 @@ def describe_schedule(run):
         text += f', x{describe_value(gamma)} at {"/".join(map(str, milestones))}'
     if start:
         text += f', trained from epoch {start + 1} (--start-epoch {start})'
-    subset = run.data[0]
-    return text + (f', first {subset} training images' if subset else '')
+    subset, copy = run.data
+    text += f', first {subset} training images' if subset else ''
+    return text + (f', {describe_copy(copy)}' if copy != OFFICIAL else '')
+
+
+def describe_copy(copy):
+    """How tables name a run's data: 'official' or an unofficial copy by its sha256."""
+    return copy if copy == OFFICIAL else f'unofficial copy (sha256 {copy[:12]}...)'
 
 
 def check_within_groups(groups):

@@ -15,7 +15,8 @@ from utils.records import ARGS, CHECKPOINT, PREVIOUS, STATUS, SUMMARY
 
 GROUP_KEYS = ('method', 'arch', 'depth', 'dataset')
 SCHEDULE_KEYS = ('epochs', 'schedule', 'gamma', 'lr')   # must agree to average or compare
-DATA_KEYS = ('train_subset',)
+DATA_KEYS = ('train_subset', 'data_copy')               # likewise
+OFFICIAL = 'official'
 # args.json keys that do not change what is trained (utils/cli.py's and the methods' own), and
 # KD's teacher path (its teacher_* keys name the teacher).
 BOOKKEEPING = ENGINE_BOOKKEEPING | {'teacher'} | Method.bookkeeping
@@ -55,7 +56,16 @@ class Run:
 
     @property
     def data(self):
-        return tuple(self.args.get(key) or 0 for key in DATA_KEYS)
+        """(--train-subset or 0, data_copy): runs must agree on both to be averaged."""
+        return self.args.get('train_subset') or 0, self.data_copy
+
+    @property
+    def data_copy(self):
+        """'official', or the sha256 of the unofficial copy of the data the run trained on
+        (args.json data_copy). Runs that recorded no copy count as official: before
+        --unofficial-data, CIFAR runs could only read the official files."""
+        copy = self.args.get('data_copy')
+        return OFFICIAL if not copy or copy['official'] else copy['sha256']
 
     @property
     def group_key(self):
@@ -123,6 +133,10 @@ def args_problem(args):
     for key in ('start_epoch', 'train_subset', 'manualSeed'):
         if args.get(key) is not None and not is_count(args[key]):
             return f'{key} is {args[key]!r}, not a whole number'
+    copy = args.get('data_copy')
+    if copy is not None and not (isinstance(copy, dict) and type(copy.get('official')) is bool
+                                 and isinstance(copy.get('sha256'), str)):
+        return f'data_copy is {copy!r}, not {{"official": true or false, "sha256": "..."}}'
     if 'schedule' in args and not (isinstance(args['schedule'], list)
                                    and all(is_count(m) for m in args['schedule'])):
         return f'schedule is {args["schedule"]!r}, not a list of epochs'

@@ -6,7 +6,8 @@ import json
 from methods import METHODS
 from methods.networks import network_name
 from methods.published import IMAGENET_EPOCHS, PUBLISHED_EPOCHS
-from .groups import describe_schedule, method_label
+from .groups import describe_copy, describe_schedule, method_label
+from .runs import OFFICIAL
 
 BEST_LABEL = 'best epoch, selected on the test set'
 
@@ -56,21 +57,32 @@ def shows_top5(results):
     return any(result.key[3] == 'imagenet' for result in results)
 
 
+def shows_data(results):
+    """A data column where a run trained on an unofficial copy of its dataset."""
+    return any(result.runs[0].data_copy != OFFICIAL for result in results)
+
+
 def markdown(results, skipped, best, mixed):
     numbers = source_numbers(results)
     selection = BEST_LABEL if best else 'last epoch'
-    top5 = shows_top5(results)
+    top5, data = shows_top5(results), shows_data(results)
     columns = ['dataset', 'network', 'method', 'n', f'error % ({selection})', 'std',
                'published', 'ours - published', 'source', 'note']
     if top5:
         columns[6:6] = ['top-5 error %', 'top-5 std']
     if mixed:
         columns.insert(4, 'schedule')
+    if data:
+        columns.insert(3, 'data')
     lines = [f'## Top-1 error (%), {selection}', '',
              f'Mean and sample std (ddof=1) over n seeds; std "-" when n = 1. '
              f'Published values are for {PUBLISHED_EPOCHS} epochs (ImageNet: '
              f'{IMAGENET_EPOCHS}); "ours - published" < 0 '
              'means a lower error than published.', '']
+    if data:
+        lines += ['**Unofficial data**: rows marked "unofficial copy" trained on a copy of the '
+                  "dataset whose checksums are not the official release's (--unofficial-data; "
+                  'its sha256 is in each run\'s args.json, data_copy).', '']
     if best:
         lines += ['**Best epoch selected on the test set** (each network its own best epoch): '
                   'an optimistic number, not a held-out selection.', '']
@@ -78,7 +90,8 @@ def markdown(results, skipped, best, mixed):
         lines += [f'Schedule of every run: {describe_schedule(results[0].runs[0])}.', '']
     lines += ['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
     for result in results:
-        lines.append('| ' + ' | '.join(markdown_cells(result, numbers, mixed, top5)) + ' |')
+        lines.append('| ' + ' | '.join(markdown_cells(result, numbers, mixed, top5, data))
+                     + ' |')
     if numbers:
         lines += ['', 'Sources:'] + [f'- [{i}] {label}' for label, i in numbers.items()]
     if skipped:
@@ -87,7 +100,7 @@ def markdown(results, skipped, best, mixed):
     return '\n'.join(lines) + '\n'
 
 
-def markdown_cells(result, numbers, mixed, top5=False):
+def markdown_cells(result, numbers, mixed, top5=False, data=False):
     method, arch, depth, dataset, _ = result.key
     run, first = result.runs[0], (result.published or [None])[0]
     note = result_note(result)
@@ -103,13 +116,16 @@ def markdown_cells(result, numbers, mixed, top5=False):
         cells[6:6] = [fmt(result.top5_mean), fmt(result.top5_std)]
     if mixed:
         cells.insert(4, describe_schedule(run))
+    if data:
+        cells.insert(3, describe_copy(run.data_copy))
     return [cell.replace('|', '/') for cell in cells]
 
 
 CSV_COLUMNS = ['dataset', 'network', 'arch', 'depth', 'method', 'member', 'label', 'variant',
                'n', 'seeds', 'selection', 'error_mean', 'error_std', 'top5_error_mean',
                'top5_error_std', 'selected_epochs',
-               'epochs', 'schedule', 'train_subset', 'published_error', 'published_std',
+               'epochs', 'schedule', 'train_subset', 'data_copy', 'data_sha256',
+               'published_error', 'published_std',
                'published_source', 'published_secondary', 'diff', 'note', 'other_published',
                'runs']
 
@@ -131,6 +147,8 @@ def csv_row(result, best):
         'selected_epochs': ';'.join(map(str, result.epochs_selected)),
         'epochs': run.args['epochs'], 'schedule': describe_schedule(run),
         'train_subset': run.data[0],
+        'data_copy': 'official' if run.data_copy == OFFICIAL else 'unofficial',
+        'data_sha256': (run.args.get('data_copy') or {}).get('sha256', ''),
         'published_error': first.error if first else '',
         'published_std': '' if first is None or first.std is None else first.std,
         'published_source': first.source if first else '',

@@ -255,6 +255,8 @@ DAMAGED = {
     'NaN flag': (None, {'weight_decay': float('nan')}, 'weight_decay is nan'),
     'retyped flag': (None, {'train_batch': '128'},
                      "train_batch is '128', not of the type of its default 128"),
+    'damaged data copy': (None, {'data_copy': {'official': 'no', 'sha256': 'ab'}},
+                          'data_copy is {'),
     'epochs below the rows': (None, {'epochs': 2},
                               'summary.csv reaches epoch 3, beyond the 2 epochs of args.json'),
 }
@@ -358,6 +360,37 @@ def test_refuses_different_schedules_across_groups_unless_allowed(tmp_path, caps
                                  '--out', tmp_path / 'out')
     assert code == 0, err
     assert '| schedule |' in out and 'x0.1 at 150/225' in out and 'x0.1 at 151/225' in out
+
+
+def test_runs_on_an_unofficial_copy_are_marked_and_never_averaged_with_others(tmp_path,
+                                                                            capsys):
+    """A run's data copy (args.json data_copy, --unofficial-data) is training data: runs on
+    another copy are refused within a group, and shown only with --allow-mixed-schedules
+    across groups; official runs group with those that recorded no copy."""
+    copy = {'official': False, 'sha256': 'ab12' * 16}
+    root = tmp_path / 'runs'
+    one_run(root / 'official', 0, 73.0, 75.0, data_copy={'official': True, 'sha256': 'cd' * 32})
+    one_run(root / 'unrecorded', 1, 74.0, 76.0)
+    one_run(root / 'rebuilt', 2, 74.0, 76.0, data_copy=copy)
+    assert_refused(capsys, tmp_path / 'out', root,
+                   says='differ in schedule or training data: ')
+    code, out, err = report_main(capsys, root / 'rebuilt', '--out', tmp_path / 'out',
+                                 '--no-plots')
+    assert code == 0, err
+    assert '| cifar100 | ResNet-32 | ONE | unofficial copy (sha256 ab12ab12ab12...) | 1 |' in out
+    assert '**Unofficial data**' in out and 'unofficial copy (sha256 ab12ab12ab12...).' in out
+    row = row_of(read_csv(tmp_path / 'out' / 'table_last.csv'), 'ONE')
+    assert (row['data_copy'], row['data_sha256']) == ('unofficial', copy['sha256'])
+
+    baseline_run(root / 'baseline-rebuilt', 0, 69.0, data_copy=copy)
+    code, out, err = report_main(capsys, root / 'official', root / 'unrecorded',
+                                 root / 'baseline-rebuilt', '--allow-mixed-schedules',
+                                 '--no-plots', '--out', tmp_path / 'out')
+    assert code == 0, err
+    rows = read_csv(tmp_path / 'out' / 'table_last.csv')
+    assert row_of(rows, 'ONE')['n'] == '2' and row_of(rows, 'ONE')['data_copy'] == 'official'
+    assert row_of(rows, 'baseline')['data_copy'] == 'unofficial'
+    assert '| ONE | official | 2 |' in out
 
 
 def test_refuses_a_folder_that_does_not_exist(tmp_path, capsys):

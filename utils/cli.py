@@ -1,7 +1,7 @@
 """Command-line flags every entry script shares (the original's names), plus the method's."""
 import argparse
 
-from .data import LOADERS
+from .data import LOADERS, UNOFFICIAL_FLAG
 from .errors import Parser
 from .imagefolder import BAD_IMAGES, IMAGENET
 
@@ -17,13 +17,17 @@ REFERENCE_BATCH, REFERENCE_LR = 256, 0.1
 # args.json keys that do not change what a run trains: report.py groups runs without them, and
 # a run may continue with other values (amp included: its rounding is ignored). `run_id` names
 # the run (utils/run_folder.py); `start_epoch` is kept from a run's first command. A method
-# adds its own (Method.bookkeeping).
+# adds its own (Method.bookkeeping). `unofficial_data` only permits a copy of the data: the
+# copy itself is recorded as `data_copy` (utils/setup.py), which is training data, not
+# bookkeeping (report.py never averages runs on different copies); `device_name` and
+# `torch_version` say where the last command ran.
 BOOKKEEPING = frozenset({
     'method', 'manualSeed', 'seed', 'run_id', 'checkpoint', 'resume', 'data_dir', 'gpu_id',
     'device', 'workers', 'overwrite', 'evaluate', 'compile', 'cuda_graphs', 'channels_last',
     'sync_bn', 'tensorboard', 'start_epoch', 'fast', 'amp', 'test_batch',
     'print_freq', 'log_interval', 'threads', 'progress', 'quiet', 'verbose', 'rewind',
-    'deterministic', 'check_only', 'bad_images', 'save_every_minutes',
+    'deterministic', 'check_only', 'bad_images', 'save_every_minutes', 'unofficial_data',
+    'device_name', 'torch_version',
 })  # init_from is not: a fork never merges with runs from scratch
 
 
@@ -38,6 +42,11 @@ def build_parser(description, method):
                         'DIR/val/CLASS/*.JPEG, with its own defaults (docs/IMAGENET.md)')
     p.add_argument('--data-dir', default='./data',
                    help='where datasets are found or downloaded by torchvision')
+    p.add_argument(UNOFFICIAL_FLAG, action='store_true',
+                   help="CIFAR: train on a copy in --data-dir whose checksums are not the "
+                        "official release's (rebuilt or re-packaged); its sha256 is recorded in "
+                        'args.json (data_copy) and report.py marks its runs. Without it such a '
+                        'copy is refused')
     p.add_argument('-j', '--workers', default=4, type=int,
                    help='ImageNet: loader processes decoding JPEGs (per rank); the other '
                         'datasets build their batches on the device and use none')

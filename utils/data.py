@@ -5,15 +5,18 @@ order of an epoch and its random crops and flips are a pure function of (seed, e
 so a resumed run, or any rank of a distributed run, reproduces them without saved state.
 """
 import gzip
+import hashlib
 import os
 import pickle
 import shutil
 import socket
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision import datasets
+from torchvision.datasets.utils import download_and_extract_archive
 
 from .errors import UserError
 
@@ -27,6 +30,9 @@ DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
 DEBIAN_FASHION_MNIST_ENV = 'ONE_DEBIAN_FASHION_MNIST'
 FASHION_FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
                  't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
+# Accepts a CIFAR copy whose checksums are not the official release's (utils/cli.py).
+UNOFFICIAL_FLAG = '--unofficial-data'
+READ_CHUNK = 1 << 22   # bytes read at a time while hashing a copy
 
 
 @dataclass
@@ -39,22 +45,74 @@ class Dataset:
     mean: tuple
     std: tuple
     augment: bool  # random crop (padding 4) + horizontal flip on the training split
-
-
-def _hwc_to_tensor(array):
-    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+    copy: dict = None  # CIFAR: which copy of the files was read (cifar_copy; args.json data_copy)
 
 
 def _labels(values):
     return torch.as_tensor(values, dtype=torch.int64)
 
 
-def _load_cifar(root, num_classes):
-    cls = datasets.CIFAR10 if num_classes == 10 else datasets.CIFAR100
-    train, test = (cls(root, train=split, download=True) for split in (True, False))
-    return Dataset(_hwc_to_tensor(train.data), _labels(train.targets),
-                   _hwc_to_tensor(test.data), _labels(test.targets),
-                   num_classes, CIFAR_MEAN, CIFAR_STD, augment=True)
+def _cifar_class(num_classes):
+    return datasets.CIFAR10 if num_classes == 10 else datasets.CIFAR100
+
+
+def _cifar_files(cls, root):
+    """[(path, official md5)] of the training then test files, in torchvision's order."""
+    folder = os.path.join(root, cls.base_folder)
+    return [(os.path.join(folder, name), md5) for name, md5 in cls.train_list + cls.test_list]
+
+
+def cifar_copy(files):
+    """Which copy of CIFAR FILES are: {'official': every md5 is the release's, 'sha256': of
+    the files' bytes one after the other}, so `cat FILES | sha256sum` gives the same digest.
+    One read of each file computes both."""
+    whole, official = hashlib.sha256(), True
+    for path, md5 in files:
+        own = hashlib.md5(usedforsecurity=False)
+        with open(path, 'rb') as f:
+            for chunk in iter(lambda: f.read(READ_CHUNK), b''):
+                whole.update(chunk)
+                own.update(chunk)
+        official = official and own.hexdigest() == md5
+    return {'official': official, 'sha256': whole.hexdigest()}
+
+
+def _read_cifar_split(paths, num_classes):
+    """Images (N, 3, 32, 32) uint8 and labels of torchvision's python batches: each a pickle
+    whose 'data' rows hold an image's R, G and B planes, with 'labels' (CIFAR-10) or
+    'fine_labels' (CIFAR-100). Checked, since a copy may come from anywhere."""
+    images, labels = [], []
+    for path in paths:
+        with open(path, 'rb') as f:
+            entry = pickle.load(f, encoding='latin1')
+        images.append(np.asarray(entry['data'], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        batch = entry['labels'] if 'labels' in entry else entry['fine_labels']
+        if len(batch) != len(images[-1]) or not all(0 <= y < num_classes for y in batch):
+            raise ValueError(f'{os.path.basename(path)} holds {len(images[-1])} images and '
+                             f'{len(batch)} labels, which must be {num_classes} classes')
+        labels += batch
+    return torch.from_numpy(np.concatenate(images)), _labels(labels)
+
+
+def _load_cifar(root, num_classes, unofficial=False):
+    """CIFAR from torchvision's python files in ROOT (downloaded by torchvision when they are
+    not all there). A complete copy that is not the official release (rebuilt, re-packaged)
+    is read only with --unofficial-data; torchvision would download over it."""
+    cls = _cifar_class(num_classes)
+    files = _cifar_files(cls, root)
+    if not all(os.path.isfile(path) for path, _ in files):
+        download_and_extract_archive(cls.url, root, filename=cls.filename, md5=cls.tgz_md5)
+    copy = cifar_copy(files)
+    if not copy['official'] and not unofficial:
+        raise UserError(
+            f'cifar{num_classes}: {os.path.join(root, cls.base_folder)!r} is not the official '
+            f"release (its checksums differ from torchvision's list): pass {UNOFFICIAL_FLAG} to "
+            f'train on this copy (sha256 {copy["sha256"][:12]}..., then recorded in args.json), '
+            'or put the official files there')
+    paths = [path for path, _ in files]
+    train, test = paths[:len(cls.train_list)], paths[len(cls.train_list):]
+    return Dataset(*_read_cifar_split(train, num_classes), *_read_cifar_split(test, num_classes),
+                   num_classes, CIFAR_MEAN, CIFAR_STD, augment=True, copy=copy)
 
 
 def _load_svhn(root):
@@ -106,11 +164,12 @@ def _load_fashion_mnist(root):
 
 
 LOADERS = {
-    'cifar10': lambda root: _load_cifar(root, 10),
-    'cifar100': lambda root: _load_cifar(root, 100),
-    'svhn': _load_svhn,
-    'fashionmnist': _load_fashion_mnist,
+    'cifar10': lambda root, unofficial: _load_cifar(root, 10, unofficial),
+    'cifar100': lambda root, unofficial: _load_cifar(root, 100, unofficial),
+    'svhn': lambda root, unofficial: _load_svhn(root),
+    'fashionmnist': lambda root, unofficial: _load_fashion_mnist(root),
 }
+UNOFFICIAL_COPIES = ('cifar10', 'cifar100')   # the datasets --unofficial-data applies to
 WHERE_TO_GET = {
     'cifar10': 'cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html, '
                'extracted (cifar-10-batches-py/)',
@@ -122,17 +181,19 @@ WHERE_TO_GET = {
 }
 
 
-def load_dataset(name, root):
-    """Load (downloading through torchvision when absent) a dataset as uint8 tensors."""
+def load_dataset(name, root, unofficial=False):
+    """Load (downloading through torchvision when absent) a dataset as uint8 tensors;
+    `unofficial`: accept a CIFAR copy whose checksums are not the official release's."""
     if name not in LOADERS:
         raise UserError(f'unknown dataset {name!r}; choose from {", ".join(LOADERS)}')
     try:
-        return LOADERS[name](root)
+        return LOADERS[name](root, unofficial)
     # torchvision: URLError (an OSError) when offline, RuntimeError for missing or corrupt
     # files; the readers: UnpicklingError, EOFError, ValueError, KeyError on garbage, and
-    # AssertionError (with no message) from the idx reader's header checks (MNIST formats).
-    except (OSError, RuntimeError, ValueError, EOFError, KeyError, pickle.UnpicklingError,
-            AssertionError) as e:
+    # AssertionError (with no message) from the idx reader's header checks (MNIST formats);
+    # TypeError from a pickle that holds no dict.
+    except (OSError, RuntimeError, ValueError, EOFError, KeyError, TypeError,
+            pickle.UnpicklingError, AssertionError) as e:
         reason = ' '.join(str(e).split()) or (
             'a file there is not in the expected format' if isinstance(e, AssertionError)
             else type(e).__name__)

@@ -31,8 +31,9 @@ from .stops import Diverged, Preempted, StopRequest, quiet_unless, run_to_exit_c
 # curves.png is redrawn after an epoch at most this often, and after the last epoch: drawing
 # takes about 0.3 s, as long as a whole epoch of CIFAR on a large GPU.
 PLOT_EVERY_SECONDS = 30
-# Kept from a run's first command whatever a later one says (--resume overrides --start-epoch).
-FIRST_COMMAND = ('start_epoch', 'init_from', 'init_from_epoch')
+# Kept from a run's first command whatever a later one says (--resume overrides --start-epoch;
+# data_copy: setup.record_data_copy refuses to continue on another copy).
+FIRST_COMMAND = ('start_epoch', 'init_from', 'init_from_epoch', 'data_copy')
 
 
 def main(method, argv=None):

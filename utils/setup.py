@@ -1,13 +1,14 @@
 """Everything a run needs before its first step: checked flags, device, world, data, model."""
 import math
 import os
+import platform
 import random
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .data import DeviceLoader, load_dataset, rank_share
+from .data import UNOFFICIAL_COPIES, UNOFFICIAL_FLAG, DeviceLoader, load_dataset, rank_share
 from .distributed import init_process_group, world_from_env
 from .errors import UserError
 from .imagefolder import IMAGENET, load_image_folder
@@ -33,6 +34,9 @@ def check_flags(args, method, world):
                         'for several GPUs use torchrun --nproc_per_node N')
     if args.manualSeed is not None and not 0 <= args.manualSeed < 2**32:
         raise UserError(f'--manualSeed must be in [0, 2**32), got {args.manualSeed}')
+    if args.unofficial_data and args.dataset not in UNOFFICIAL_COPIES:
+        raise UserError(f'{UNOFFICIAL_FLAG} applies to {" and ".join(UNOFFICIAL_COPIES)} only, '
+                        f'not to --dataset {args.dataset}')
     if args.dataset == IMAGENET and args.image_size < 32:
         raise UserError(f'--image-size must be at least 32 (the networks downsample 32 '
                         f'times), got {args.image_size}')
@@ -141,7 +145,24 @@ def setup(args, method):
     if device.type == 'cuda':
         configure_cuda(device, args)
     init_process_group(world, device)
+    args.device_name, args.torch_version = device_name(device, world), str(torch.__version__)
     return world, device
+
+
+def cpu_name():
+    try:
+        with open('/proc/cpuinfo') as f:
+            names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def device_name(device, world):
+    """What args.json records of the hardware: the GPU's name or the CPU's model, and the
+    processes under torchrun."""
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU {cpu_name()}'
+    return name + (f' x {world.size} processes' if world.distributed else '')
 
 
 def seed_everything(seed):
@@ -193,10 +214,28 @@ def load_data(args, device, world, views=1):
     return data
 
 
+def record_data_copy(args, copy, world):
+    """args.data_copy: the copy of the data this run trains on (None where only CIFAR's are
+    told apart). A run continues only on the copy it started on (args.data_copy is then the
+    first command's: engine.FIRST_COMMAND); an unofficial copy is said in one line."""
+    started = getattr(args, 'data_copy', None)
+    if copy and started and started.get('sha256') != copy['sha256']:
+        raise UserError(f'{args.data_dir!r} holds another copy of {args.dataset} (sha256 '
+                        f'{copy["sha256"][:12]}...) than this run started on (sha256 '
+                        f'{str(started.get("sha256"))[:12]}..., its args.json data_copy): '
+                        'continue it on that copy, or start a new run')
+    args.data_copy = copy
+    if copy and not copy['official'] and world.is_main:
+        print(f'warning: {args.dataset} in {args.data_dir} is not the official release: '
+              f'training on it as {UNOFFICIAL_FLAG} asks (sha256 {copy["sha256"]}, recorded '
+              'in args.json; report.py marks the run)', flush=True)
+
+
 def load_tensors(args, device, world, views=1):
     # Under torchrun one rank per data folder prepares or downloads it while the others wait;
     # a failure on any rank stops every rank with its message (World.in_turn).
-    data = world.in_turn(lambda: load_dataset(args.dataset, args.data_dir))
+    data = world.in_turn(lambda: load_dataset(args.dataset, args.data_dir, args.unofficial_data))
+    record_data_copy(args, data.copy, world)
     if args.train_subset:
         data.train_images = data.train_images[:args.train_subset]
         data.train_labels = data.train_labels[:args.train_subset]
