@@ -27,7 +27,7 @@ import os
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, has_file_allowed_extension
 from torchvision.transforms import v2
 
 from .data import Normalize
@@ -57,10 +57,93 @@ def class_folders(root, split):
                         f'as {LAYOUT}') from None
 
 
+class Listing:
+    """Both splits' image files, each listed once and under one class.
+
+    Symbolic links are followed, as ImageFolder follows them: a split, a class folder, a
+    folder inside one or an image may be a link (a subset of ILSVRC made of links to it
+    works). But every real folder is entered once and every image file is listed once: a link
+    that leads to a folder listed already (a loop such as `ln -s .. train/n0/loop`, another
+    class's folder, a split) or to an image listed already is refused in one line naming it.
+    os.walk, which make_dataset uses, follows a loop until the path grows too long, listing
+    every class's images again under the class holding the link. The two splits share the
+    rule: a validation image cannot be a training image too. Hard links are not looked for."""
+
+    def __init__(self, root):
+        self.root = root
+        self.folders = {}   # real path -> the path it is listed under
+        self.links = {}     # real path of an image a file link leads to -> that link
+
+    def shown(self, path):
+        return os.path.relpath(path, self.root)
+
+    def refuse(self, first, second, kind):
+        raise UserError(f'--data-dir {self.root}: {self.shown(first)} and {self.shown(second)} '
+                        f'are one {kind} under two names (a symbolic link leads back to it, or '
+                        'to something listed already): an image must be listed once, under one '
+                        'class; remove the link')
+
+    def enter(self, path, real=None):
+        """Take folder PATH, or refuse a second path to one real folder."""
+        first = self.folders.setdefault(real or os.path.realpath(path), path)
+        if first != path:
+            self.refuse(first, path, 'folder')
+
+    def entries(self, folder):
+        try:
+            with os.scandir(folder) as found:
+                return list(found)
+        except OSError as e:
+            raise UserError(f'--data-dir {self.root}: cannot list {self.shown(folder)}: '
+                            f'{e.strerror or e}') from None
+
+    def images(self, folder):
+        """The image files under FOLDER (entered already), in make_dataset's order: folders
+        sorted by path, the files of each by name."""
+        found, pending = [], [(folder, os.path.realpath(folder))]
+        while pending:
+            path, real = pending.pop()
+            files = []
+            for entry in self.entries(path):
+                if is_folder(entry):
+                    inner = (os.path.realpath(entry.path) if entry.is_symlink()
+                             else os.path.join(real, entry.name))
+                    self.enter(entry.path, inner)
+                    pending.append((entry.path, inner))
+                elif has_file_allowed_extension(entry.name, IMG_EXTENSIONS):
+                    if entry.is_symlink():
+                        self.link(entry.path)
+                    files.append(entry.path)
+            found.append((path, sorted(files)))
+        return [path for _, files in sorted(found) for path in files]
+
+    def link(self, path):
+        target = os.path.realpath(path)
+        first = self.links.setdefault(target, path)
+        if first != path:
+            self.refuse(first, path, 'image')
+
+    def check_links(self):
+        """Once every folder is listed: no file link may lead to an image listed in one."""
+        for target, link in self.links.items():
+            folder = self.folders.get(os.path.dirname(target))
+            if (folder is not None and os.path.isfile(target)
+                    and has_file_allowed_extension(target, IMG_EXTENSIONS)):
+                self.refuse(os.path.join(folder, os.path.basename(target)), link, 'image')
+
+
+def is_folder(entry):
+    try:
+        return entry.is_dir()
+    except OSError:   # a link that cannot be followed: listed as a file, as os.walk does
+        return False
+
+
 def scan(root):
-    """{split: [(path, class index)]} (torchvision's make_dataset, as ImageFolder lists them)
-    and the class names, after checking the layout: both splits present, the same classes, no
-    class folder without images."""
+    """{split: [(path, class index)]} (in the order of torchvision's make_dataset, as
+    ImageFolder lists them) and the class names, after checking the layout: both splits
+    present, the same classes, no class folder without images, no image listed twice
+    (Listing)."""
     classes = {split: class_folders(root, split) for split in SPLITS}
     if classes['train'] != classes['val']:
         only_train = sorted(set(classes['train']) - set(classes['val']))
@@ -70,15 +153,20 @@ def scan(root):
         raise UserError(f'--data-dir {root}: train/ and val/ have different class folders '
                         f'({len(only_train)} in train/ only, {len(only_val)} in val/ only; '
                         f'{where})')
-    class_to_idx = {name: index for index, name in enumerate(classes['train'])}
-    samples = {}
+    listing = Listing(root)
+    folders = [os.path.join(root, split, name) for split in SPLITS
+               for name in [''] + classes[split]]
+    for folder in folders:  # first, so that a link to any of them is caught
+        listing.enter(folder.rstrip(os.sep))
+    samples = {split: [] for split in SPLITS}
     for split in SPLITS:
-        samples[split] = make_dataset(os.path.join(root, split), class_to_idx, IMG_EXTENSIONS,
-                                      allow_empty=True)
-        empty = sorted(set(class_to_idx) - {classes['train'][i] for _, i in samples[split]})
-        if empty:
-            raise UserError(f'--data-dir {root}: {split}/{empty[0]} holds no image '
-                            f'({", ".join(IMG_EXTENSIONS)})')
+        for index, name in enumerate(classes['train']):
+            images = listing.images(os.path.join(root, split, name))
+            if not images:
+                raise UserError(f'--data-dir {root}: {split}/{name} holds no image '
+                                f'({", ".join(IMG_EXTENSIONS)})')
+            samples[split] += [(path, index) for path in images]
+    listing.check_links()
     return samples, classes['train']
 
 
