@@ -3,6 +3,7 @@ layout checks, the loader (workers, determinism, mid-epoch start, rank shares, u
 images), torchvision's networks under every method, export into torchvision's constructor,
 top-5, and the recipe's defaults."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -349,10 +350,40 @@ def test_an_unreadable_image_stops_naming_it_or_is_skipped_and_counted(tmp_path,
     assert len(err) == 1 and f'cannot read image {bad}' in err[0], err
     assert 'Traceback' not in '\n'.join(err) and 'saved in' in err[0]
     assert load(run / 'checkpoint.pth.tar')['epoch'] == 0      # the steps before it, kept
+    assert 'replace it by a readable image of the same name' in err[0]
     assert cifar_one.main(small(root, tmp_path / 'skip', '--epochs', 1, '--train-batch', 8,
                                 '--bad-images', 'skip')) == 0
     assert f'1 unreadable training image(s) left out so far (first: {bad})' in \
         capsys.readouterr().out
+
+    # Resuming mid-epoch over another list of images (the bad one removed, one added, renamed
+    # or moved to another class, a validation image added) is refused, and touches nothing;
+    # over the same names, with the bad image replaced by a readable one, it goes on.
+    saved = (run / 'checkpoint.pth.tar').read_bytes()
+    for change in ('remove', 'add', 'rename', 'move', 'add val'):
+        changed = str(tmp_path / change)
+        shutil.copytree(root, changed)
+        image = bad.replace(root, changed)
+        if change == 'remove':
+            os.remove(image)
+        elif change == 'add':
+            shutil.copy(image, image.replace('_1.JPEG', '_9.JPEG'))
+        elif change == 'rename':
+            os.rename(image, image.replace('_1.JPEG', '_9.JPEG'))
+        elif change == 'move':
+            os.rename(image, image.replace('n00000003', 'n00000004'))
+        else:
+            val = os.path.join(changed, 'val', 'n00000001', 'val_1_0.JPEG')
+            shutil.copy(val, val.replace('_0.JPEG', '_9.JPEG'))
+        assert cifar_one.main(small(changed, run, '--epochs', 1, '--train-batch', 8,
+                                    '--resume', 'auto')) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and 'was trained over other images than' in err[0], (change, err)
+        assert ('24 train images then, 23 now' in err[0]) == (change == 'remove'), err
+        assert (run / 'checkpoint.pth.tar').read_bytes() == saved
+    shutil.copy(bad.replace('_1.JPEG', '_0.JPEG'), bad)
+    assert cifar_one.main(small(root, run, '--epochs', 1, '--train-batch', 8,
+                                '--resume', 'auto')) == 0
 
 
 # ----------------------------------------------------------------------------- benchmark

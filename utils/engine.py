@@ -116,7 +116,8 @@ class Trainer:
         args.manualSeed = self.seed
         seed_everything(self.seed)
 
-        self.data = load_data(args, self.device, self.world)
+        self.data = load_data(args, self.device, self.world,
+                              resumed=(state, run.resume) if state is not None else None)
         self.train_loader, self.test_loader = self.data.train, self.data.test
         if args.train_subset > len(self.train_loader.labels):
             raise UserError(f'--train-subset {args.train_subset} is larger than {args.dataset}\'s '
@@ -242,7 +243,8 @@ class Trainer:
                 'state_dict': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
                 'scaler': self.scaler.state_dict() if self.scaler.is_enabled() else None,
                 'meters': meters.state() if meters is not None else None,
-                'history': self.history, 'rng': rng_states(), 'args': vars(self.args)}
+                'history': self.history, 'rng': rng_states(), 'args': vars(self.args),
+                'listing': self.data.listing}
 
     def path(self, name):
         return os.path.join(self.folder, name)

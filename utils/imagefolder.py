@@ -22,6 +22,7 @@ An image that cannot be read (corrupt, truncated, not an image) never raises in 
 the worker reports its path, and the loader stops the run naming it (--bad-images stop) or
 leaves it out of its batch and counts it (--bad-images skip).
 """
+import hashlib
 import os
 
 import torch
@@ -170,6 +171,15 @@ def scan(root):
     return samples, classes['train']
 
 
+def listing_record(samples, folder):
+    """What a run records of the images it trains or is tested on: their count and a digest
+    of every image's path (relative to FOLDER, so the data may move) and class."""
+    digest = hashlib.sha256()
+    for path, target in samples:
+        digest.update(f'{path[len(folder) + 1:]}\t{target}\n'.encode())
+    return {'images': len(samples), 'sha256': digest.hexdigest()}
+
+
 def train_transform(size):
     return v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])
 
@@ -261,16 +271,17 @@ class FolderLoader:
         left), or count them (skip)."""
         if self.bad_images == 'stop' or everything:
             hint = ('no image of the batch was left to train on' if self.bad_images == 'skip'
-                    else 'remove or replace it, or pass --bad-images skip to leave such images '
-                         'out and count them')
+                    else 'replace it by a readable image of the same name, or pass --bad-images '
+                         'skip to leave such images out and count them (a run continues only '
+                         'over the images it started with: removing one changes them)')
             raise UnreadableImage(f'cannot read image {paths[0]} (corrupt, truncated or not an '
                                   f'image; {len(paths)} in this batch); {hint}')
         self.skipped += paths
 
 
 def load_image_folder(args, device, world):
-    """(num_classes, train loader, this rank's share of the val loader, val images in all) for
-    --dataset imagenet."""
+    """(num_classes, train loader, this rank's share of the val loader, val images in all,
+    the listing_record of each split) for --dataset imagenet."""
     samples, classes = scan(args.data_dir)
     train_samples = samples['train'][:args.train_subset or None]
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -281,4 +292,28 @@ def load_image_folder(args, device, world):
     share = torch.arange(len(samples['val'])).tensor_split(world.size)[world.rank].tolist()
     test = FolderLoader([samples['val'][i] for i in share], eval_transform(args.image_size),
                         batch_size=args.test_batch, shuffle=False, **common)
-    return len(classes), train, test, len(samples['val'])
+    listing = {'train': listing_record(train_samples, os.path.join(args.data_dir, 'train')),
+               'val': listing_record(samples['val'], os.path.join(args.data_dir, 'val'))}
+    return len(classes), train, test, len(samples['val']), listing
+
+
+def check_same_images(saved, listing, path, data_dir):
+    """Refuse to continue checkpoint PATH (its listing_records: SAVED) over other images than
+    it was trained and tested on: an epoch's order is a permutation of the list, so even one
+    image removed would continue mid-epoch over another order, and the history would mix
+    two datasets. Checkpoints saved before listings were recorded are not checked."""
+    if not saved or not listing:
+        return
+    for split in SPLITS:
+        then, now = saved.get(split), listing[split]
+        if then is None or then == now:
+            continue
+        what = (f'{then["images"]} {split} images then, {now["images"]} now'
+                if then['images'] != now['images'] else
+                f'as many {split} images, but other names or classes')
+        raise UserError(f'{path!r} was trained over other images than --data-dir {data_dir} '
+                        f'lists now ({what}): a run continues only over the images it started '
+                        'with. Put the folder back as it was (an unreadable image: replace it '
+                        'by a readable one of the same name, or resume with --bad-images skip '
+                        f'to leave it out), or start a new run from its weights with '
+                        f'--init-from {path} -c NEW_FOLDER')

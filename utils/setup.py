@@ -10,7 +10,7 @@ import torch
 from .data import DeviceLoader, load_dataset, rank_share
 from .distributed import init_process_group, world_from_env
 from .errors import UserError
-from .imagefolder import IMAGENET, load_image_folder
+from .imagefolder import IMAGENET, check_same_images, load_image_folder
 
 TEST_BATCH = 100        # the original's test batch
 FAST_TEST_BATCH = 1000  # under --fast on CUDA: evaluation is launch-bound at 100
@@ -173,13 +173,17 @@ class Data:
     train: object      # a loader: batches(epoch, start), labels, device (utils/data.py)
     test: object       # this rank's share of the test split
     num_test: int      # test images over all ranks
+    listing: dict = None  # ImageNet: what the run records of its images (imagefolder.py)
 
 
-def load_data(args, device, world):
+def load_data(args, device, world, resumed=None):
     """The dataset's loaders: ImageNet's folders read by worker processes (every rank scans
-    the folders itself), the others as tensors on the device."""
+    the folders itself), the others as tensors on the device. RESUMED: (state, path) of the
+    checkpoint a run continues, whose images the folders must still list."""
     if args.dataset == IMAGENET:
         data = Data(*load_image_folder(args, device, world))
+        if resumed is not None:
+            check_same_images(resumed[0].get('listing'), data.listing, resumed[1], args.data_dir)
     else:
         data = load_tensors(args, device, world)
     last = len(data.train.labels) % args.train_batch
