@@ -197,7 +197,8 @@ def test_a_full_disk_fails_with_one_line_and_keeps_the_previous_files(fashion_ro
     after = digests(run)
     assert after['checkpoint.pth.tar'] == before['checkpoint.pth.tar']
     assert after['model_best.pth.tar'] == before['model_best.pth.tar']
-    assert json.loads((run / 'status.json').read_text())['state'] == 'failed'
+    status = json.loads((run / 'status.json').read_text())
+    assert (status['state'], status['epoch']) == ('failed', 1)   # epoch 2 was never saved
     filler.unlink()
     assert cifar_one.main(tiny(fashion_root, run, '--epochs', 2, *SMALL, '--resume', 'auto')) == 0
     assert_same_run(straight / 'checkpoint.pth.tar', run / 'checkpoint.pth.tar')

@@ -19,10 +19,12 @@ IDENTITY = ('method', 'arch', 'depth', 'dataset')
 # What any loader needs (evaluation, export) and what continuing a run needs besides.
 REQUIRED = IDENTITY + ('state_dict', 'epoch')
 TRAINING = ('optimizer', 'step', 'best_acc', 'history', 'meters', 'rng', 'seed', 'args')
+def checkpoint_writer(state):
+    return lambda f: torch.save(state, f)
+
+
 def save_atomic(state, path):
-    write_atomic(path, lambda f: torch.save(state, f))
-
-
+    write_atomic(path, checkpoint_writer(state))
 
 
 def load_checkpoint(path, required=REQUIRED):

@@ -8,7 +8,7 @@ folder).
     checkpoint.pth.tar   the run's state, every epoch (and at a preemption)
     model_best.pth.tar   the state of the best epoch of member 1 (selected on the test set)
     args.json            the run's flags, its id and seed
-    status.json          running, done, preempted, diverged or failed; the epochs done
+    status.json          running, done, preempted, diverged or failed; the epochs saved
     summary.csv          one row per epoch: every metric (for programs)
     log.txt              the original's tab-separated accuracies (for people)
     curves.png           accuracy and loss curves
