@@ -49,9 +49,10 @@ def check_flags(args, method, world):
     for flag, value in (('--lr', args.lr), ('--gamma', args.gamma)):
         if not (math.isfinite(value) and value > 0):
             raise UserError(f'{flag} must be a positive number, got {value}')
-    for flag, value in (('--momentum', args.momentum), ('--weight-decay', args.weight_decay)):
-        if not (math.isfinite(value) and value >= 0):
-            raise UserError(f'{flag} must be a number >= 0, got {value}')
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        raise UserError(f'--weight-decay must be a number >= 0, got {args.weight_decay}')
+    if not 0 <= args.momentum < 1:  # 1 and above: the momentum buffer grows without bound
+        raise UserError(f'--momentum must be in [0, 1), got {args.momentum}')
     if args.nesterov and not args.momentum > 0:
         raise UserError(f'--nesterov needs --momentum > 0, got {args.momentum}')
     negative = [m for m in args.schedule if m < 0]
