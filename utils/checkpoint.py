@@ -6,6 +6,7 @@ Loading uses torch.load(weights_only=True): only tensors and plain containers, n
 """
 import os
 import random
+import warnings
 
 import numpy as np
 import torch
@@ -38,19 +39,29 @@ def load_checkpoint(path, required=REQUIRED):
     if not os.path.exists(path):
         raise UserError(f'checkpoint {path!r} does not exist')
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
+        with warnings.catch_warnings():  # e.g. about a plain pickle's protocol: the line says it
+            warnings.simplefilter('ignore')
+            state = torch.load(path, map_location='cpu', weights_only=True)
     except OSError as e:
         raise UserError(f'cannot read checkpoint {path!r}: {e.strerror or e}') from None
     # The weights-only unpickler fails in many ways on a file that is not a checkpoint
     # (UnpicklingError, RuntimeError, KeyError, IndexError, EOFError, BadZipFile, ...).
     except Exception as e:  # noqa: BLE001
-        reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:200]
         raise UserError(f'{path!r} is not a readable checkpoint (truncated, corrupt, or not '
-                        f'saved by this project): {reason}') from None
+                        f'saved by this project): {unreadable_reason(e)}') from None
     if not isinstance(state, dict) or state.get('format') != FORMAT_VERSION:
         raise UserError(f'{path!r} is not a checkpoint of this project (format {FORMAT_VERSION})')
     check_keys(state, path, required)
     return state
+
+
+def unreadable_reason(error):
+    """torch.load's failure in a few words; for the weights-only unpickler its own reason, not
+    its advice to load with weights_only=False (which would run code the file holds)."""
+    text = ' '.join(str(error).split())
+    if 'WeightsUnpickler error:' in text:
+        text = text.split('WeightsUnpickler error:', 1)[1].split(' Check the documentation')[0]
+    return f'{type(error).__name__}: {text.strip()}'.rstrip(': ')[:200]
 
 
 def check_keys(state, path, keys):
