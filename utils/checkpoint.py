@@ -33,9 +33,7 @@ def load_checkpoint(path, required=REQUIRED):
     `required`: the keys the caller reads (a dict missing one is refused, naming them)."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        raise UserError(f'checkpoint {path!r} is a directory, not a checkpoint file; pass '
-                        f'{os.path.join(path, "checkpoint.pth.tar")!r}, or --resume auto -c '
-                        f'{path!r}')
+        raise UserError(folder_given('checkpoint', path))
     if not os.path.exists(path):
         raise UserError(f'checkpoint {path!r} does not exist')
     try:
@@ -53,6 +51,18 @@ def load_checkpoint(path, required=REQUIRED):
         raise UserError(f'{path!r} is not a checkpoint of this project (format {FORMAT_VERSION})')
     check_keys(state, path, required)
     return state
+
+
+def folder_given(flag, path, other_way=''):
+    """The line for a folder given to FLAG where a checkpoint file is expected: the file of
+    it to pass instead, if it holds one, and OTHER_WAY (e.g. --resume auto -c FOLDER, which
+    only training takes)."""
+    found = next((os.path.join(path, name) for name in ('checkpoint.pth.tar', 'model_best.pth.tar')
+                  if os.path.isfile(os.path.join(path, name))), None)
+    ways = ([f'pass {found}'] if found else []) + ([f'use {other_way}'] if other_way else [])
+    return (f'{flag} {path!r} is a directory, not a checkpoint file'
+            + ('' if found else ' (it holds no checkpoint.pth.tar or model_best.pth.tar)')
+            + (f': {", or ".join(ways)}' if ways else ''))
 
 
 def unreadable_reason(error):

@@ -25,7 +25,7 @@ import shutil
 import time
 
 from .atomic import is_temporary
-from .checkpoint import load_checkpoint
+from .checkpoint import folder_given, load_checkpoint
 from .errors import UserError
 from .records import (ARGS, BEST, CHECKPOINT, LOG, PLOT, PREVIOUS, RUN_ID, STATUS, SUMMARY,
                       TENSORBOARD, read_json_record)
@@ -126,9 +126,8 @@ def _same_folder(a, b):
 
 def _check_file(flag, path):
     if os.path.isdir(path):
-        auto = f', or --resume auto -c {path}' if flag == '--resume' else ''
-        raise UserError(f'{flag} {path!r} is a directory, not a checkpoint file: pass '
-                        f'{os.path.join(path, CHECKPOINT)}{auto}')
+        raise UserError(folder_given(flag, path, f'--resume auto -c {path}'
+                                     if flag == '--resume' else ''))
     if not os.path.exists(path):
         raise UserError(f'{flag}: checkpoint {path!r} does not exist')
 
