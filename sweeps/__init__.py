@@ -10,9 +10,9 @@ num-branches, lr...), a one-letter NAME is a short flag (d=cifar10 is -d cifar10
 holding spaces becomes several words (--vary "schedule=151 225,100 150"). Flags after `--`
 are given to every run unchanged. A flag, varied or fixed, is passed only to the scripts whose
 --help lists it (so --vary num-branches=1,2,3 gives ONE three runs and the baseline one); a
-flag that no script lists is refused, and so is a flag given twice (varied and fixed, or
-under two of its names: the run would silently take the last value). The sweep itself sets
--c and --resume auto.
+flag that no script lists is refused, and so is a varied flag given again (after --, or
+varied under another of its names: the run would silently take the last value). The sweep
+itself sets -c and --resume auto.
 
 Run folders follow from the script and the varied values alone, so the same grid always
 gives the same folders:

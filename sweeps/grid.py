@@ -100,22 +100,22 @@ def check_flags_known(axes, groups, flags_of):
 
 
 def check_each_flag_once(axes, groups, flags_of):
-    """A flag given twice to a script (varied and fixed, fixed twice, or under two of its
-    names: -d and --dataset) would reach its runs as two values, the last silently winning
-    (--vary depth=8 -- --depth 14 built --depth 14 --depth 8): refused."""
-    given = [(a[0], f'--vary {a[1]}={",".join(a[2])}') for a in axes]
-    given += [(g[0].split('=', 1)[0], f'-- {shlex.join(g)}') for g in groups]
+    """A varied flag also given after -- (or varied twice, under two of its names: d and
+    dataset) would reach a script's runs as two values, the last silently winning (--vary
+    depth=8 -- --depth 14 built --depth 14 --depth 8): refused. A flag given twice after --
+    is the user's own command line, which the script reads as it would anywhere."""
+    varied = [(a[0], f'--vary {a[1]}={",".join(a[2])}') for a in axes]
+    fixed = [(g[0].split('=', 1)[0], f'-- {shlex.join(g)}') for g in groups]
     for script, flags in flags_of.items():
         seen = {}
-        for flag, source in given:
+        for flag, source in varied + fixed:
             option = flags.get(flag)
-            if option is None:
-                continue
-            if option in seen:
+            if option in seen and seen[option].startswith('--vary'):
                 raise UserError(f'{option} is given twice ({seen[option]} and {source}): a '
                                 f'run of {script} would get both, the last one silently '
                                 'winning; give it once (to vary it, drop it after --)')
-            seen[option] = source
+            if option is not None:
+                seen.setdefault(option, source)
 
 
 def target_epochs(argv):

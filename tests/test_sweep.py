@@ -33,6 +33,7 @@ from utils.runlock import lock_holder
 SWEEP = os.path.join(ROOT, 'sweep.py')
 TINY = ['-d', 'fashionmnist', '--depth', '8', '--train-batch', '64', '--test-batch', '100',
         '--train-subset', '256']
+ANY_DEPTH = TINY[:2] + TINY[4:]   # TINY without its --depth 8, for a grid that varies it
 ALIASES = {'-d': '--dataset', '--wd': '--weight-decay', '-c': '--checkpoint'}
 BASELINE_FLAGS = {flag: ALIASES.get(flag, flag) for flag in (
     '-d', '--dataset', '--depth', '--epochs', '--lr', '--manualSeed', '-c', '--resume',
@@ -116,9 +117,10 @@ def test_grid_refusals(tmp_path):
 
 
 def test_a_flag_given_twice_is_refused(tmp_path, monkeypatch, capsys):
-    """Every flag of a real entry script that takes a value, given twice under every pair of
-    its spellings, varied and fixed or fixed twice: refused in one line naming it (--vary
-    depth=8 -- --depth 14 built --depth 14 --depth 8, the last silently winning)."""
+    """Every flag of a real entry script that takes a value, varied and given again under
+    every pair of its spellings (after --, or varied twice): refused in one line naming it
+    (--vary depth=8 -- --depth 14 built --depth 14 --depth 8, the last silently winning). Given
+    twice after --, it is the user's own command line, passed on as it is."""
     parser = build_parser('', METHODS['one'])
     flags = grid.flags_of_help(parser.format_help())
     options = [a.option_strings for a in parser._actions if a.option_strings and a.nargs != 0
@@ -128,12 +130,16 @@ def test_a_flag_given_twice_is_refused(tmp_path, monkeypatch, capsys):
         option = next(s for s in spellings if s.startswith('--'))
         assert {flags[s] for s in spellings} == {option}
         for first, second in product(spellings, spellings):
-            twice = [(grid.parse_vary([f'{first.lstrip("-")}=1,2']), grid.split_fixed([second, '3'])),
-                     ([], grid.split_fixed([first, '1', f'{second}=3']))]
+            varied = grid.parse_vary([f'{first.lstrip("-")}=1,2'])
+            twice = [(varied, grid.split_fixed([second, '3'])),
+                     (varied, grid.split_fixed([f'{second}=3']))]
+            if first != second:
+                twice.append((varied + grid.parse_vary([f'{second.lstrip("-")}=3']), []))
             for axes, groups in twice:
                 with pytest.raises(UserError, match=f'^{option} is given twice'):
                     grid.check_each_flag_once(axes, groups, {'cifar_one.py': flags})
-    grid.check_each_flag_once(grid.parse_vary(['depth=8,14']), grid.split_fixed(['--epochs', '1']),
+    grid.check_each_flag_once(grid.parse_vary(['depth=8,14']),
+                              grid.split_fixed(['--epochs', '1', '--epochs', '2']),
                               {'cifar_one.py': flags})
 
     monkeypatch.setattr(grid, 'help_flags', lambda script, cwd: FLAGS[script])
@@ -310,7 +316,7 @@ def test_every_run_is_checked_and_one_refusal_submits_nothing(fashion_root, tmp_
     root = tmp_path / 'grid'
     assert sweep.main(['--root', str(root), '--scripts', 'cifar_baseline.py', '--executor',
                        'local', '--vary', 'depth=8,7', 'lr=0.1,abc',
-                       f'data-dir={fashion_root},{corrupt}', '--', *TINY, '--epochs', '1']) == 2
+                       f'data-dir={fashion_root},{corrupt}', '--', *ANY_DEPTH, '--epochs', '1']) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == ('sweep.py: error: 7 of 8 runs would be refused (listed above): nothing '
                        'was submitted')
