@@ -85,7 +85,8 @@ def test_the_listing_of_nested_folders_is_make_datasets(tmp_path):
     samples, classes = scan(root)
     for split in ('train', 'val'):
         reference = torchvision.datasets.folder.make_dataset(
-            os.path.join(root, split), {'n0': 0, 'n1': 1}, torchvision.datasets.folder.IMG_EXTENSIONS)
+            os.path.join(root, split), {'n0': 0, 'n1': 1},
+            torchvision.datasets.folder.IMG_EXTENSIONS)
         assert samples[split] == reference and classes == ['n0', 'n1']
 
 

@@ -3,7 +3,8 @@ munge on this machine): a grid is one job array; a relaunch submits nothing SLUR
 skips what is done and starts what is new; `scontrol requeue` of a running run resumes it at
 its exact batch, bitwise the uninterrupted run; scancel of an array, then a relaunch, resumes
 one run and starts the other; a run no node can hold, or a value or run folder a script
-refuses, is refused before sbatch. Tiny runs (depth 8, a few hundred generated Fashion-MNIST images, one CPU).
+refuses, is refused before sbatch. Tiny runs (depth 8, a few hundred generated Fashion-MNIST
+images, one CPU).
 
 Skipped, with the reason, where no SLURM answers; with ONE_REQUIRE_SLURM=1 (set by .ci/run)
 that is a failure instead. scripts/slurm_local.sh configures a requeued job to wait 10 s before

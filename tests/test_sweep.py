@@ -316,7 +316,8 @@ def test_every_run_is_checked_and_one_refusal_submits_nothing(fashion_root, tmp_
     root = tmp_path / 'grid'
     assert sweep.main(['--root', str(root), '--scripts', 'cifar_baseline.py', '--executor',
                        'local', '--vary', 'depth=8,7', 'lr=0.1,abc',
-                       f'data-dir={fashion_root},{corrupt}', '--', *ANY_DEPTH, '--epochs', '1']) == 2
+                       f'data-dir={fashion_root},{corrupt}', '--', *ANY_DEPTH,
+                       '--epochs', '1']) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == ('sweep.py: error: 7 of 8 runs would be refused (listed above): nothing '
                        'was submitted')

@@ -20,6 +20,8 @@ IDENTITY = ('method', 'arch', 'depth', 'dataset')
 # What any loader needs (evaluation, export) and what continuing a run needs besides.
 REQUIRED = IDENTITY + ('state_dict', 'epoch')
 TRAINING = ('optimizer', 'step', 'best_acc', 'history', 'meters', 'rng', 'seed', 'args')
+
+
 def checkpoint_writer(state):
     return lambda f: torch.save(state, f)
 
@@ -57,7 +59,8 @@ def folder_given(flag, path, other_way=''):
     """The line for a folder given to FLAG where a checkpoint file is expected: the file of
     it to pass instead, if it holds one, and OTHER_WAY (e.g. --resume auto -c FOLDER, which
     only training takes)."""
-    found = next((os.path.join(path, name) for name in ('checkpoint.pth.tar', 'model_best.pth.tar')
+    found = next((os.path.join(path, name) for name in ('checkpoint.pth.tar',
+                                                          'model_best.pth.tar')
                   if os.path.isfile(os.path.join(path, name))), None)
     ways = ([f'pass {found}'] if found else []) + ([f'use {other_way}'] if other_way else [])
     return (f'{flag} {path!r} is a directory, not a checkpoint file'
