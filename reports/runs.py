@@ -11,7 +11,8 @@ from methods import METHOD_OF_OLD_RUNS, METHODS, Method
 from methods.published import reference_setup
 from utils.cli import BOOKKEEPING as ENGINE_BOOKKEEPING
 from utils.errors import UserError
-from utils.records import ARGS, CHECKPOINT, PREVIOUS, STATUS, SUMMARY
+from utils.records import (ARGS, CHECKPOINT, PREVIOUS, STATES, STATUS, SUMMARY,
+                           read_summary_rows)
 
 GROUP_KEYS = ('method', 'arch', 'depth', 'dataset')
 SCHEDULE_KEYS = ('epochs', 'schedule', 'gamma', 'lr')   # must agree to average or compare
@@ -174,9 +175,8 @@ def read_summary(folder):
     if not os.path.exists(path):
         return []
     try:
-        with open(path, newline='') as f:
-            rows = [{key: number(value) for key, value in row.items()}
-                    for row in csv.DictReader(f)]
+        rows = [{key: number(value) for key, value in row.items()}
+                for row in read_summary_rows(path)]
     except (OSError, csv.Error, UnicodeDecodeError) as e:
         raise Unusable(f'unreadable {SUMMARY} ({e})') from None
     problem = summary_problem(rows)
@@ -208,12 +208,16 @@ def summary_problem(rows):
 
 
 def read_status(folder):
+    """status.json, or None for a run written before there was one; a state that is not one
+    the engine writes (null, missing, retyped) makes the run unusable, never finished."""
     if not os.path.exists(os.path.join(folder, STATUS)):
         return None
     status = read_json(folder, STATUS)
-    for key in ('state', 'message'):
-        if not isinstance(status.get(key) or '', str):
-            raise Unusable(f'unreadable {STATUS} ({key} is {status[key]!r}, not text)')
+    if status.get('state') not in STATES:
+        raise Unusable(f'unreadable {STATUS} (state is {status.get("state")!r}, not one of '
+                       f'{", ".join(STATES)})')
+    if not isinstance(status.get('message') or '', str):
+        raise Unusable(f'unreadable {STATUS} (message is {status["message"]!r}, not text)')
     return status
 
 
@@ -310,13 +314,37 @@ def load_runs(folders):
 
 def without_copies(runs, skipped):
     """A run id seen before is the same run (a copied folder): reported once, from the first
-    folder that holds it."""
-    first, kept = {}, []
+    folder that holds it, when the copies hold the same numbers. Copies whose numbers differ
+    (one of them rewound and trained again, or edited) are all left out, saying where they
+    differ: the report cannot tell which is the run."""
+    by_id = {}
     for run in runs:
         run_id = run.args.get('run_id')
-        if isinstance(run_id, str) and run_id in first:
-            skipped.append((run.folder, f'the same run (id {run_id}) as {first[run_id]}'))
-        else:
-            first.setdefault(run_id, run.folder)
-            kept.append(run)
+        by_id.setdefault(run_id if isinstance(run_id, str) else id(run), []).append(run)
+    kept = []
+    for run_id, copies in by_id.items():
+        first = copies[0]
+        differ = next(((copy, difference(first, copy)) for copy in copies[1:]
+                       if difference(first, copy)), None)
+        if differ is None:
+            kept.append(first)
+            skipped += [(copy.folder, f'the same run (id {run_id}) as {first.folder}')
+                        for copy in copies[1:]]
+            continue
+        copy, where = differ
+        skipped += [(run.folder, f'copies of one run (id {run_id}) whose numbers differ '
+                                 f'({first.folder} and {copy.folder}: {where}); keep the right '
+                                 'one and move the others away') for run in copies]
     return kept, skipped
+
+
+def difference(run, other):
+    """Where two runs' summary.csv numbers first differ ('' if nowhere; seconds aside)."""
+    if len(run.rows) != len(other.rows):
+        return f'{len(run.rows)} epochs against {len(other.rows)}'
+    for row, theirs in zip(run.rows, other.rows):
+        for key in sorted(set(row) | set(theirs)):
+            if key != 'seconds' and row.get(key) != theirs.get(key):
+                return (f'{key} at epoch {row["epoch"]:g}: {row.get(key)!r} against '
+                        f'{theirs.get(key)!r}')
+    return ''

@@ -10,7 +10,9 @@ num-branches, lr...), a one-letter NAME is a short flag (d=cifar10 is -d cifar10
 holding spaces becomes several words (--vary "schedule=151 225,100 150"). Flags after `--`
 are given to every run unchanged. A flag, varied or fixed, is passed only to the scripts whose
 --help lists it (so --vary num-branches=1,2,3 gives ONE three runs and the baseline one); a
-flag that no script lists is refused. The sweep itself sets -c and --resume auto.
+flag that no script lists is refused, and so is a varied flag given again (after --, or
+varied under another of its names: the run would silently take the last value). The sweep
+itself sets -c and --resume auto.
 
 Run folders follow from the script and the varied values alone, so the same grid always
 gives the same folders:
@@ -53,8 +55,8 @@ Executors (--executor, default auto: slurm where `srun` is on the PATH, else loc
 (default 120, at most half the limit) the job is told to save, and requeues itself.
 
 --dry-run prints one line per run (what it would do, the folder, the command), checks the
-runs to start as a launch would, and submits nothing. --status prints, for each run, its
-state and the epochs it completed:
+runs to start and the root as a launch would, and submits nothing. --status prints, for each
+run, its state and the epochs it completed:
   done, running (lock held: host and pid; or its SLURM job starting), queued (SLURM holds
   its job: id, state and reason), preempted (stopped by a signal, checkpoint saved),
   interrupted (status.json says running but no process holds the lock, or files without a

@@ -9,7 +9,8 @@ import sys
 import sweeps
 from utils.errors import Parser, UserError, one_line_errors
 from .check import check_runs
-from .grid import check_flags_known, expand, flags_of_scripts, parse_vary, split_fixed
+from .grid import (check_each_flag_once, check_flags_known, expand, flags_of_scripts,
+                   parse_vary, split_fixed)
 from .local import run_local
 from .show import print_plan, print_status
 from .slurm import (DEFAULT_TIME_MIN, REPO, check_resources, queued_jobs, slurm_available,
@@ -107,7 +108,23 @@ def grid_runs(opts, fixed):
     axes, groups = parse_vary(opts.vary), split_fixed(fixed)
     flags_of = flags_of_scripts(opts.scripts, cwd)
     check_flags_known(axes, groups, flags_of)
+    check_each_flag_once(axes, groups, flags_of)
     return expand(opts.root, opts.scripts, axes, groups, flags_of, cwd)
+
+
+def check_root(root):
+    """Refuse a --root that the launch could not create or write into, before anything is
+    expanded, checked or written."""
+    existing = root
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    verb = 'write into' if existing == root else 'create'
+    if not os.path.isdir(existing):
+        raise UserError(f'cannot {verb} {root}: {existing} is a file, not a folder')
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise UserError(f'cannot {verb} {root}: {existing}: Read-only file system')
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f'cannot {verb} {root}: {existing}: Permission denied')
 
 
 def in_scheduler(root, launching):
@@ -160,12 +177,17 @@ def run_command(opts, fixed):
     if opts.status and not opts.scripts:
         runs = runs_of_manifest(root)
         if not runs:
-            raise UserError(f'no {MANIFEST} under {opts.root!r}: pass the launch\'s --scripts '
-                            'and --vary (and fixed flags) to report that grid')
+            what = (f'{os.path.join(opts.root, MANIFEST)} lists no runs'
+                    if os.path.exists(os.path.join(root, MANIFEST)) else
+                    f'no {MANIFEST} under {opts.root!r}')
+            raise UserError(f'{what}: pass the launch\'s --scripts and --vary (and fixed flags) '
+                            'to report that grid')
         print_status(runs, opts.root, in_scheduler(root, launching=False))
         return 0
     if not opts.scripts:
         raise UserError('--scripts is required (e.g. --scripts cifar_baseline.py cifar_one.py)')
+    if not opts.status:  # --dry-run says what the launch would, this too
+        check_root(root)
     executor = opts.executor
     if executor == 'auto':
         executor = 'slurm' if slurm_available() else 'local'

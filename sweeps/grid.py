@@ -64,13 +64,24 @@ def safe(text):
 
 
 def help_flags(script, cwd):
-    """The flags SCRIPT's --help lists."""
+    """The flags SCRIPT's --help lists, each mapped to the option it names (its first long
+    spelling: '-d' and '--dataset' to '--dataset')."""
     proc = subprocess.run([sys.executable, script, '--help'], cwd=cwd, capture_output=True,
                           text=True, timeout=300)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ['(no output)'])[-1]
         raise UserError(f'{script} --help failed (exit {proc.returncode}): {last}')
-    return set(re.findall(r'(?<![\w-])(--?[A-Za-z][\w-]*)', proc.stdout))
+    return flags_of_help(proc.stdout)
+
+
+def flags_of_help(text):
+    flags = {flag: flag for flag in re.findall(r'(?<![\w-])(--?[A-Za-z][\w-]*)', text)}
+    for line in text.splitlines():   # argparse's option lines: '  -d {...}, --dataset {...}  help'
+        if line.startswith('  -'):
+            names = re.findall(r'(?:^|, )(--?[A-Za-z][\w-]*)', line[2:].split('  ')[0])
+            option = next((n for n in names if n.startswith('--')), names[0] if names else None)
+            flags.update({name: option for name in names})
+    return flags
 
 
 def flags_of_scripts(scripts, cwd):
@@ -86,6 +97,25 @@ def check_flags_known(axes, groups, flags_of):
     for flag in [a[0] for a in axes] + [g[0].split('=', 1)[0] for g in groups]:
         if not any(flag in flags for flags in flags_of.values()):
             raise UserError(f'{flag} is not a flag of {", ".join(flags_of)} (see their --help)')
+
+
+def check_each_flag_once(axes, groups, flags_of):
+    """A varied flag also given after -- (or varied twice, under two of its names: d and
+    dataset) would reach a script's runs as two values, the last silently winning (--vary
+    depth=8 -- --depth 14 built --depth 14 --depth 8): refused. A flag given twice after --
+    is the user's own command line, which the script reads as it would anywhere."""
+    varied = [(a[0], f'--vary {a[1]}={",".join(a[2])}') for a in axes]
+    fixed = [(g[0].split('=', 1)[0], f'-- {shlex.join(g)}') for g in groups]
+    for script, flags in flags_of.items():
+        seen = {}
+        for flag, source in varied + fixed:
+            option = flags.get(flag)
+            if option in seen and seen[option].startswith('--vary'):
+                raise UserError(f'{option} is given twice ({seen[option]} and {source}): a '
+                                f'run of {script} would get both, the last one silently '
+                                'winning; give it once (to vary it, drop it after --)')
+            if option is not None:
+                seen.setdefault(option, source)
 
 
 def target_epochs(argv):

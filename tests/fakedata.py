@@ -125,3 +125,31 @@ def write_image_folder(root, classes=6, train_per_class=8, val_per_class=3, size
                 Image.fromarray(pixels).save(os.path.join(folder, f'{split}_{k}_{i}.JPEG'),
                                              quality=90)
     return root
+
+
+def not_checkpoints(checkpoint):
+    """{kind: bytes} of files a checkpoint's path may hold instead of one, given the bytes of a
+    real CHECKPOINT: damaged, another program's, or torch's but not a checkpoint of this
+    project (no format, no weights)."""
+    import io
+    import zipfile
+
+    import torch
+
+    def saved(obj):
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        return buffer.getvalue()
+
+    numpy_file, zip_file = io.BytesIO(), io.BytesIO()
+    np.save(numpy_file, np.zeros(3))
+    with zipfile.ZipFile(zip_file, 'w') as archive:
+        archive.writestr('notes/a.txt', 'not a checkpoint')
+    found = {'empty': b'', 'garbage': np.random.default_rng(0).bytes(4096),
+             'truncated': checkpoint[:len(checkpoint) // 2], 'text': b'{"epoch": 3}\n',
+             'numpy': numpy_file.getvalue(), 'zip': zip_file.getvalue(),
+             'tensor': saved(torch.zeros(3)), 'no format': saved({'epoch': 3}),
+             'no weights': saved({'format': 1, 'epoch': 3, 'method': 'one'})}
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):   # a plain pickle of a checkpoint-like dict
+        found[f'pickle {protocol}'] = pickle.dumps({'format': 1, 'epoch': 3}, protocol=protocol)
+    return found

@@ -1,5 +1,7 @@
 """Bad input: one clear line on stderr, a non-zero exit, no traceback, nothing written."""
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -8,7 +10,10 @@ import time
 import pytest
 import torch
 
+import cifar_baseline
+import cifar_kd
 import cifar_one
+import export_branch
 from conftest import ROOT, run_script, tiny
 from utils import engine
 
@@ -41,9 +46,11 @@ def test_the_seed_command_names_the_missing_gpu(tmp_path):
     (['--device', 'cuda'], 'no CUDA GPU is available'),
     (['--gpu-id', '0,1'], 'for several GPUs use torchrun'),
     (['--lr', '-1'], '--lr must be a positive number, got -1.0'),
-    (['--lr', 'nan'], '--lr must be a positive number, got nan'),
+    (['--lr', 'nan'], '--lr must be a finite number, got nan'),
     (['--gamma', '0'], '--gamma must be a positive number, got 0.0'),
-    (['--momentum', '-0.5'], '--momentum must be a number >= 0, got -0.5'),
+    (['--momentum', '-0.5'], '--momentum must be in [0, 1), got -0.5'),
+    (['--momentum', '1.5'], '--momentum must be in [0, 1), got 1.5'),
+    (['--temperature', 'inf'], '--temperature must be a finite number, got inf'),
     (['--wd=-1e-4'], '--weight-decay must be a number >= 0, got -0.0001'),
     (['--nesterov', '--momentum', '0'], '--nesterov needs --momentum > 0'),
     (['--schedule', '-1', '5'], '--schedule milestones are 0-based epochs (>= 0), got -1'),
@@ -110,14 +117,50 @@ def test_a_run_that_failed_before_training_does_not_block_the_retry(fashion_root
     assert not [p for p in (tmp_path / 'run').iterdir() if p.name.startswith('previous-')]
 
 
-def test_a_directory_given_to_resume_is_called_a_directory(fashion_root, tmp_path, capsys):
-    run = tmp_path / 'run'
-    run.mkdir()
-    assert cifar_one.main(tiny(fashion_root, run, '--epochs', 1, '--resume', run)) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"--resume '{run}' is a directory, not a checkpoint file" in err[0]
-    assert f'pass {run}/checkpoint.pth.tar, or --resume auto -c {run}' in err[0]
-    assert os.listdir(run) == []
+def given_a_checkpoint(tool, path, tmp_path, fashion_root, teacher):
+    """The exit status of TOOL given PATH where it reads a checkpoint (the training ones
+    with --check-only: nothing is trained or written)."""
+    subset = ['--train-subset', 256, '--epochs', 1]
+    if tool == 'export':
+        return export_branch.main([str(path), '-o', str(tmp_path / 'exported.pth.tar')])
+    if tool == '-e':
+        return cifar_baseline.main(tiny(fashion_root, tmp_path / 'x', '-e', '--resume', path))
+    if tool == '--teacher':
+        return cifar_kd.main(tiny(fashion_root, tmp_path / 'kd', *subset, '--teacher', path,
+                                  '--check-only'))
+    if tool == '--init-from':
+        return cifar_baseline.main(tiny(fashion_root, tmp_path / 'new', *subset, '--init-from',
+                                        path, '--check-only'))
+    folder = os.path.dirname(path) if os.path.isfile(path) else path
+    return cifar_baseline.main(tiny(fashion_root, folder, *subset, '--resume', path,
+                                    '--check-only'))
+
+
+@pytest.mark.parametrize('tool', ['--resume', '-e', '--init-from', '--teacher', 'export'])
+def test_a_folder_given_for_a_checkpoint_names_what_works(tool, fashion_root, teacher, tmp_path,
+                                                          capsys):
+    """A run folder, or an empty one, where each tool reads a checkpoint file: one line that
+    calls it a directory and suggests only what that tool takes (-e was told to use --resume
+    auto, which it refuses); each suggestion, followed, is accepted."""
+    run, empty = tmp_path / 'run', tmp_path / 'empty'
+    shutil.copytree(os.path.dirname(teacher), run)
+    empty.mkdir()
+    for folder in (run, empty):
+        capsys.readouterr()
+        assert given_a_checkpoint(tool, folder, tmp_path, fashion_root, teacher) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"'{folder}' is a directory, not a checkpoint file" in err[0], err
+        assert ('--resume auto' in err[0]) == (tool == '--resume'), err
+        passed = re.findall(r'pass ([^\s,]+)', err[0])
+        assert passed == ([f'{run}/checkpoint.pth.tar'] if folder == run else []), err
+        for path in passed:
+            assert given_a_checkpoint(tool, path, tmp_path, fashion_root, teacher) == 0
+        if tool == '--resume':
+            assert f'use --resume auto -c {folder}' in err[0]
+            assert cifar_baseline.main(tiny(fashion_root, folder, '--train-subset', 256,
+                                            '--epochs', 1, '--resume', 'auto',
+                                            '--check-only')) == 0
+    assert os.listdir(empty) == []
 
 
 def test_a_text_file_given_to_resume_is_not_a_readable_checkpoint(fashion_root, tmp_path, capsys):

@@ -18,7 +18,7 @@ import torch
 
 import cifar_one
 from conftest import ROOT, assert_same_run, load, run_script, tiny
-from fakedata import write_fashion_mnist
+from fakedata import not_checkpoints, write_fashion_mnist
 from utils import checkpoint, engine
 from utils.checkpoint import load_checkpoint, save_atomic
 from utils.errors import UserError
@@ -156,6 +156,29 @@ def test_init_from_into_a_folder_holding_a_run_is_refused(fashion_root, two_epoc
     assert digests(two_epochs) == before
 
 
+def test_a_model_best_that_is_not_a_checkpoint_is_noticed(fashion_root, two_epochs, copy_of,
+                                                            capsys):
+    """model_best.pth.tar replaced by every kind of file that is not a checkpoint: --resume
+    auto and --resume PATH refuse in one line naming it and saying what to do, and touch
+    nothing (they went on, naming a best epoch whose file was junk); doing what it says
+    works."""
+    run = copy_of(two_epochs)
+    best = run / 'model_best.pth.tar'
+    argv = tiny(fashion_root, run, '--epochs', 3, *SMALL, '--check-only')
+    for kind, content in not_checkpoints(best.read_bytes()).items():
+        best.write_bytes(content)
+        before = digests(run)
+        for resume in ('auto', run / 'checkpoint.pth.tar'):
+            assert cifar_one.main(argv + ['--resume', str(resume)]) == 2, kind
+            line = error_line(capsys)
+            assert f'{best} is not a readable checkpoint' in line and 'move it aside' in line, \
+                (kind, line)
+        assert digests(run) == before, kind
+    best.rename(run / 'model_best.pth.tar.damaged')
+    assert cifar_one.main(argv + ['--resume', 'auto']) == 0
+    assert 'would resume' in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------- 2. save failures
 
 @pytest.fixture
@@ -197,7 +220,8 @@ def test_a_full_disk_fails_with_one_line_and_keeps_the_previous_files(fashion_ro
     after = digests(run)
     assert after['checkpoint.pth.tar'] == before['checkpoint.pth.tar']
     assert after['model_best.pth.tar'] == before['model_best.pth.tar']
-    assert json.loads((run / 'status.json').read_text())['state'] == 'failed'
+    status = json.loads((run / 'status.json').read_text())
+    assert (status['state'], status['epoch']) == ('failed', 1)   # epoch 2 was never saved
     filler.unlink()
     assert cifar_one.main(tiny(fashion_root, run, '--epochs', 2, *SMALL, '--resume', 'auto')) == 0
     assert_same_run(straight / 'checkpoint.pth.tar', run / 'checkpoint.pth.tar')

@@ -3,6 +3,7 @@ layout checks, the loader (workers, determinism, mid-epoch start, rank shares, u
 images), torchvision's networks under every method, export into torchvision's constructor,
 top-5, and the recipe's defaults."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -22,6 +23,7 @@ from models.output import ModelOutput, column_hits
 from reports.runs import variant_flags
 from test_distributed import torchrun
 from utils.cli import build_parser, parse_flags
+from utils.errors import UserError
 from utils.imagefolder import FolderLoader, UnreadableImage, scan, train_transform
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -62,6 +64,88 @@ def test_the_listing_is_torchvisions_imagefolder(folder):
         reference = torchvision.datasets.ImageFolder(os.path.join(folder, split))
         assert samples[split] == reference.samples and classes == reference.classes
     assert len(samples['train']) == 48 and len(samples['val']) == 18
+
+
+# A layout of empty files (the listing opens none): nested folders, other files, names that
+# sort differently by case and by folder.
+FILES = ['train/n0/b.JPEG', 'train/n0/A.png', 'train/n0/notes.txt', 'train/n0/sub/c.jpg',
+         'train/n0/sub/deeper/d.JPEG', 'train/n0/sub b/e.jpeg', 'train/n1/a.JPEG',
+         'train/n1/Z/a.JPEG', 'val/n0/v.JPEG', 'val/n1/w.JPEG', 'val/n1/x/y.PNG']
+
+
+def layout(root, files=FILES):
+    for name in files:
+        os.makedirs(os.path.dirname(os.path.join(root, name)), exist_ok=True)
+        open(os.path.join(root, name), 'w').close()
+    return str(root)
+
+
+def test_the_listing_of_nested_folders_is_make_datasets(tmp_path):
+    root = layout(tmp_path)
+    samples, classes = scan(root)
+    for split in ('train', 'val'):
+        reference = torchvision.datasets.folder.make_dataset(
+            os.path.join(root, split), {'n0': 0, 'n1': 1},
+            torchvision.datasets.folder.IMG_EXTENSIONS)
+        assert samples[split] == reference and classes == ['n0', 'n1']
+
+
+def folders_and_images(root):
+    """Every folder a listing enters (the data folder, the splits, the class folders and the
+    folders inside them) and every image it lists."""
+    samples, _ = scan(root)
+    images = [path for split in samples.values() for path, _ in split]
+    folders = {root} | {os.path.dirname(os.path.join(root, name)) for name in FILES}
+    folders |= {os.path.dirname(folder) for folder in folders if folder != root}
+    return sorted(folders), images
+
+
+def listed(root):
+    """{path relative to ROOT: class} of both splits."""
+    samples, _ = scan(root)
+    return {os.path.relpath(path, root): target for split in samples.values()
+            for path, target in split}
+
+
+def test_a_link_to_anything_listed_is_refused_so_no_image_counts_twice(tmp_path):
+    """In every class folder and every folder inside one, a symbolic link to every folder the
+    listing enters (a loop up to a split or the data folder, its own or another class, the
+    other split) and to every image it lists (in its class, another class, the other split):
+    refused in one line naming the link. Without that, `ln -s .. train/n0/loop` listed every
+    class's images again as n0's (40 levels deep: 738 images instead of 18)."""
+    root = layout(tmp_path / 'data')
+    folders, images = folders_and_images(root)
+    places = [f for f in folders if os.path.relpath(f, root).count(os.sep) >= 1]
+    for place in places:
+        for target, name in [(f, 'link') for f in folders] + [(i, 'link.JPEG') for i in images]:
+            link = os.path.join(place, name)
+            os.symlink(os.path.relpath(target, place), link)
+            with pytest.raises(UserError) as refused:
+                scan(root)
+            os.remove(link)
+            line = str(refused.value)
+            assert os.path.relpath(link, root) in line and 'under two names' in line, \
+                (link, target, line)
+    assert listed(root) == listed(layout(tmp_path / 'copy'))   # every link removed again
+
+
+def test_links_to_what_is_not_listed_are_followed_once(tmp_path):
+    """A split, a class folder, a folder inside one or an image may be a link to files kept
+    elsewhere (a subset of ILSVRC made of links): listed as a copy of them would be."""
+    copy = listed(layout(tmp_path / 'copy'))
+    root, elsewhere = tmp_path / 'data', tmp_path / 'elsewhere'
+    layout(root)
+    for moved in ('val', 'train/n1', 'train/n0/sub', 'train/n0/b.JPEG'):
+        os.renames(root / moved, elsewhere / moved)
+        os.symlink(elsewhere / moved, root / moved)
+        assert listed(str(root)) == copy, moved
+    two = tmp_path / 'two'   # one folder of images linked from two classes is refused
+    layout(two)
+    os.symlink(elsewhere / 'train/n0/sub', two / 'train/n1/sub')
+    os.symlink(elsewhere / 'train/n0/sub', two / 'train/n0/more')
+    with pytest.raises(UserError, match='train/n0/more and train/n1/sub are one folder under '
+                                        'two names'):
+        scan(str(two))
 
 
 def test_pixels_are_a_function_of_seed_and_epoch_not_of_workers_or_start(folder):
@@ -215,6 +299,8 @@ def break_layout(root, how):
         folder = os.path.join(root, 'train', 'n00000002')
         for name in os.listdir(folder):
             os.remove(os.path.join(folder, name))
+    elif how == 'link loop':
+        os.symlink('..', os.path.join(root, 'train', 'n00000000', 'loop'))
 
 
 @pytest.mark.parametrize('how, message', [
@@ -222,6 +308,7 @@ def break_layout(root, how):
     ('other classes', 'train/ and val/ have different class folders (1 in train/ only, 1 in '
                       'val/ only; n00000005 is in train/ only)'),
     ('empty class', 'train/n00000002 holds no image'),
+    ('link loop', 'train and train/n00000000/loop are one folder under two names'),
 ])
 def test_a_bad_layout_is_one_line_before_any_file(how, message, tmp_path, capsys):
     root = write_image_folder(str(tmp_path / 'data'), classes=CLASSES, train_per_class=2,
@@ -264,10 +351,40 @@ def test_an_unreadable_image_stops_naming_it_or_is_skipped_and_counted(tmp_path,
     assert len(err) == 1 and f'cannot read image {bad}' in err[0], err
     assert 'Traceback' not in '\n'.join(err) and 'saved in' in err[0]
     assert load(run / 'checkpoint.pth.tar')['epoch'] == 0      # the steps before it, kept
+    assert 'replace it by a readable image of the same name' in err[0]
     assert cifar_one.main(small(root, tmp_path / 'skip', '--epochs', 1, '--train-batch', 8,
                                 '--bad-images', 'skip')) == 0
     assert f'1 unreadable training image(s) left out so far (first: {bad})' in \
         capsys.readouterr().out
+
+    # Resuming mid-epoch over another list of images (the bad one removed, one added, renamed
+    # or moved to another class, a validation image added) is refused, and touches nothing;
+    # over the same names, with the bad image replaced by a readable one, it goes on.
+    saved = (run / 'checkpoint.pth.tar').read_bytes()
+    for change in ('remove', 'add', 'rename', 'move', 'add val'):
+        changed = str(tmp_path / change)
+        shutil.copytree(root, changed)
+        image = bad.replace(root, changed)
+        if change == 'remove':
+            os.remove(image)
+        elif change == 'add':
+            shutil.copy(image, image.replace('_1.JPEG', '_9.JPEG'))
+        elif change == 'rename':
+            os.rename(image, image.replace('_1.JPEG', '_9.JPEG'))
+        elif change == 'move':
+            os.rename(image, image.replace('n00000003', 'n00000004'))
+        else:
+            val = os.path.join(changed, 'val', 'n00000001', 'val_1_0.JPEG')
+            shutil.copy(val, val.replace('_0.JPEG', '_9.JPEG'))
+        assert cifar_one.main(small(changed, run, '--epochs', 1, '--train-batch', 8,
+                                    '--resume', 'auto')) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and 'was trained over other images than' in err[0], (change, err)
+        assert ('24 train images then, 23 now' in err[0]) == (change == 'remove'), err
+        assert (run / 'checkpoint.pth.tar').read_bytes() == saved
+    shutil.copy(bad.replace('_1.JPEG', '_0.JPEG'), bad)
+    assert cifar_one.main(small(root, run, '--epochs', 1, '--train-batch', 8,
+                                '--resume', 'auto')) == 0
 
 
 # ----------------------------------------------------------------------------- benchmark

@@ -10,6 +10,7 @@ import cifar_baseline
 import export_branch
 from conftest import assert_same_run, entry, load, run_flags, tiny
 from methods import METHODS
+from utils.cli import build_parser
 
 NAMES = list(METHODS)
 
@@ -99,12 +100,21 @@ def test_another_methods_checkpoint_is_refused(trained, fashion_root, teacher, t
     assert len(err) == 1 and 'mismatch: method' in err[0], err
 
 
+def float_flags(name):
+    """Every flag of the method's script that takes a number with a fraction: the shared
+    ones, the networks' and the method's own."""
+    return [next(o for o in a.option_strings if o.startswith('--'))
+            for a in build_parser('', METHODS[name])._actions if a.type is float]
+
+
 def bad_flags(name):
     """Flags every method must refuse (as its defaults say it has them), with the flag the
-    one line must name."""
+    one line must name: every number flag given NaN or infinity, and values out of range."""
     defaults = METHODS[name].defaults()
     cases = [(['--depth', 9], '--depth'), (['--no-such-flag'], '--no-such-flag'),
-             (['--lr', 'nan'], '--lr')]
+             (['--momentum', 1], '--momentum'), (['--momentum', 1.5], '--momentum')]
+    cases += [([f'{flag}={value}'], flag) for flag in float_flags(name)
+              for value in ('nan', 'inf')]
     if hasattr(defaults, 'temperature'):
         cases.append((['--temperature', 0], '--temperature'))
     if METHODS[name].count_key:
@@ -117,10 +127,11 @@ def bad_flags(name):
 
 @pytest.mark.parametrize('name', NAMES)
 def test_bad_flags_are_one_line_and_write_nothing(name, fashion_root, teacher, tmp_path, capsys):
+    needed = run_flags(name, teacher)
     for flags, named in bad_flags(name):
         run = tmp_path / 'r'
         try:
-            code = entry(name).main(tiny(fashion_root, run, *run_flags(name, teacher), *flags))
+            code = entry(name).main(tiny(fashion_root, run, *needed, *flags))
         except SystemExit as e:  # argparse's own errors: one line too (utils/cli.Parser)
             code = e.code
         assert code == 2, flags

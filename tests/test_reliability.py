@@ -8,13 +8,16 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 import torch
 
 import cifar_baseline
 import cifar_one
+import export_branch
 from conftest import ROOT, assert_same_run, tiny
+from fakedata import not_checkpoints
 from utils import checkpoint
 from utils.checkpoint import load_checkpoint, save_atomic
 from utils.errors import UserError
@@ -79,14 +82,26 @@ def test_the_baseline_refuses_a_one_checkpoint(fashion_root, trained, tmp_path, 
     assert 'mismatch: method, arch' in error_line(capsys)
 
 
-def test_truncated_and_garbage_checkpoints_get_a_clear_error(trained, tmp_path):
-    data = (trained / 'checkpoint.pth.tar').read_bytes()
-    for name, content in (('truncated', data[:len(data) // 2]), ('garbage', os.urandom(4096)),
-                          ('empty', b'')):
-        path = tmp_path / name
+def test_what_is_not_a_checkpoint_gets_one_line_and_no_warning(trained, tmp_path, capsys):
+    """Every kind of file that is not a checkpoint (damaged, a plain pickle of any protocol,
+    numpy, zip, torch files of other things): one line from load_checkpoint and from
+    export_branch.py, with no warning of torch's printed before it (a plain pickle made torch
+    warn about its protocol, with a line of its source)."""
+    kinds = not_checkpoints((trained / 'checkpoint.pth.tar').read_bytes())
+    for kind, content in kinds.items():
+        path = tmp_path / kind.replace(' ', '-')
         path.write_bytes(content)
-        with pytest.raises(UserError, match='not a readable checkpoint'):
-            load_checkpoint(path)
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter('always')
+            with pytest.raises(UserError, match='not a readable checkpoint|not a checkpoint of '
+                                                'this project|is damaged or incomplete') as e:
+                load_checkpoint(path)
+            assert export_branch.main([str(path), '-o', str(tmp_path / 'out')]) == 2
+        assert warned == [], (kind, [str(w.message) for w in warned])
+        assert '\n' not in str(e.value) and 'weights_only' not in str(e.value), kind
+        line = error_line(capsys)
+        assert f"error: '{path}' " in line, (kind, line)   # (the program is pytest here)
+    assert not (tmp_path / 'out').exists()
     with pytest.raises(UserError, match='does not exist'):
         load_checkpoint(tmp_path / 'missing.pth.tar')
 

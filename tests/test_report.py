@@ -11,6 +11,7 @@ import pytest
 import report
 from conftest import ROOT
 from methods import published
+from sweeps import state
 from utils.tensorboard_log import write_tensorboard
 
 SCHEDULE = [151, 225]
@@ -284,6 +285,63 @@ def test_a_damaged_run_is_skipped_with_the_reason_never_reported(tmp_path, capsy
     assert 'nan' not in out.split('Skipped runs')[0].lower()
 
 
+@pytest.mark.parametrize('state', [None, 'finished', 'Done', 3, ['done'], 'missing'])
+def test_a_status_json_without_a_state_of_the_engines_never_counts_as_finished(tmp_path, capsys,
+                                                                                state):
+    root = tmp_path / 'runs'
+    baseline_run(root / 'sound', 0, 70.0)
+    damaged = baseline_run(root / 'damaged', 1, 10.0)
+    status = json.loads((damaged / 'status.json').read_text())
+    if state == 'missing':
+        del status['state']
+    else:
+        status['state'] = state
+    (damaged / 'status.json').write_text(json.dumps(status))
+    code, out, err = report_main(capsys, root, '--out', tmp_path / 'out', '--no-plots')
+    assert code == 0, err
+    assert row_of(read_csv(tmp_path / 'out' / 'table_last.csv'), 'baseline')['n'] == '1'
+    expected = None if state == 'missing' else state
+    assert f'- {damaged}: unreadable status.json (state is {expected!r}, not one of running, ' \
+           'done' in out, out
+
+
+def spreadsheet(lines, how):
+    """summary.csv's LINES as a spreadsheet program saves them again."""
+    header, rows = lines[0], [line.split(',') for line in lines[1:]]
+    if 'numbers' in how:   # whole numbers as decimals, decimals with trailing zeros
+        rows = [[f'{float(v):.6f}' if '.' in v else f'{v}.0' for v in row] for row in rows]
+    if 'quotes' in how:
+        header = ','.join(f'"{name}"' for name in header.split(','))
+        rows = [[f'"{v}"' for v in row] for row in rows]
+    lines = [header] + [','.join(row) for row in rows]
+    if 'empty rows' in how:
+        lines += [',' * header.count(',')] * 2
+    text = ('\r\n' if 'CRLF' in how else '\n').join(lines) + '\r\n' * ('CRLF' in how)
+    return ('\ufeff' if 'BOM' in how else '') + text
+
+
+RESAVED = ['BOM', 'CRLF', 'quotes', 'numbers', 'empty rows', 'BOM CRLF quotes numbers empty rows']
+
+
+@pytest.mark.parametrize('how', RESAVED)
+def test_a_summary_saved_again_by_a_spreadsheet_reads_as_written(tmp_path, capsys, how):
+    """report.py reads summary.csv as sweep.py does, and as a spreadsheet program writes it back
+    (it was refused: 'epoch is not a number', from the byte-order mark in the header)."""
+    written, resaved = tmp_path / 'written', tmp_path / 'resaved'
+    one_run(written / 'one-0', 0, 73.0, 75.0)
+    one_run(resaved / 'one-0', 0, 73.0, 75.0)
+    summary = resaved / 'one-0' / 'summary.csv'
+    summary.write_bytes(spreadsheet(summary.read_text().splitlines(), how).encode())
+    tables = []
+    for root in (written, resaved):
+        code, out, err = report_main(capsys, root, '--out', root / 'out', '--no-plots')
+        assert code == 0 and 'Skipped' not in out, (how, out, err)
+        tables.append(read_csv(root / 'out' / 'table_last.csv'))
+        assert state.completed_epochs(str(root / 'one-0')) == 3
+    strip = [[{k: v for k, v in row.items() if k != 'runs'} for row in table] for table in tables]
+    assert strip[0] == strip[1]
+
+
 def test_a_run_started_at_a_later_epoch_is_not_averaged_with_full_runs(tmp_path, capsys):
     root = tmp_path / 'runs'
     one_run(root / 'full', 0, 73.0, 75.0)
@@ -309,6 +367,24 @@ def test_moved_aside_files_and_copies_of_a_run_are_not_reported_again(tmp_path, 
     assert row['runs'].split(';') == [str(root / f) for f in ('a', 'b', 'previous-work/c')]
     assert f'- {root / "copy-of-b"}: the same run (id 20260101-000000-bbbbbbbb) as ' \
            f'{root / "b"}' in out and 'Skipped runs (1)' in out
+
+
+def test_copies_of_a_run_whose_numbers_differ_are_reported_not_merged(tmp_path, capsys):
+    """Two folders of one run id whose summary.csv numbers differ (a copy kept before the run
+    was rewound and trained again, or edited): both left out, each saying where they differ
+    (the first one found was reported alone)."""
+    root = tmp_path / 'runs'
+    baseline_run(root / 'a', 0, 70.0, run_id='20260101-000000-aaaaaaaa')
+    baseline_run(root / 'b', 1, 68.0, run_id='20260101-000000-bbbbbbbb')
+    baseline_run(root / 'copy-of-b', 1, 61.0, run_id='20260101-000000-bbbbbbbb')
+    code, out, err = report_main(capsys, root, '--out', tmp_path / 'out', '--no-plots')
+    assert code == 0, err
+    assert row_of(read_csv(tmp_path / 'out' / 'table_last.csv'), 'baseline')['runs'] == \
+        str(root / 'a')
+    for folder in ('b', 'copy-of-b'):
+        assert f'- {root / folder}: copies of one run (id 20260101-000000-bbbbbbbb) whose ' \
+               f'numbers differ ({root / "b"} and {root / "copy-of-b"}: test_acc_1 at epoch 3: ' \
+               '68.0 against 61.0)' in out, out
 
 
 def test_a_kd_run_is_reported_with_its_teacher(tmp_path, capsys):

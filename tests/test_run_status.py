@@ -1,5 +1,6 @@
 """status.json: how a run ended (done, preempted, diverged, failed) and the epochs it completed,
 for sweep.py --status and report.py. Also the optional TensorBoard event files."""
+import errno
 import json
 import os
 import signal
@@ -9,7 +10,8 @@ import pytest
 from conftest import tiny
 import cifar_baseline
 import cifar_one
-from utils import engine
+from test_faults import digests
+from utils import atomic, engine
 from utils.stops import EXIT_DIVERGED
 from utils.checkpoint import load_checkpoint
 
@@ -69,6 +71,67 @@ def test_a_failure_during_training_is_recorded(fashion_root, tmp_path, monkeypat
         cifar_baseline.main(tiny(fashion_root, run, '--epochs', 1, '--train-subset', 128))
     s = status(run)
     assert s['state'] == 'failed' and s['message'] == 'RuntimeError: simulated failure'
+
+
+def full_disk_for(name):
+    """utils.atomic's open, failing as a full disk does for the temporary files of NAME."""
+    def opener(path, *args, **kwargs):
+        if os.path.basename(path).startswith(name + '.'):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return open(path, *args, **kwargs)
+    return opener
+
+
+def saved_epochs(run):
+    """The epochs checkpoint.pth.tar, summary.csv and log.txt hold."""
+    rows = {name: len((run / name).read_text().splitlines()) - 1 if (run / name).exists()
+            else 0 for name in ('summary.csv', 'log.txt')}
+    return {'checkpoint.pth.tar': len(load_checkpoint(str(run / 'checkpoint.pth.tar'))['history']),
+            **rows}
+
+
+def results(files):
+    return {name: digest for name, digest in files.items() if name not in ('status.json',
+                                                                           'args.json')}
+
+
+def test_status_never_claims_an_epoch_whose_files_could_not_be_written(fashion_root, tmp_path,
+                                                                     monkeypatch, capsys):
+    """A full disk at each file an epoch writes, in a run's first epoch and in a later one:
+    one line, and status.json, checkpoint.pth.tar, summary.csv and log.txt all hold the
+    epochs done before it (an epoch's files are written all or none); the run then goes on."""
+    run, flags = tmp_path / 'r', ['--train-subset', 128]
+    run_epochs = engine.Trainer.run_epochs
+    failing = {}
+
+    def with_a_full_disk(self):  # after the run's first files: it fails at an epoch's end
+        if failing:
+            monkeypatch.setattr(atomic, 'open', full_disk_for(failing['name']), raising=False)
+        try:
+            return run_epochs(self)
+        finally:
+            monkeypatch.setattr(atomic, 'open', open, raising=False)
+
+    monkeypatch.setattr(engine.Trainer, 'run_epochs', with_a_full_disk)
+    for epochs, names in ((1, ('model_best.pth.tar', 'checkpoint.pth.tar', 'log.txt',
+                               'summary.csv', 'curves.png')),
+                          (2, ('checkpoint.pth.tar', 'summary.csv', 'log.txt', 'curves.png'))):
+        for name in names:
+            failing['name'] = name
+            before = digests(run) if run.exists() else {}
+            assert cifar_baseline.main(tiny(fashion_root, run, '--epochs', epochs, *flags,
+                                            '--resume', 'auto')) == 2, name
+            line, = capsys.readouterr().err.strip().splitlines()
+            assert f'could not write {run / name}: No space left on device' in line
+            assert status(run)['state'] == 'failed' and status(run)['epoch'] == epochs - 1
+            assert set(saved_epochs(run).values()) == {epochs - 1}, (name, saved_epochs(run))
+            if before:  # the results saved are untouched (a new run's first files are new)
+                assert results(digests(run)) == results(before), name
+        failing.clear()
+        assert cifar_baseline.main(tiny(fashion_root, run, '--epochs', epochs, *flags,
+                                        '--resume', 'auto')) == 0
+        assert (status(run)['state'], status(run)['epoch']) == ('done', epochs)
+        assert set(saved_epochs(run).values()) == {epochs}
 
 
 def test_tensorboard_flag_writes_the_run_history(fashion_root, tmp_path):

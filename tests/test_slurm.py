@@ -2,8 +2,9 @@
 munge on this machine): a grid is one job array; a relaunch submits nothing SLURM still holds,
 skips what is done and starts what is new; `scontrol requeue` of a running run resumes it at
 its exact batch, bitwise the uninterrupted run; scancel of an array, then a relaunch, resumes
-one run and starts the other; a run no node can hold, or a value a script refuses, is refused
-before sbatch. Tiny runs (depth 8, a few hundred generated Fashion-MNIST images, one CPU).
+one run and starts the other; a run no node can hold, or a value or run folder a script
+refuses, is refused before sbatch. Tiny runs (depth 8, a few hundred generated Fashion-MNIST
+images, one CPU).
 
 Skipped, with the reason, where no SLURM answers; with ONE_REQUIRE_SLURM=1 (set by .ci/run)
 that is a failure instead. scripts/slurm_local.sh configures a requeued job to wait 10 s before
@@ -19,6 +20,7 @@ import time
 
 import pytest
 
+import cifar_baseline
 from conftest import ROOT, assert_same_run
 
 SWEEP = os.path.join(ROOT, 'sweep.py')
@@ -229,8 +231,9 @@ def test_scancel_of_an_array_then_relaunch(root, fashion_root):
 
 
 def test_what_cannot_run_is_refused_before_sbatch(root, fashion_root):
-    """The default GPU on a CPU node, more CPUs or memory than the node has, and values a
-    script refuses: one line each, exit 2, nothing submitted or written."""
+    """The default GPU on a CPU node, more CPUs or memory than the node has, values a script
+    refuses and a run folder it refuses: one line each, exit 2, nothing submitted or
+    written."""
     node = subprocess.run(['sinfo', '--noheader', '--Node', '--format', '%c|%m|%G'],
                           capture_output=True, text=True, check=True).stdout.split()[0]
     cpus, memory_mb, gres = node.split('|')
@@ -255,14 +258,27 @@ def test_what_cannot_run_is_refused_before_sbatch(root, fashion_root):
         root, '--gpus-per-run', '0', '--cpus-per-run', str(int(cpus) + 1), *args,
         check=False).stderr
 
-    proc = sweep(root, *CPU, '--scripts', 'cifar_baseline.py', '--vary', 'depth=8,7', '--', *TINY,
-                 '--data-dir', fashion_root, check=False)
+    # A run that its script refuses (depth 7), and one whose model_best.pth.tar is not a
+    # checkpoint (the class: tests/test_faults.py): each refused by its check, its files untouched.
+    # (TINY's own --depth 8 is left out: sweep.py refuses a flag given twice.)
+    assert TINY[2:4] == ['--depth', '8']
+    fixed = [*TINY[:2], *TINY[4:], '--data-dir', fashion_root, '--epochs', '2']
+    damaged = root / 'cifar_baseline' / 'depth=8'
+    assert cifar_baseline.main([*fixed, '--epochs', '1', '--depth', '8', '-c', str(damaged)]) == 0
+    (damaged / 'model_best.pth.tar').write_bytes(b'not a checkpoint')
+    files = {p.name: p.read_bytes() for p in damaged.iterdir()}
+    proc = sweep(root, *CPU, '--scripts', 'cifar_baseline.py', '--vary', 'depth=8,7', '--',
+                 *fixed, check=False)
     assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr
-    assert proc.stderr.strip().splitlines() == [
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith(f'refused  cifar_baseline/depth=8: cifar_baseline.py: error: '
+                               f'{damaged}/model_best.pth.tar is not a readable checkpoint'), lines
+    assert lines[1:] == [
         'refused  cifar_baseline/depth=7: cifar_baseline.py: error: --depth: depth must be 6n+2 '
         'with n >= 1 (8, 14, 20, 32, 44, 110, ...), got 7',
-        'sweep.py: error: 1 of 2 runs would be refused (listed above): nothing was submitted']
-    assert not root.exists()
+        'sweep.py: error: 2 of 2 runs would be refused (listed above): nothing was submitted']
+    assert {p.name: p.read_bytes() for p in damaged.iterdir()} == files
+    assert sorted(os.listdir(root)) == ['cifar_baseline']     # no sweep.json, no jobs/
     after = subprocess.run(['squeue', '--noheader', '--format', '%i'], capture_output=True,
                            text=True, check=True).stdout
-    assert after == before
+    assert set(after.split()) <= set(before.split())   # nothing new (an earlier test's may end)

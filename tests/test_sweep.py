@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from itertools import product
 from types import SimpleNamespace
 
 import pytest
@@ -24,16 +25,21 @@ import sweep
 from sweeps import cli, grid, state
 from sweeps.job import RunJob
 from conftest import ROOT, tiny
+from methods import METHODS
+from utils.cli import build_parser
 from utils.errors import UserError
 from utils.runlock import lock_holder
 
 SWEEP = os.path.join(ROOT, 'sweep.py')
 TINY = ['-d', 'fashionmnist', '--depth', '8', '--train-batch', '64', '--test-batch', '100',
         '--train-subset', '256']
-BASELINE_FLAGS = {'-d', '--dataset', '--depth', '--epochs', '--lr', '--manualSeed', '-c',
-                  '--resume', '--schedule', '--wd', '--weight-decay', '--train-batch',
-                  '--test-batch', '--train-subset', '--data-dir', '--check-only'}
-ONE_FLAGS = BASELINE_FLAGS | {'--num-branches', '--temperature'}
+ANY_DEPTH = TINY[:2] + TINY[4:]   # TINY without its --depth 8, for a grid that varies it
+ALIASES = {'-d': '--dataset', '--wd': '--weight-decay', '-c': '--checkpoint'}
+BASELINE_FLAGS = {flag: ALIASES.get(flag, flag) for flag in (
+    '-d', '--dataset', '--depth', '--epochs', '--lr', '--manualSeed', '-c', '--resume',
+    '--schedule', '--wd', '--weight-decay', '--train-batch', '--test-batch', '--train-subset',
+    '--data-dir', '--check-only')}   # as grid.help_flags reads a script's --help
+ONE_FLAGS = BASELINE_FLAGS | {'--num-branches': '--num-branches', '--temperature': '--temperature'}
 FLAGS = {'cifar_baseline.py': BASELINE_FLAGS, 'cifar_one.py': ONE_FLAGS}
 
 
@@ -108,6 +114,43 @@ def test_grid_refusals(tmp_path):
         make_grid(tmp_path, ['cifar_baseline.py'], ['lr=0.1 ,0.1'])
     with pytest.raises(UserError, match="schedule: value '151 \"225': No closing quotation"):
         make_grid(tmp_path, ['cifar_baseline.py'], ['schedule=151 "225'])
+
+
+def test_a_flag_given_twice_is_refused(tmp_path, monkeypatch, capsys):
+    """Every flag of a real entry script that takes a value, varied and given again under
+    every pair of its spellings (after --, or varied twice): refused in one line naming it
+    (--vary depth=8 -- --depth 14 built --depth 14 --depth 8, the last silently winning). Given
+    twice after --, it is the user's own command line, passed on as it is."""
+    parser = build_parser('', METHODS['one'])
+    flags = grid.flags_of_help(parser.format_help())
+    options = [a.option_strings for a in parser._actions if a.option_strings and a.nargs != 0
+               and a.dest not in ('help', 'checkpoint', 'resume', 'init_from')]
+    assert ['-d', '--dataset'] in options and ['--weight-decay', '--wd'] in options
+    for spellings in options:
+        option = next(s for s in spellings if s.startswith('--'))
+        assert {flags[s] for s in spellings} == {option}
+        for first, second in product(spellings, spellings):
+            varied = grid.parse_vary([f'{first.lstrip("-")}=1,2'])
+            twice = [(varied, grid.split_fixed([second, '3'])),
+                     (varied, grid.split_fixed([f'{second}=3']))]
+            if first != second:
+                twice.append((varied + grid.parse_vary([f'{second.lstrip("-")}=3']), []))
+            for axes, groups in twice:
+                with pytest.raises(UserError, match=f'^{option} is given twice'):
+                    grid.check_each_flag_once(axes, groups, {'cifar_one.py': flags})
+    grid.check_each_flag_once(grid.parse_vary(['depth=8,14']),
+                              grid.split_fixed(['--epochs', '1', '--epochs', '2']),
+                              {'cifar_one.py': flags})
+
+    monkeypatch.setattr(grid, 'help_flags', lambda script, cwd: FLAGS[script])
+    monkeypatch.chdir(ROOT)
+    assert sweep.main(['--root', str(tmp_path / 'grid'), '--scripts', 'cifar_baseline.py',
+                       '--dry-run', '--vary', 'depth=8', '--', '--depth', '14']) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        'sweep.py: error: --depth is given twice (--vary depth=8 and -- --depth 14): a run of '
+        'cifar_baseline.py would get both, the last one silently winning; give it once (to vary '
+        'it, drop it after --)']
+    assert not (tmp_path / 'grid').exists()
 
 
 # ----------------------------------------------------------------------------- --dry-run, --status
@@ -273,7 +316,8 @@ def test_every_run_is_checked_and_one_refusal_submits_nothing(fashion_root, tmp_
     root = tmp_path / 'grid'
     assert sweep.main(['--root', str(root), '--scripts', 'cifar_baseline.py', '--executor',
                        'local', '--vary', 'depth=8,7', 'lr=0.1,abc',
-                       f'data-dir={fashion_root},{corrupt}', '--', *TINY, '--epochs', '1']) == 2
+                       f'data-dir={fashion_root},{corrupt}', '--', *ANY_DEPTH,
+                       '--epochs', '1']) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == ('sweep.py: error: 7 of 8 runs would be refused (listed above): nothing '
                        'was submitted')
@@ -302,12 +346,16 @@ def test_an_unwritable_root_or_a_damaged_manifest_is_one_line(fake_slurm, tmp_pa
     if mounted:                                       # a real read-only filesystem
         roots += [(readonly / 'grid', 'local'), (readonly / 'grid', 'slurm')]
     try:
-        for root, executor in roots:
-            assert sweep.main(['--root', str(root), '--executor', executor, '--gpus-per-run', '0',
-                               *launch]) == 2, root
-            (line,) = capsys.readouterr().err.strip().splitlines()
-            assert line.startswith('sweep.py: error: cannot create ') or \
-                line.startswith('sweep.py: error: ') and 'Read-only file system' in line, line
+        for root, executor in roots:   # --dry-run says what the launch would
+            lines = []
+            for dry_run in ([], ['--dry-run']):
+                assert sweep.main(['--root', str(root), '--executor', executor,
+                                   '--gpus-per-run', '0', *dry_run, *launch]) == 2, root
+                lines += capsys.readouterr().err.strip().splitlines()
+            assert len(lines) == 2 and lines[0] == lines[1], lines
+            assert lines[0].startswith(f'sweep.py: error: cannot create {root}: ') or \
+                lines[0].startswith(f'sweep.py: error: cannot write into {root}: '), lines
+            assert 'is a file, not a folder' in lines[0] or 'Read-only' in lines[0], lines
     finally:
         if mounted:
             subprocess.run(['umount', '-l', str(readonly)], check=False)
@@ -324,6 +372,10 @@ def test_an_unwritable_root_or_a_damaged_manifest_is_one_line(fake_slurm, tmp_pa
             (line,) = capsys.readouterr().err.strip().splitlines()
             assert line.startswith(f'sweep.py: error: {root}/sweep.json is not a sweep manifest')
         assert (root / 'sweep.json').read_text() == content     # never replaced
+    (root / 'sweep.json').write_text('{"runs": []}')
+    assert sweep.main(['--root', str(root), '--status']) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f'sweep.py: error: {root}/sweep.json lists no runs: pass the '), line
 
 
 @pytest.mark.parametrize('flags, message', [

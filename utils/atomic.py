@@ -52,23 +52,37 @@ def write_atomic(path, write):
     """Write PATH through a temporary file of its own, flushed to disk and renamed over PATH.
     On any failure the temporary file is removed and PATH keeps its previous content; a
     failure to write (full disk, quota, I/O error, torch's zip writer) is a UserError."""
-    tmp = temporary_name(path)
+    write_all_atomic([(path, write)])
+
+
+def write_all_atomic(writes):
+    """write_atomic for each (path, write) of WRITES, all or none: every temporary file is
+    written first, then they are renamed in order. A failure to write any of them (a full
+    disk) leaves every PATH as it was, so files that must agree (a checkpoint and the logs of
+    its epochs) never disagree after one."""
+    written = []
     try:
-        with open(tmp, 'xb') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        for path, write in writes:
+            tmp = temporary_name(path)
+            written.append((tmp, path))
+            with open(tmp, 'xb') as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, path in written:
+            os.replace(tmp, path)
     except BaseException as e:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
+        for tmp, _ in written:
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
         if isinstance(e, (OSError, RuntimeError)):
             raise UserError(f'could not write {path}: {_reason(e)}; the previous file there is '
                             'untouched') from None
         raise
-    _fsync_folder(os.path.dirname(path))
+    for folder in sorted({os.path.dirname(path) for _, path in written}):
+        _fsync_folder(folder)
 
 
 def write_text_atomic(path, text):

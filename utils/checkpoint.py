@@ -6,6 +6,7 @@ Loading uses torch.load(weights_only=True): only tensors and plain containers, n
 """
 import os
 import random
+import warnings
 
 import numpy as np
 import torch
@@ -19,10 +20,14 @@ IDENTITY = ('method', 'arch', 'depth', 'dataset')
 # What any loader needs (evaluation, export) and what continuing a run needs besides.
 REQUIRED = IDENTITY + ('state_dict', 'epoch')
 TRAINING = ('optimizer', 'step', 'best_acc', 'history', 'meters', 'rng', 'seed', 'args')
+
+
+def checkpoint_writer(state):
+    return lambda f: torch.save(state, f)
+
+
 def save_atomic(state, path):
-    write_atomic(path, lambda f: torch.save(state, f))
-
-
+    write_atomic(path, checkpoint_writer(state))
 
 
 def load_checkpoint(path, required=REQUIRED):
@@ -30,25 +35,46 @@ def load_checkpoint(path, required=REQUIRED):
     `required`: the keys the caller reads (a dict missing one is refused, naming them)."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        raise UserError(f'checkpoint {path!r} is a directory, not a checkpoint file; pass '
-                        f'{os.path.join(path, "checkpoint.pth.tar")!r}, or --resume auto -c '
-                        f'{path!r}')
+        raise UserError(folder_given('checkpoint', path))
     if not os.path.exists(path):
         raise UserError(f'checkpoint {path!r} does not exist')
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
+        with warnings.catch_warnings():  # e.g. about a plain pickle's protocol: the line says it
+            warnings.simplefilter('ignore')
+            state = torch.load(path, map_location='cpu', weights_only=True)
     except OSError as e:
         raise UserError(f'cannot read checkpoint {path!r}: {e.strerror or e}') from None
     # The weights-only unpickler fails in many ways on a file that is not a checkpoint
     # (UnpicklingError, RuntimeError, KeyError, IndexError, EOFError, BadZipFile, ...).
     except Exception as e:  # noqa: BLE001
-        reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:200]
         raise UserError(f'{path!r} is not a readable checkpoint (truncated, corrupt, or not '
-                        f'saved by this project): {reason}') from None
+                        f'saved by this project): {unreadable_reason(e)}') from None
     if not isinstance(state, dict) or state.get('format') != FORMAT_VERSION:
         raise UserError(f'{path!r} is not a checkpoint of this project (format {FORMAT_VERSION})')
     check_keys(state, path, required)
     return state
+
+
+def folder_given(flag, path, other_way=''):
+    """The line for a folder given to FLAG where a checkpoint file is expected: the file of
+    it to pass instead, if it holds one, and OTHER_WAY (e.g. --resume auto -c FOLDER, which
+    only training takes)."""
+    found = next((os.path.join(path, name) for name in ('checkpoint.pth.tar',
+                                                          'model_best.pth.tar')
+                  if os.path.isfile(os.path.join(path, name))), None)
+    ways = ([f'pass {found}'] if found else []) + ([f'use {other_way}'] if other_way else [])
+    return (f'{flag} {path!r} is a directory, not a checkpoint file'
+            + ('' if found else ' (it holds no checkpoint.pth.tar or model_best.pth.tar)')
+            + (f': {", or ".join(ways)}' if ways else ''))
+
+
+def unreadable_reason(error):
+    """torch.load's failure in a few words; for the weights-only unpickler its own reason, not
+    its advice to load with weights_only=False (which would run code the file holds)."""
+    text = ' '.join(str(error).split())
+    if 'WeightsUnpickler error:' in text:
+        text = text.split('WeightsUnpickler error:', 1)[1].split(' Check the documentation')[0]
+    return f'{type(error).__name__}: {text.strip()}'.rstrip(': ')[:200]
 
 
 def check_keys(state, path, keys):

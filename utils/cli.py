@@ -1,5 +1,6 @@
 """Command-line flags every entry script shares (the original's names), plus the method's."""
 import argparse
+import math
 
 from .data import LOADERS, UNOFFICIAL_FLAG
 from .errors import Parser
@@ -139,13 +140,20 @@ def build_parser(description, method):
 def parse_flags(parser, argv=None):
     """Parse the command line; on --dataset imagenet with IMAGENET_RECIPE's defaults and the
     parser's own for that dataset (the given flags still win) and, unless --lr is given, LR
-    0.1 * global batch / 256."""
+    0.1 * global batch / 256. Every number flag (the method's and the network's too) must be
+    finite: float() reads 'nan' and 'inf', which no flag means."""
     args = parser.parse_args(argv)
     if args.dataset == IMAGENET:
         parser.set_defaults(**IMAGENET_RECIPE, **parser.dataset_defaults.get(IMAGENET, {}))
         args = parser.parse_args(argv)
         if args.lr is None:
             args.lr = REFERENCE_LR * args.train_batch / REFERENCE_BATCH
+    for action in parser._actions:  # argparse lists a parser's flags nowhere public
+        value = getattr(args, action.dest, None)
+        values = value if isinstance(value, list) else [value]
+        if action.type is float and not all(v is None or math.isfinite(v) for v in values):
+            flag = next((o for o in action.option_strings if o.startswith('--')), action.dest)
+            parser.error(f'{flag} must be a finite number, got {_shown(value)}')
     return args
 
 

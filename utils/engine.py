@@ -13,14 +13,15 @@ import torch
 from progress.bar import Bar
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoint import (FORMAT_VERSION, TRAINING, check_identity, check_keys, load_checkpoint,
-                         rng_states, save_atomic, set_rng_states)
+from .atomic import write_all_atomic
+from .checkpoint import (FORMAT_VERSION, TRAINING, check_identity, check_keys, checkpoint_writer,
+                         load_checkpoint, rng_states, save_atomic, set_rng_states)
 from .cli import build_parser, changed_flags, parse_flags
 from .distributed import wait_for_rank_0, world_from_env
 from .errors import UserError
 from .graphs import GraphedStep
 from .imagefolder import IMAGENET, UnreadableImage
-from .logger import epoch_line, result_line, write_args, write_run_files
+from .logger import epoch_line, result_line, run_files, write_args
 from .records import BEST, CHECKPOINT, RUN_ID, write_status
 from .run_folder import AlreadyDone, RunFolder, new_run_id
 from .schedule import learning_rate
@@ -119,7 +120,8 @@ class Trainer:
         args.manualSeed = self.seed
         seed_everything(self.seed)
 
-        self.data = load_data(args, self.device, self.world, method.views(args))
+        self.data = load_data(args, self.device, self.world, method.views(args),
+                              resumed=(state, run.resume) if state is not None else None)
         self.train_loader, self.test_loader = self.data.train, self.data.test
         if args.train_subset > len(self.train_loader.labels):
             raise UserError(f'--train-subset {args.train_subset} is larger than {args.dataset}\'s '
@@ -139,6 +141,7 @@ class Trainer:
             self.restore(state, run.resume)
         elif source is not None:
             self.init_weights(source, run.init_from)
+        self.epochs_saved = len(self.history)   # what checkpoint.pth.tar and the logs hold
         self.run_folder = run
         if args.check_only:
             return
@@ -245,14 +248,16 @@ class Trainer:
                 'state_dict': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
                 'scaler': self.scaler.state_dict() if self.scaler.is_enabled() else None,
                 'meters': meters.state() if meters is not None else None,
-                'history': self.history, 'rng': rng_states(), 'args': vars(self.args)}
+                'history': self.history, 'rng': rng_states(), 'args': vars(self.args),
+                'listing': self.data.listing}
 
     def path(self, name):
         return os.path.join(self.folder, name)
 
     def set_status(self, state, message=''):
+        """status.json, with the epochs saved (never one whose files could not be written)."""
         if self.world.is_main:
-            write_status(self.folder, state, len(self.history), self.args.epochs, message,
+            write_status(self.folder, state, self.epochs_saved, self.args.epochs, message,
                          self.args.run_id)
 
     def run(self):
@@ -340,16 +345,19 @@ class Trainer:
                       f'left out so far (first: {loader.skipped[0]})', flush=True)
 
     def save_epoch(self, is_best):
-        """Best model first, then the checkpoint: a crash between them only repeats an epoch."""
+        """The epoch's files, all or none (a full disk leaves every file as it was): the best
+        model first, then the checkpoint, then the logs, so that a crash between the renames
+        only repeats an epoch."""
         state = self.checkpoint_state()
-        if is_best:
-            save_atomic(state, self.path(BEST))
-        save_atomic(state, self.path(CHECKPOINT))
-        self.saved_at = time.monotonic()
         title = f'{self.method.title}: {self.args.arch}-{self.args.depth} on {self.args.dataset}'
         plot = (self.epoch >= self.args.epochs
                 or time.monotonic() - self.plotted_at >= PLOT_EVERY_SECONDS)
-        write_run_files(self.folder, self.history, self.names, title, plot, self.top5)
+        write_all_atomic([(self.path(name), checkpoint_writer(state))
+                          for name in ([BEST] if is_best else []) + [CHECKPOINT]]
+                         + run_files(self.folder, self.history, self.names, title, plot,
+                                     self.top5))
+        self.epochs_saved = len(self.history)
+        self.saved_at = time.monotonic()
         if plot:
             self.plotted_at = time.monotonic()
         if self.args.tensorboard:

@@ -22,12 +22,13 @@ An image that cannot be read (corrupt, truncated, not an image) never raises in 
 the worker reports its path, and the loader stops the run naming it (--bad-images stop) or
 leaves it out of its batch and counts it (--bad-images skip).
 """
+import hashlib
 import os
 
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, has_file_allowed_extension
 from torchvision.transforms import v2
 
 from .data import Normalize
@@ -57,10 +58,93 @@ def class_folders(root, split):
                         f'as {LAYOUT}') from None
 
 
+class Listing:
+    """Both splits' image files, each listed once and under one class.
+
+    Symbolic links are followed, as ImageFolder follows them: a split, a class folder, a
+    folder inside one or an image may be a link (a subset of ILSVRC made of links to it
+    works). But every real folder is entered once and every image file is listed once: a link
+    that leads to a folder listed already (a loop such as `ln -s .. train/n0/loop`, another
+    class's folder, a split) or to an image listed already is refused in one line naming it.
+    os.walk, which make_dataset uses, follows a loop until the path grows too long, listing
+    every class's images again under the class holding the link. The two splits share the
+    rule: a validation image cannot be a training image too. Hard links are not looked for."""
+
+    def __init__(self, root):
+        self.root = root
+        self.folders = {}   # real path -> the path it is listed under
+        self.links = {}     # real path of an image a file link leads to -> that link
+
+    def shown(self, path):
+        return os.path.relpath(path, self.root)
+
+    def refuse(self, first, second, kind):
+        raise UserError(f'--data-dir {self.root}: {self.shown(first)} and {self.shown(second)} '
+                        f'are one {kind} under two names (a symbolic link leads back to it, or '
+                        'to something listed already): an image must be listed once, under one '
+                        'class; remove the link')
+
+    def enter(self, path, real=None):
+        """Take folder PATH, or refuse a second path to one real folder."""
+        first = self.folders.setdefault(real or os.path.realpath(path), path)
+        if first != path:
+            self.refuse(first, path, 'folder')
+
+    def entries(self, folder):
+        try:
+            with os.scandir(folder) as found:
+                return list(found)
+        except OSError as e:
+            raise UserError(f'--data-dir {self.root}: cannot list {self.shown(folder)}: '
+                            f'{e.strerror or e}') from None
+
+    def images(self, folder):
+        """The image files under FOLDER (entered already), in make_dataset's order: folders
+        sorted by path, the files of each by name."""
+        found, pending = [], [(folder, os.path.realpath(folder))]
+        while pending:
+            path, real = pending.pop()
+            files = []
+            for entry in self.entries(path):
+                if is_folder(entry):
+                    inner = (os.path.realpath(entry.path) if entry.is_symlink()
+                             else os.path.join(real, entry.name))
+                    self.enter(entry.path, inner)
+                    pending.append((entry.path, inner))
+                elif has_file_allowed_extension(entry.name, IMG_EXTENSIONS):
+                    if entry.is_symlink():
+                        self.link(entry.path)
+                    files.append(entry.path)
+            found.append((path, sorted(files)))
+        return [path for _, files in sorted(found) for path in files]
+
+    def link(self, path):
+        target = os.path.realpath(path)
+        first = self.links.setdefault(target, path)
+        if first != path:
+            self.refuse(first, path, 'image')
+
+    def check_links(self):
+        """Once every folder is listed: no file link may lead to an image listed in one."""
+        for target, link in self.links.items():
+            folder = self.folders.get(os.path.dirname(target))
+            if (folder is not None and os.path.isfile(target)
+                    and has_file_allowed_extension(target, IMG_EXTENSIONS)):
+                self.refuse(os.path.join(folder, os.path.basename(target)), link, 'image')
+
+
+def is_folder(entry):
+    try:
+        return entry.is_dir()
+    except OSError:   # a link that cannot be followed: listed as a file, as os.walk does
+        return False
+
+
 def scan(root):
-    """{split: [(path, class index)]} (torchvision's make_dataset, as ImageFolder lists them)
-    and the class names, after checking the layout: both splits present, the same classes, no
-    class folder without images."""
+    """{split: [(path, class index)]} (in the order of torchvision's make_dataset, as
+    ImageFolder lists them) and the class names, after checking the layout: both splits
+    present, the same classes, no class folder without images, no image listed twice
+    (Listing)."""
     classes = {split: class_folders(root, split) for split in SPLITS}
     if classes['train'] != classes['val']:
         only_train = sorted(set(classes['train']) - set(classes['val']))
@@ -70,16 +154,30 @@ def scan(root):
         raise UserError(f'--data-dir {root}: train/ and val/ have different class folders '
                         f'({len(only_train)} in train/ only, {len(only_val)} in val/ only; '
                         f'{where})')
-    class_to_idx = {name: index for index, name in enumerate(classes['train'])}
-    samples = {}
+    listing = Listing(root)
+    folders = [os.path.join(root, split, name) for split in SPLITS
+               for name in [''] + classes[split]]
+    for folder in folders:  # first, so that a link to any of them is caught
+        listing.enter(folder.rstrip(os.sep))
+    samples = {split: [] for split in SPLITS}
     for split in SPLITS:
-        samples[split] = make_dataset(os.path.join(root, split), class_to_idx, IMG_EXTENSIONS,
-                                      allow_empty=True)
-        empty = sorted(set(class_to_idx) - {classes['train'][i] for _, i in samples[split]})
-        if empty:
-            raise UserError(f'--data-dir {root}: {split}/{empty[0]} holds no image '
-                            f'({", ".join(IMG_EXTENSIONS)})')
+        for index, name in enumerate(classes['train']):
+            images = listing.images(os.path.join(root, split, name))
+            if not images:
+                raise UserError(f'--data-dir {root}: {split}/{name} holds no image '
+                                f'({", ".join(IMG_EXTENSIONS)})')
+            samples[split] += [(path, index) for path in images]
+    listing.check_links()
     return samples, classes['train']
+
+
+def listing_record(samples, folder):
+    """What a run records of the images it trains or is tested on: their count and a digest
+    of every image's path (relative to FOLDER, so the data may move) and class."""
+    digest = hashlib.sha256()
+    for path, target in samples:
+        digest.update(f'{path[len(folder) + 1:]}\t{target}\n'.encode())
+    return {'images': len(samples), 'sha256': digest.hexdigest()}
 
 
 def train_transform(size):
@@ -173,16 +271,17 @@ class FolderLoader:
         left), or count them (skip)."""
         if self.bad_images == 'stop' or everything:
             hint = ('no image of the batch was left to train on' if self.bad_images == 'skip'
-                    else 'remove or replace it, or pass --bad-images skip to leave such images '
-                         'out and count them')
+                    else 'replace it by a readable image of the same name, or pass --bad-images '
+                         'skip to leave such images out and count them (a run continues only '
+                         'over the images it started with: removing one changes them)')
             raise UnreadableImage(f'cannot read image {paths[0]} (corrupt, truncated or not an '
                                   f'image; {len(paths)} in this batch); {hint}')
         self.skipped += paths
 
 
 def load_image_folder(args, device, world):
-    """(num_classes, train loader, this rank's share of the val loader, val images in all) for
-    --dataset imagenet."""
+    """(num_classes, train loader, this rank's share of the val loader, val images in all,
+    the listing_record of each split) for --dataset imagenet."""
     samples, classes = scan(args.data_dir)
     train_samples = samples['train'][:args.train_subset or None]
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -193,4 +292,28 @@ def load_image_folder(args, device, world):
     share = torch.arange(len(samples['val'])).tensor_split(world.size)[world.rank].tolist()
     test = FolderLoader([samples['val'][i] for i in share], eval_transform(args.image_size),
                         batch_size=args.test_batch, shuffle=False, **common)
-    return len(classes), train, test, len(samples['val'])
+    listing = {'train': listing_record(train_samples, os.path.join(args.data_dir, 'train')),
+               'val': listing_record(samples['val'], os.path.join(args.data_dir, 'val'))}
+    return len(classes), train, test, len(samples['val']), listing
+
+
+def check_same_images(saved, listing, path, data_dir):
+    """Refuse to continue checkpoint PATH (its listing_records: SAVED) over other images than
+    it was trained and tested on: an epoch's order is a permutation of the list, so even one
+    image removed would continue mid-epoch over another order, and the history would mix
+    two datasets. Checkpoints saved before listings were recorded are not checked."""
+    if not saved or not listing:
+        return
+    for split in SPLITS:
+        then, now = saved.get(split), listing[split]
+        if then is None or then == now:
+            continue
+        what = (f'{then["images"]} {split} images then, {now["images"]} now'
+                if then['images'] != now['images'] else
+                f'as many {split} images, but other names or classes')
+        raise UserError(f'{path!r} was trained over other images than --data-dir {data_dir} '
+                        f'lists now ({what}): a run continues only over the images it started '
+                        'with. Put the folder back as it was (an unreadable image: replace it '
+                        'by a readable one of the same name, or resume with --bad-images skip '
+                        f'to leave it out), or start a new run from its weights with '
+                        f'--init-from {path} -c NEW_FOLDER')

@@ -12,13 +12,12 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .atomic import write_atomic, write_json_atomic, write_text_atomic  # noqa: E402
+from .atomic import write_json_atomic  # noqa: E402
 from .records import ARGS, LOG, PLOT, SUMMARY  # noqa: E402
 from .steps import member_columns  # noqa: E402
 
 
-
-def write_log_txt(folder, history, names, top5=False):
+def log_txt(history, names, top5=False):
     """The original's log.txt: tab-separated TAcc_i VAcc_i per branch, then TAcc_e VAcc_e;
     with `top5` (ImageNet), then T5Acc_i V5Acc_i likewise."""
     kinds = [('acc', 'Acc')] + ([('acc5', '5Acc')] if top5 else [])
@@ -28,23 +27,23 @@ def write_log_txt(folder, history, names, top5=False):
     for row in history:
         rows.append('\t'.join(f'{row[f"{split}_{key}_{n}"]:.6f}' for key, _ in kinds
                               for n in names for split in ('train', 'test')))
-    write_text_atomic(os.path.join(folder, LOG), '\n'.join(rows) + '\n')
+    return '\n'.join(rows) + '\n'
 
 
-def write_summary_csv(folder, history):
+def summary_csv(history):
     """One row per epoch with every metric, for programs (pandas.read_csv)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(history[0]), lineterminator='\n')
     writer.writeheader()
     writer.writerows(history)
-    write_text_atomic(os.path.join(folder, SUMMARY), buffer.getvalue())
+    return buffer.getvalue()
 
 
 def write_args(folder, args):
     write_json_atomic(os.path.join(folder, ARGS), vars(args))
 
 
-def plot_curves(folder, history, names, title):
+def curves_png(history, names, title):
     epochs = [row['epoch'] for row in history]
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
     for n in names:
@@ -59,16 +58,21 @@ def plot_curves(folder, history, names, title):
     ax_loss.legend(fontsize=8)
     fig.tight_layout()
     try:
-        write_atomic(os.path.join(folder, PLOT), lambda f: fig.savefig(f, format='png', dpi=90))
+        image = io.BytesIO()
+        fig.savefig(image, format='png', dpi=90)
+        return image.getvalue()
     finally:
         plt.close(fig)
 
 
-def write_run_files(folder, history, names, title, plot=True, top5=False):
-    write_log_txt(folder, history, names, top5)
-    write_summary_csv(folder, history)
+def run_files(folder, history, names, title, plot=True, top5=False):
+    """[(path, write)] of the files rewritten from the history after every epoch: log.txt,
+    summary.csv and (with `plot`) curves.png, for utils.atomic.write_all_atomic."""
+    contents = {LOG: log_txt(history, names, top5).encode(), SUMMARY: summary_csv(history).encode()}
     if plot:
-        plot_curves(folder, history, names, title)
+        contents[PLOT] = curves_png(history, names, title)
+    return [(os.path.join(folder, name), lambda f, data=data: f.write(data))
+            for name, data in contents.items()]
 
 
 def epoch_line(row, names, epochs, top5=False):

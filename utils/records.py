@@ -8,7 +8,7 @@ folder).
     checkpoint.pth.tar   the run's state, every epoch (and at a preemption)
     model_best.pth.tar   the state of the best epoch of member 1 (selected on the test set)
     args.json            the run's flags, its id and seed
-    status.json          running, done, preempted, diverged or failed; the epochs done
+    status.json          running, done, preempted, diverged or failed; the epochs saved
     summary.csv          one row per epoch: every metric (for programs)
     log.txt              the original's tab-separated accuracies (for people)
     curves.png           accuracy and loss curves
@@ -29,6 +29,7 @@ ARGS, STATUS, SUMMARY, LOG, PLOT = 'args.json', 'status.json', 'summary.csv', 'l
 TENSORBOARD = 'tensorboard'
 PREVIOUS = 'previous-'
 RUN_ID = 'run_id'   # the key of the run's id in args.json, status.json and every checkpoint
+STATES = ('running', 'done', 'preempted', 'diverged', 'failed')   # status.json's states
 
 
 def read_json_record(path):
@@ -43,17 +44,20 @@ def read_json_record(path):
 
 
 def read_summary_rows(path):
-    """summary.csv as rows of text ({column: value}); raises OSError or csv.Error. Checking
-    the values is the reader's: the report refuses what it cannot use, sweep.py is lenient."""
-    with open(path, newline='') as f:
-        return list(csv.DictReader(f))
+    """summary.csv as rows of text ({column: value}), also as a spreadsheet program saves it
+    again (a byte-order mark, CRLF line ends, quoted fields, rows of empty cells); raises
+    OSError, csv.Error or UnicodeDecodeError. Checking the values is the reader's: the report
+    refuses what it cannot use, sweep.py is lenient."""
+    with open(path, newline='', encoding='utf-8-sig') as f:
+        return [row for row in csv.DictReader(f)
+                if any(value not in ('', None) for value in row.values())]
 
 
 def write_status(folder, state, epoch, epochs, message='', run_id=None):
-    """status.json: running, done, preempted, diverged or failed, the epochs completed and the
-    run's id. sweep.py --status and report.py read it; a live run also holds the folder's lock.
-    Only 'running' must be written: a status that cannot be recorded at the end of a run
-    (a full disk) must not hide the error that ended it."""
+    """status.json: one of STATES, the epochs saved and the run's id. sweep.py --status and
+    report.py read it; a live run also holds the folder's lock. Only 'running' must be
+    written: a status that cannot be recorded at the end of a run (a full disk) must not hide
+    the error that ended it."""
     status = {'state': state, 'epoch': epoch, 'epochs': epochs, 'message': message,
               RUN_ID: run_id, 'host': socket.gethostname(), 'pid': os.getpid(),
               'updated': datetime.now(timezone.utc).isoformat(timespec='seconds')}

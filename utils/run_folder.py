@@ -25,7 +25,7 @@ import shutil
 import time
 
 from .atomic import is_temporary
-from .checkpoint import load_checkpoint
+from .checkpoint import folder_given, load_checkpoint
 from .errors import UserError
 from .records import (ARGS, BEST, CHECKPOINT, LOG, PLOT, PREVIOUS, RUN_ID, STATUS, SUMMARY,
                       TENSORBOARD, read_json_record)
@@ -126,9 +126,8 @@ def _same_folder(a, b):
 
 def _check_file(flag, path):
     if os.path.isdir(path):
-        auto = f', or --resume auto -c {path}' if flag == '--resume' else ''
-        raise UserError(f'{flag} {path!r} is a directory, not a checkpoint file: pass '
-                        f'{os.path.join(path, CHECKPOINT)}{auto}')
+        raise UserError(folder_given(flag, path, f'--resume auto -c {path}'
+                                     if flag == '--resume' else ''))
     if not os.path.exists(path):
         raise UserError(f'{flag}: checkpoint {path!r} does not exist')
 
@@ -202,14 +201,15 @@ def describe_position(state):
 
 
 def other_checkpoints(run):
-    """The folder's checkpoints besides run.resume: [(name, state or None if unreadable)]."""
+    """The folder's checkpoints besides run.resume: [(name, state or None if unreadable or
+    incomplete)]."""
     found = []
     for name in (CHECKPOINT, BEST):
         path = os.path.join(run.folder, name)
         if not os.path.exists(path) or os.path.samefile(path, run.resume):
             continue
         try:
-            found.append((name, load_checkpoint(path, required=('epoch',))))
+            found.append((name, load_checkpoint(path, required=('epoch', 'state_dict'))))
         except UserError:
             found.append((name, None))
     return found
@@ -235,13 +235,27 @@ def new_run_id():
 
 def run_records(run):
     """What the folder says of its run besides run.resume: [(name, dict)] of its other
-    checkpoints, args.json and status.json (an unreadable one says nothing)."""
-    records = [(name, state) for name, state in other_checkpoints(run) if state is not None]
+    checkpoints, args.json and status.json (an unreadable one says nothing). A
+    model_best.pth.tar that is not a checkpoint is refused: continuing would go on as if the
+    best epoch's weights were kept."""
+    records = []
+    for name, state in other_checkpoints(run):
+        if state is None and name == BEST:
+            raise UserError(damaged_best(run.path(BEST)))
+        if state is not None:
+            records.append((name, state))
     for name in (ARGS, STATUS):
         record = read_json_record(os.path.join(run.folder, name))
         if record is not None:
             records.append((name, record))
     return records
+
+
+def damaged_best(path):
+    return (f'{path} is not a readable checkpoint (damaged, or not saved by this project), so '
+            "the run's best epoch so far is not kept: move it aside (e.g. to "
+            f'{path}.damaged) and continue; model_best.pth.tar is written again when an epoch '
+            'beats the best test accuracy so far')
 
 
 def _seed(record):

@@ -11,7 +11,7 @@ import torch
 from .data import UNOFFICIAL_COPIES, UNOFFICIAL_FLAG, DeviceLoader, load_dataset, rank_share
 from .distributed import init_process_group, world_from_env
 from .errors import UserError
-from .imagefolder import IMAGENET, load_image_folder
+from .imagefolder import IMAGENET, check_same_images, load_image_folder
 
 TEST_BATCH = 100        # the original's test batch
 FAST_TEST_BATCH = 1000  # under --fast on CUDA: evaluation is launch-bound at 100
@@ -53,9 +53,10 @@ def check_flags(args, method, world):
     for flag, value in (('--lr', args.lr), ('--gamma', args.gamma)):
         if not (math.isfinite(value) and value > 0):
             raise UserError(f'{flag} must be a positive number, got {value}')
-    for flag, value in (('--momentum', args.momentum), ('--weight-decay', args.weight_decay)):
-        if not (math.isfinite(value) and value >= 0):
-            raise UserError(f'{flag} must be a number >= 0, got {value}')
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        raise UserError(f'--weight-decay must be a number >= 0, got {args.weight_decay}')
+    if not 0 <= args.momentum < 1:  # 1 and above: the momentum buffer grows without bound
+        raise UserError(f'--momentum must be in [0, 1), got {args.momentum}')
     if args.nesterov and not args.momentum > 0:
         raise UserError(f'--nesterov needs --momentum > 0, got {args.momentum}')
     negative = [m for m in args.schedule if m < 0]
@@ -194,17 +195,22 @@ class Data:
     train: object      # a loader: batches(epoch, start), labels, device (utils/data.py)
     test: object       # this rank's share of the test split
     num_test: int      # test images over all ranks
+    listing: dict = None  # ImageNet: what the run records of its images (imagefolder.py)
 
 
-def load_data(args, device, world, views=1):
+def load_data(args, device, world, views=1, resumed=None):
     """The dataset's loaders: ImageNet's folders read by worker processes (every rank scans
     the folders itself), the others as tensors on the device. `views`: training batches of
-    that many differently cropped and flipped copies of their images (KDCL's)."""
+    that many differently cropped and flipped copies of their images (KDCL's). RESUMED:
+    (state, path) of the checkpoint a run continues, whose images the folders must still
+    list."""
     if args.dataset == IMAGENET:
         if views > 1:
             raise UserError(f'{views} views of each training image: the ImageNet loader gives '
                             'one (for KDCL: --no-icl)')
         data = Data(*load_image_folder(args, device, world))
+        if resumed is not None:
+            check_same_images(resumed[0].get('listing'), data.listing, resumed[1], args.data_dir)
     else:
         data = load_tensors(args, device, world, views)
     last = len(data.train.labels) % args.train_batch
