@@ -50,7 +50,7 @@ from utils.distributed import World
 from utils.errors import UserError, one_line_errors
 from utils.graphs import GraphedStep
 from utils.setup import apply_fast_preset, build_model, build_optimizer, cpu_name
-from utils.steps import Meters, evaluate, train_step
+from utils.steps import Meters, evaluate, scorer, train_step
 
 MODELS = ['resnet-32', 'one_resnet-32', 'resnet-110', 'one_resnet-110']
 IMAGENET_MODELS = ['one_resnet18']
@@ -379,11 +379,11 @@ def measure(args, device):
     test = DeviceLoader(images[:args.test_batch * args.steps], labels[:args.test_batch * args.steps],
                         CIFAR_MEAN, CIFAR_STD, args.test_batch, shuffle=False, augment=False,
                         memory_format=memory_format)
-    evaluate(model, test, method, objective, 40, names, World(), args.amp)  # warm-up
+    evaluate(model, test, scorer(method, objective, 40, names), names, World(), args.amp)  # warm-up
     eval_rates = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        evaluate(model, test, method, objective, 40, names, World(), args.amp)
+        evaluate(model, test, scorer(method, objective, 40, names), names, World(), args.amp)
         eval_rates.append(args.test_batch * args.steps / (time.perf_counter() - start))
 
     if device.type == 'cuda':

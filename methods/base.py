@@ -129,6 +129,14 @@ class Method:
     def build_model(self, args, num_classes):
         raise NotImplementedError
 
+    def packable(self, args):
+        """Why runs of these flags cannot train as a pack (--seeds; utils/pack.py), or None.
+        A pack takes one backward pass over the runs' summed losses: a method with its own
+        training step cannot be packed unless it says how."""
+        if self.train_step is not train_step:
+            return f'{self.title} trains with its own step, which a pack cannot batch'
+        return None
+
     def views(self, args):
         """How many differently augmented copies of each training batch the model takes
         (its training images then have shape (views, B, C, H, W)); 1 but for KDCL's input

@@ -168,6 +168,12 @@ updated in turn); --update simultaneous takes one step over all networks' losses
                 raise UserError('--compile: the alternating order runs the networks one by '
                                 'one, eagerly; drop --compile or use --update simultaneous')
 
+    def packable(self, args):
+        if args.update == 'alternating':
+            return ('--update alternating steps one network at a time, which a pack cannot '
+                    'batch: use --update simultaneous')
+        return None
+
     def variant(self, args):
         return {'update': args.update, 'temperature': args.temperature}
 

@@ -11,12 +11,17 @@ __all__ = ['ScaleGradient', 'RescaledHeads', 'CLILRResNet', 'CLILRHeads']
 
 
 class ScaleGradient(torch.autograd.Function):
-    """Identity forward; the backward multiplies the incoming gradient by `scale`."""
+    """Identity forward; the backward multiplies the incoming gradient by `scale`. Written in
+    the form torch.func can batch (setup_context, generate_vmap_rule), for packed runs."""
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x, scale):
-        ctx.scale = scale
+    def forward(x, scale):
         return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.scale = inputs[1]
 
     @staticmethod
     def backward(ctx, grad):

@@ -15,7 +15,7 @@ from methods import METHODS
 from models.output import ModelOutput, column_hits
 from utils.errors import UserError
 from utils.setup import apply_fast_preset, build_model, check_cuda_graphs
-from utils.steps import Meters, evaluate, train_step
+from utils.steps import Meters, evaluate, scorer, train_step
 
 CPU = torch.device('cpu')
 
@@ -71,7 +71,7 @@ def test_evaluation_changes_nothing_and_counts_like_a_direct_computation(data):
     test = DeviceLoader(*data, CIFAR_MEAN, CIFAR_STD, 25, shuffle=False, augment=False,
                         memory_format=torch.channels_last)
     names = ['1', '2', '3', 'ens']
-    metrics = evaluate(model, test, METHODS['one'], objective('one'), 0, names, World())
+    metrics = evaluate(model, test, scorer(METHODS['one'], objective('one'), 0, names), names, World())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with torch.no_grad():
         hits = sum(column_hits(model(x), y, names) for x, y in test.batches())

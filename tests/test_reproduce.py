@@ -19,7 +19,8 @@ from fakedata import write_cifar100
 from methods import published
 from reproductions import cli
 from reproductions.collect import copy_run
-from reproductions.columns import method_of, script_flags
+from reproductions.columns import method_of
+from utils.cli import build_parser
 from sweeps.check import check_one
 from utils.errors import UserError
 
@@ -42,10 +43,18 @@ def checks_in_this_process(runs, cwd):
     return refusals
 
 
+def help_options(script):
+    """What sweeps.grid.help_flags reads from a script's --help (each flag and the option it
+    names: its first long spelling), from the script's parser."""
+    actions = build_parser('', method_of(script))._actions
+    return {flag: next((o for o in action.option_strings if o.startswith('--')), flag)
+            for action in actions for flag in action.option_strings}
+
+
 @pytest.fixture(scope='module')
 def fast_sweeps():
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sweeps.grid, 'help_flags', lambda script, cwd: set(script_flags(script)))
+        patch.setattr(sweeps.grid, 'help_flags', lambda script, cwd: help_options(script))
         patch.setattr(sweeps.cli, 'check_runs', checks_in_this_process)
         patch.setenv('PYTHONPATH', os.environ.get('PYTHONPATH', ''))
         yield

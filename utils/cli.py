@@ -27,7 +27,7 @@ BOOKKEEPING = frozenset({
     'device', 'workers', 'overwrite', 'evaluate', 'compile', 'cuda_graphs', 'channels_last',
     'sync_bn', 'tensorboard', 'start_epoch', 'fast', 'amp', 'test_batch',
     'print_freq', 'log_interval', 'threads', 'progress', 'quiet', 'verbose', 'rewind',
-    'deterministic', 'check_only', 'bad_images', 'save_every_minutes', 'unofficial_data',
+    'deterministic', 'check_only', 'bad_images', 'save_every_minutes', 'seeds', 'unofficial_data',
     'device_name', 'torch_version',
 })  # init_from is not: a fork never merges with runs from scratch
 
@@ -97,6 +97,11 @@ def build_parser(description, method):
     method.add_network_flags(p)  # -a, --depth and the networks' own flags
     method.add_flags(p)
     p.add_argument('--manualSeed', type=int, default=None, help='random seed')
+    p.add_argument('--seeds', type=int, nargs='+', default=None, metavar='S',
+                   help='train one run per seed as one pack: one stacked model in one process '
+                        "(utils/pack.py), each run in its own folder, -c's {seed} filled in "
+                        '(default: -c/seedS); every run equals the run its seed trains alone. '
+                        'In the contiguous layout, one process, no dropout (docs/SPEED.md)')
     p.add_argument('-e', '--evaluate', action='store_true',
                    help='only evaluate the --resume checkpoint on the test set')
     p.add_argument('--gpu-id', default=None, type=str, help='CUDA device index to use')

@@ -4,6 +4,7 @@ An entry script names a method (methods/): its flags, model, objective and accur
 columns. Everything else, the loop, evaluation, checkpoints, logs, signals and torchrun, is
 here and the same for every method.
 """
+import copy
 import os
 import random
 import time
@@ -13,29 +14,23 @@ import torch
 from progress.bar import Bar
 from torch.nn.parallel import DistributedDataParallel
 
-from .atomic import write_all_atomic
-from .checkpoint import (FORMAT_VERSION, TRAINING, check_identity, check_keys, checkpoint_writer,
-                         load_checkpoint, rng_states, save_atomic, set_rng_states)
-from .cli import build_parser, changed_flags, parse_flags
+from .checkpoint import check_identity, load_checkpoint, rng_states, set_rng_states
+from .cli import build_parser, parse_flags
 from .distributed import wait_for_rank_0, world_from_env
 from .errors import UserError
 from .graphs import GraphedStep
 from .imagefolder import IMAGENET, UnreadableImage
-from .logger import epoch_line, result_line, run_files, write_args
-from .records import BEST, CHECKPOINT, RUN_ID, write_status
-from .run_folder import AlreadyDone, RunFolder, new_run_id
+from .logger import epoch_line, result_line
+from .pack import (Pack, PackLoader, SharedBatches, member_optimizer_state, over_members,
+                   pack_train_step, stack_optimizer_states)
+from .records import BEST, CHECKPOINT
+from .run_folder import AlreadyDone, RunFolder
+from .run_state import Run, identity
 from .schedule import learning_rate
-from .setup import build_model, build_optimizer, load_data, seed_everything, setup
-from .steps import Meters, evaluate, member_columns
+from .setup import (build_model, build_optimizer, check_same_position, load_data, member_args,
+                    seed_everything, setup)
+from .steps import Meters, evaluate, member_columns, scorer
 from .stops import Diverged, Preempted, StopRequest, quiet_unless, run_to_exit_code
-
-# curves.png is redrawn after an epoch at most this often, and after the last epoch: drawing
-# takes about 0.3 s, as long as a whole epoch of CIFAR on a large GPU.
-PLOT_EVERY_SECONDS = 30
-# Kept from a run's first command whatever a later one says (--resume overrides --start-epoch;
-# data_copy: setup.record_data_copy refuses to continue on another copy).
-FIRST_COMMAND = ('start_epoch', 'init_from', 'init_from_epoch', 'data_copy')
-
 
 def main(method, argv=None):
     """Parse flags, then train or evaluate; every anticipated failure is one line and an
@@ -54,12 +49,6 @@ def main(method, argv=None):
     return run_to_exit_code(lambda: work(args, method), world, parser.prog)
 
 
-def identity(args, method):
-    """What must agree between a checkpoint and the run that loads it."""
-    return dict(method=method.name, arch=args.arch, depth=args.depth, dataset=args.dataset,
-                **method.identity(args))
-
-
 # ----------------------------------------------------------------------------- evaluation
 
 def evaluate_checkpoint(args, method):
@@ -76,8 +65,8 @@ def evaluate_checkpoint(args, method):
         print(f'check-only: would evaluate {args.resume} (epoch {state["epoch"]})')
         return 0
     names = method.columns(args)
-    metrics = evaluate(model, data.test, method, method.objective(args), state['epoch'], names,
-                       world, args.amp)
+    score = scorer(method, method.objective(args), state['epoch'], names)
+    metrics = evaluate(model, data.test, score, names, world, args.amp)
     if world.is_main:
         top5 = args.dataset == IMAGENET
         print(f'{args.resume} (epoch {state["epoch"]}), {args.dataset} test set, '
@@ -95,86 +84,90 @@ def evaluate_checkpoint(args, method):
 # ----------------------------------------------------------------------------- training
 
 class Trainer:
-    """State of one training run and the loop over its epochs."""
+    """One run, or a pack of runs that differ only by seed (--seeds; utils/pack.py), and the
+    loop over their epochs. The model, optimizer, data and loop are the Trainer's; each run's
+    flags, folder, history and files are its Run's (utils/run_state.py)."""
 
     def __init__(self, args, method, resources):
-        """Check everything, load the data and build the run in memory; only then take the
-        run folder (lock, earlier files moved aside) and write its first files. A refusal
+        """Check everything, load the data and build the runs in memory; only then take the
+        run folders (lock, earlier files moved aside) and write their first files. A refusal
         therefore never leaves a file behind."""
         self.args, self.method = args, method
         self.objective = method.objective(args)
         self.world, self.device = setup(args, method)
-        run = RunFolder.from_args(args)
-        self.folder = args.checkpoint = run.folder
-        state = self.load_resumable(run) if run.resume else None
+        self.runs = [Run(run_args, method, RunFolder.from_args(run_args))
+                     for run_args in member_args(args)]
+        self.packed = bool(args.seeds)
+        check_same_position([run.state for run in self.runs], [run.folder for run in self.runs])
+        state = self.runs[0].state
+        run = self.runs[0].where
         source = method.upgrade_checkpoint(load_checkpoint(run.init_from)) if run.init_from else None
         if source is not None:
             check_identity(source, run.init_from, identity(args, method), method.identity_assumed)
         if state is None and args.start_epoch >= args.epochs:
             raise UserError(f'--start-epoch {args.start_epoch} leaves nothing to train with '
                             f'--epochs {args.epochs}: it must be below --epochs')
-        if state is None:
-            args.run_id = new_run_id()
-        self.seed = state['seed'] if state else (
-            args.manualSeed if args.manualSeed is not None else random.randint(1, 10000))
-        args.manualSeed = self.seed
-        seed_everything(self.seed)
+        for member in self.runs:
+            member.args.manualSeed = member.state['seed'] if member.state else (
+                member.args.manualSeed if member.args.manualSeed is not None
+                else random.randint(1, 10000))
+        args.manualSeed = self.runs[0].seed
+        seed_everything(self.runs[0].seed)
 
         self.data = load_data(args, self.device, self.world, method.views(args),
                               resumed=(state, run.resume) if state is not None else None)
-        self.train_loader, self.test_loader = self.data.train, self.data.test
-        if args.train_subset > len(self.train_loader.labels):
+        if args.train_subset > len(self.data.train.labels):
             raise UserError(f'--train-subset {args.train_subset} is larger than {args.dataset}\'s '
-                            f'{len(self.train_loader.labels)} training images: use at most that '
+                            f'{len(self.data.train.labels)} training images: use at most that '
                             '(or 0 for all)')
-        self.train_loader.seed = self.seed
-        self.model = build_model(args, method, self.data.num_classes, self.device)
+        self.model = self.build_models()
+        self.train_loader, self.test_loader = self.loaders()
         self.optimizer = build_optimizer(args, self.model, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=args.amp == 'fp16')
         self.names = method.columns(args)
         self.top5 = args.dataset == IMAGENET   # shown in log.txt and the epoch lines
-        self.epoch, self.step, self.best_acc, self.history = args.start_epoch, 0, 0.0, []
-        self.partial = None
-        self.plotted_at = -float('inf')
+        self.epoch, self.step = args.start_epoch, 0
         self.saved_at = time.monotonic()   # the last checkpoint, for --save-every-minutes
         if state is not None:
-            self.restore(state, run.resume)
+            self.restore()
         elif source is not None:
             self.init_weights(source, run.init_from)
-        self.epochs_saved = len(self.history)   # what checkpoint.pth.tar and the logs hold
-        self.run_folder = run
         if args.check_only:
             return
         self.train_model = self.wrap(self.model)
+        self.train_step = pack_train_step if self.packed else method.train_step
         self.graphed_step = GraphedStep(self.train_and_count) if args.cuda_graphs else None
-        # ---- nothing above has written a file; everything below writes into the run folder
+        # ---- nothing above has written a file; everything below writes into the run folders
         if self.world.is_main:
-            self.take_folder(run, resources, state)
+            for member in self.runs:
+                self.take_folder(member, resources)
 
-    def load_resumable(self, run):
-        """The state of the run to continue, checked before anything is written: its model
-        (identity), its keys, and what the run folder requires (RunFolder.check_continuation:
-        its own run, unchanged flags, no rewind unasked, no shortening)."""
-        args, path = self.args, run.resume
-        state = self.method.upgrade_checkpoint(load_checkpoint(path))
-        check_identity(state, path, identity(args, self.method), self.method.identity_assumed)
-        if 'optimizer' not in state:
-            raise UserError(f'{path!r} holds weights only (an export): evaluate it with -e, or '
-                            f'start a new run from its weights with --init-from {path}')
-        check_keys(state, path, TRAINING)
-        if not all(type(state[key]) is int and state[key] >= 0 for key in ('epoch', 'step')):
-            raise UserError(f'{path!r} is damaged: its epoch and batch are not counts')
-        saved = state['args'] if isinstance(state['args'], dict) else {}
-        for key in FIRST_COMMAND:  # provenance outlives the first command
-            if key in saved:
-                setattr(args, key, saved[key])
-        # --epochs may change: the LR and ramp-up are functions of the epoch, so a run
-        # continued to more epochs is the run those epochs would have made
-        changed = changed_flags(self.method, saved, args)
-        if args.manualSeed is not None and args.manualSeed != state['seed']:
-            changed.append(('--manualSeed', state['seed'], args.manualSeed))
-        args.run_id = run.check_continuation(state, changed, args.rewind, args.epochs)
-        return state
+    def build_models(self):
+        """The model: for a pack, each run's built from its own seed exactly as the run alone
+        builds it (its RNG states then kept as that run's), stacked."""
+        args, method = self.args, self.method
+        if not self.packed:
+            return build_model(args, method, self.data.num_classes, self.device)
+        models = []
+        for run in self.runs:
+            seed_everything(run.seed)
+            models.append(build_model(run.args, method, self.data.num_classes, self.device))
+            run.rng = rng_states()
+        return Pack(models)
+
+    def loaders(self):
+        """(training, test) loaders: for a pack, each run's training batches from its own seed,
+        stacked, and every test batch given to every run."""
+        train, test = self.data.train, self.data.test
+        if not self.packed:
+            train.seed = self.runs[0].seed
+            return train, test
+        members = []
+        for run in self.runs:
+            member = copy.copy(train)
+            member.seed = run.seed
+            members.append(member)
+        return PackLoader(members), SharedBatches(test, len(self.runs))
 
     def init_weights(self, source, path):
         """--init-from: a new run from another checkpoint's weights only."""
@@ -186,38 +179,31 @@ class Trainer:
         self.args.init_from = os.path.abspath(path)
         self.args.init_from_epoch = source['epoch']
 
-    def take_folder(self, run, resources, state):
-        """Rank 0: take the run folder (RunFolder.take: the lock, the files already there),
-        say what was done, and write the run's first files."""
-        args = self.args
-        note, stale = run.take(resources, state, args.overwrite, args.rewind)
-        if note:
-            print(note, flush=True)
-        write_args(self.folder, args)
-        if state is None:  # proves the folder takes a checkpoint before any work is done
-            save_atomic(self.checkpoint_state(), self.path(CHECKPOINT))
-            if run.init_from:
-                print(f'New run in {self.folder} from the weights of {run.init_from} (epoch '
-                      f'{args.init_from_epoch}); starting at epoch {self.epoch + 1}', flush=True)
+    def take_folder(self, run, resources):
+        """Rank 0: take a run's folder and write its first files."""
+        stale = run.take(resources)
+        if run.state is None:  # proves the folder takes a checkpoint before any work is done
+            run.save_checkpoint(self.checkpoint_state(run))
+            if run.where.init_from:
+                print(f'New run in {run.folder} from the weights of {run.where.init_from} (epoch '
+                      f'{run.args.init_from_epoch}); starting at epoch {self.epoch + 1}',
+                      flush=True)
         else:
-            if stale or self.epoch >= args.epochs:  # the folder shows this state's run
-                self.rewrite_files()
-            print(f'Resuming {run.resume}: epoch {self.epoch + 1}, batch {self.step}, '
+            if stale or self.epoch >= self.args.epochs:  # the folder shows this state's run
+                self.rewrite_files(run)
+            print(f'Resuming {run.where.resume}: epoch {self.epoch + 1}, batch {self.step}, '
                   f'best {self.method.label(self.names[0])} test top-1 so far '
-                  f'{self.best_acc:.2f}%', flush=True)
-        self.set_status('running')
+                  f'{run.best_acc:.2f}%', flush=True)
+        run.set_status('running')
 
-    def rewrite_files(self):
+    def rewrite_files(self, run):
         """After --rewind: the checkpoint, logs and (if the state is its run's best so far)
         model_best.pth.tar of the state continued from."""
-        key = f'test_acc_{self.names[0]}'
-        accs = [row[key] for row in self.history]
-        is_best = (self.step == 0 and bool(accs) and accs[-1] == self.best_acc
-                   and max(accs[:-1], default=-1.0) < self.best_acc)
-        if self.history:
-            self.save_epoch(is_best and not os.path.exists(self.path(BEST)))
+        if run.history:
+            is_best = run.is_best_so_far(self.step)
+            self.save_epoch(run, is_best and not os.path.exists(run.path(BEST)))
         else:
-            save_atomic(self.checkpoint_state(), self.path(CHECKPOINT))
+            run.save_checkpoint(self.checkpoint_state(run))
 
     def wrap(self, model):
         if self.world.distributed:
@@ -225,43 +211,55 @@ class Trainer:
             model = DistributedDataParallel(model, device_ids=device_ids)
         return torch.compile(model) if self.args.compile else model
 
-    def restore(self, state, path):
-        """Continue from a checkpoint (checked by load_resumable)."""
+    def restore(self):
+        """Continue from the runs' checkpoints (checked by Run.load_resumable)."""
+        states = [run.state for run in self.runs]
         try:
-            self.model.load_state_dict(state['state_dict'])
-            self.optimizer.load_state_dict(state['optimizer'])
-            if state.get('scaler'):
-                self.scaler.load_state_dict(state['scaler'])
-            self.epoch, self.step = int(state['epoch']), int(state['step'])
-            self.best_acc, self.history = float(state['best_acc']), list(state['history'])
-            self.partial = state['meters'] if self.world.is_main else None
-            set_rng_states(state['rng'])
+            if self.packed:
+                for i, state in enumerate(states):
+                    self.model.load_member_state_dict(i, state['state_dict'])
+                self.optimizer.load_state_dict(
+                    stack_optimizer_states([state['optimizer'] for state in states]))
+            else:
+                self.model.load_state_dict(states[0]['state_dict'])
+                self.optimizer.load_state_dict(states[0]['optimizer'])
+            if states[0].get('scaler'):
+                self.scaler.load_state_dict(states[0]['scaler'])
+            self.epoch, self.step = int(states[0]['epoch']), int(states[0]['step'])
+            for run in self.runs:
+                run.restore(self.world.is_main)
+                if self.packed:
+                    run.rng = run.state['rng']
+                else:
+                    set_rng_states(run.state['rng'])
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
-            raise UserError(f'{path!r} is damaged or does not fit this run: '
+            raise UserError(f'{self.runs[0].where.resume!r} is damaged or does not fit this run: '
                             f'{" ".join(f"{type(e).__name__}: {e}".split())[:200]}') from None
 
-    def checkpoint_state(self, meters=None):
-        """Everything an uninterrupted run would still have in memory at this point."""
-        return {'format': FORMAT_VERSION, **identity(self.args, self.method),
-                RUN_ID: self.args.run_id, 'num_classes': self.data.num_classes, 'seed': self.seed,
-                'epoch': self.epoch, 'step': self.step, 'best_acc': self.best_acc,
-                'state_dict': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(),
-                'scaler': self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                'meters': meters.state() if meters is not None else None,
-                'history': self.history, 'rng': rng_states(), 'args': vars(self.args),
-                'listing': self.data.listing}
+    def model_state(self, i):
+        """Run i's weights and optimizer state, as a run trained alone holds them."""
+        if not self.packed:
+            return {'state_dict': self.model.state_dict(),
+                    'optimizer': self.optimizer.state_dict()}
+        return {'state_dict': self.model.member_state_dict(i),
+                'optimizer': member_optimizer_state(self.optimizer.state_dict(), i)}
 
-    def path(self, name):
-        return os.path.join(self.folder, name)
+    def checkpoint_state(self, run, meters=None):
+        """Everything an uninterrupted run would still have in memory at this point."""
+        i = self.runs.index(run)
+        shared = {'num_classes': self.data.num_classes, 'epoch': self.epoch, 'step': self.step,
+                  'scaler': self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                  'listing': self.data.listing}
+        own = None if meters is None else (meters.member(i) if self.packed else meters)
+        return run.checkpoint_state(shared, self.model_state(i), own)
 
     def set_status(self, state, message=''):
-        """status.json, with the epochs saved (never one whose files could not be written)."""
         if self.world.is_main:
-            write_status(self.folder, state, self.epochs_saved, self.args.epochs, message,
-                         self.args.run_id)
+            for run in self.runs:
+                run.set_status(state, message)
 
     def run(self):
-        """Train to the last epoch, recording in status.json how the run ended."""
+        """Train to the last epoch, recording in status.json how the runs ended."""
         try:
             self.run_epochs()
         except Diverged as e:
@@ -280,32 +278,45 @@ class Trainer:
         self.print_result()
         return 0
 
+    def resume_hint(self):
+        """The command-line change that continues the runs after a stop."""
+        if self.packed:
+            return f'--resume auto (the same --seeds and -c)'
+        return f'--resume {self.runs[0].path(CHECKPOINT)}'
+
     def run_epochs(self):
         with StopRequest(self.device) as stop:
             while self.epoch < self.args.epochs:
                 self.run_epoch(stop)
                 if stop.signum:
                     raise Preempted(f'stopped by signal {stop.signum} after epoch {self.epoch}; '
-                                    f'resume with --resume {self.path(CHECKPOINT)}', stop.signum)
+                                    f'resume with {self.resume_hint()}', stop.signum)
 
     def say_what_it_would_do(self):
         """--check-only: every check has passed; nothing was written."""
-        run = self.run_folder
-        if run.resume:
-            what = (f'would resume {run.resume} at epoch {self.epoch + 1}, batch {self.step}'
-                    if self.epoch < self.args.epochs else
-                    f'{run.resume} has trained all {self.args.epochs} epochs: would mark '
-                    'it done')
-        else:
-            what = f'would start a new run in {self.folder} at epoch {self.epoch + 1}'
-        print(f'check-only: {what}', flush=True)
+        for run in self.runs:
+            where = run.where
+            if where.resume:
+                what = (f'would resume {where.resume} at epoch {self.epoch + 1}, batch '
+                        f'{self.step}' if self.epoch < self.args.epochs else
+                        f'{where.resume} has trained all {self.args.epochs} epochs: would mark '
+                        'it done')
+            else:
+                what = f'would start a new run in {run.folder} at epoch {self.epoch + 1}'
+            print(f'check-only: {what}', flush=True)
         return 0
 
     def print_result(self):
-        if self.world.is_main and self.history:
-            print(result_line(self.history, self.names, self.method.label(self.names[0])))
+        if self.world.is_main:
+            for run in self.runs:
+                if run.history:
+                    print(self.prefix(run) + result_line(run.history, self.names,
+                                                         self.method.label(self.names[0])))
             if self.graphed_step is not None:
                 print(self.graphed_step.report())
+
+    def prefix(self, run):
+        return f'[seed {run.seed}] ' if self.packed else ''
 
     def run_epoch(self, stop):
         args, epoch = self.args, self.epoch
@@ -314,28 +325,34 @@ class Trainer:
             group['lr'] = lr
         start = time.time()
         train_meters = self.train_epoch(stop, lr)
-        train = train_meters.summary(self.names)
         self.world.broadcast_buffers(self.model)
-        test = evaluate(self.model, self.test_loader, self.method, self.objective, epoch,
-                        self.names, self.world, args.amp, stop)
-        if test is None:
+        members = len(self.runs) if self.packed else None
+        tests = evaluate(self.model, self.test_loader,
+                         scorer(self.method, self.objective, epoch, self.names, self.packed),
+                         self.names, self.world, args.amp, stop, members)
+        if tests is None:
             self.preempt_after_training(train_meters, stop.signum)
         self.report_skipped()
+        seconds = round(time.time() - start, 3)
+        self.epoch, self.step = epoch + 1, 0
+        for i, run in enumerate(self.runs):
+            train = (train_meters.member(i) if self.packed else train_meters).summary(self.names)
+            row = self.epoch_row(epoch, lr, train, tests[i] if self.packed else tests, seconds)
+            is_best = run.record(row)
+            if self.world.is_main:
+                self.save_epoch(run, is_best)
+                run.set_status('running')  # now with this epoch done
+                print(self.prefix(run) + epoch_line(row, self.names, args.epochs, self.top5),
+                      flush=True)
+
+    def epoch_row(self, epoch, lr, train, test, seconds):
         row = {'epoch': epoch + 1, 'lr': lr, 'rampup': self.objective.rampup(epoch),
                'train_loss': train['loss'], 'test_loss': test['loss']}
         for key in ([f'acc_{n}' for n in self.names] + ['acc_mean']
                     + [f'acc5_{n}' for n in self.names]):
             row[f'train_{key}'], row[f'test_{key}'] = train[key], test[key]
-        row['seconds'] = round(time.time() - start, 3)
-        self.history.append(row)
-        self.epoch, self.step = epoch + 1, 0
-        first = f'test_acc_{self.names[0]}'
-        is_best = row[first] > self.best_acc
-        self.best_acc = max(self.best_acc, row[first])
-        if self.world.is_main:
-            self.save_epoch(is_best)
-            self.set_status('running')  # now with this epoch done
-            print(epoch_line(row, self.names, self.args.epochs, self.top5), flush=True)
+        row['seconds'] = seconds
+        return row
 
     def report_skipped(self):
         """--bad-images skip: how many unreadable images this process has left out so far."""
@@ -344,34 +361,19 @@ class Trainer:
                 print(f'--bad-images skip: {len(loader.skipped)} unreadable {split} image(s) '
                       f'left out so far (first: {loader.skipped[0]})', flush=True)
 
-    def save_epoch(self, is_best):
-        """The epoch's files, all or none (a full disk leaves every file as it was): the best
-        model first, then the checkpoint, then the logs, so that a crash between the renames
-        only repeats an epoch."""
-        state = self.checkpoint_state()
-        title = f'{self.method.title}: {self.args.arch}-{self.args.depth} on {self.args.dataset}'
-        plot = (self.epoch >= self.args.epochs
-                or time.monotonic() - self.plotted_at >= PLOT_EVERY_SECONDS)
-        write_all_atomic([(self.path(name), checkpoint_writer(state))
-                          for name in ([BEST] if is_best else []) + [CHECKPOINT]]
-                         + run_files(self.folder, self.history, self.names, title, plot,
-                                     self.top5))
-        self.epochs_saved = len(self.history)
+    def save_epoch(self, run, is_best):
+        run.save_epoch(self.checkpoint_state(run), is_best, self.top5)
         self.saved_at = time.monotonic()
-        if plot:
-            self.plotted_at = time.monotonic()
-        if self.args.tensorboard:
-            from .tensorboard_log import write_tensorboard  # tensorboard is slow to import
-            write_tensorboard(self.folder, self.history)
 
     def train_epoch(self, stop, lr):
         """Train over the rest of the epoch; returns its meters, summed over the ranks."""
-        args, device, world = self.args, self.device, self.world
+        device, world = self.device, self.world
         self.train_model.train()
-        meters = Meters(len(self.names), device)
-        if self.partial is not None:
-            meters.load(self.partial)
-            self.partial = None
+        meters = Meters(len(self.names), device, len(self.runs) if self.packed else None)
+        for i, run in enumerate(self.runs):
+            if run.partial is not None:
+                (meters.member(i) if self.packed else meters).load(run.partial)
+                run.partial = None
         # Reading device values stalls a GPU's queue, so on CUDA check flags every few steps.
         check_every = 25 if device.type == 'cuda' else 1
         num_batches = len(self.train_loader)
@@ -398,7 +400,7 @@ class Trainer:
                 loss_sum, correct = self.graphed_step(key, images, targets, self.epoch, share)
             else:
                 loss_sum, correct = self.train_and_count(images, targets, self.epoch, share)
-            meters.update(loss_sum, correct, len(targets))
+            meters.update(loss_sum, correct, targets.shape[-1])
             self.step = step + 1
             if self.step % check_every == 0 or self.step == num_batches:
                 self.check(meters, stop)
@@ -412,37 +414,52 @@ class Trainer:
         stays.)"""
         if self.world.distributed:
             raise error
-        state = self.checkpoint_state(meters)
-        save_atomic(state, self.path(CHECKPOINT))
+        run = self.runs[0]          # ImageNet runs are never packed
+        run.save_checkpoint(self.checkpoint_state(run, meters))
         raise UnreadableImage(f'{error}; the steps before it are saved in '
-                              f'{self.path(CHECKPOINT)}: resume with --resume '
-                              f'{self.path(CHECKPOINT)}') from None
+                              f'{run.path(CHECKPOINT)}: resume with --resume '
+                              f'{run.path(CHECKPOINT)}') from None
 
     def train_and_count(self, images, targets, epoch, batch_size):
-        """One optimizer step; returns (loss summed over the images, top-1 hits per column)."""
-        output, loss_sum = self.method.train_step(
+        """One optimizer step; returns (loss summed over the images, top-1 and top-5 hits per
+        column), each with a leading dimension of k for a pack."""
+        output, loss_sum = self.train_step(
             self.train_model, self.objective, self.optimizer, self.scaler, images, targets,
             epoch, batch_size, self.args.amp)
+        if self.packed:
+            return loss_sum, over_members(
+                lambda out, y: self.method.correct(out, y, self.names), output, targets)
         return loss_sum, self.method.correct(output, targets, self.names)
 
     def check(self, meters, stop):
         """Stop on a NaN/Inf loss (saving nothing) or, on a signal, save this step and stop;
         when --save-every-minutes have passed since the last save (on any rank's clock), save
         this step and go on."""
-        flags = torch.stack([meters.nonfinite.to(torch.int64),
+        flags = torch.stack([meters.nonfinite.any().to(torch.int64),
                              torch.tensor(stop.signum, device=self.device),
                              torch.tensor(int(self.save_due()), device=self.device)])
         nonfinite, signum, due = self.world.all_reduce(flags,
                                                        torch.distributed.ReduceOp.MAX).tolist()
         if nonfinite:
-            kept = [path for path in map(self.path, (CHECKPOINT, BEST)) if os.path.exists(path)]
-            raise Diverged(f'the loss became NaN or Inf in epoch {self.epoch + 1} (by batch '
-                           f'{self.step}); the last good state is in '
-                           f'{" and ".join(kept) or "no file (none was saved)"}')
+            raise Diverged(self.divergence(meters))
         if signum and self.step < len(self.train_loader):
             self.preempt(meters.reduce(self.world), signum)
         if due and self.step < len(self.train_loader):
             self.save_step(meters.copy().reduce(self.world))
+
+    def divergence(self, meters):
+        """What a NaN or Inf loss stopped, and where each run's last good state is."""
+        where = f'in epoch {self.epoch + 1} (by batch {self.step})'
+        if not self.packed:
+            run = self.runs[0]
+            kept = [path for path in map(run.path, (CHECKPOINT, BEST)) if os.path.exists(path)]
+            return (f'the loss became NaN or Inf {where}; the last good state is in '
+                    f'{" and ".join(kept) or "no file (none was saved)"}')
+        bad = [run for run, nonfinite in zip(self.runs, meters.nonfinite.tolist()) if nonfinite]
+        return (f'the loss of seed {", ".join(str(run.seed) for run in bad)} became NaN or Inf '
+                f'{where}, which stops the pack; every run keeps the checkpoint.pth.tar of its '
+                'last epoch: continue the others with --resume auto and --seeds without '
+                f'{"it" if len(bad) == 1 else "them"}')
 
     def save_due(self):
         minutes = self.args.save_every_minutes
@@ -450,19 +467,21 @@ class Trainer:
 
     def save_step(self, meters):
         """--save-every-minutes: this exact step (with the epoch's running sums, summed over
-        the ranks) into the checkpoint, as a preemption saves it; training goes on."""
+        the ranks) into each run's checkpoint, as a preemption saves it; training goes on."""
         if self.world.is_main:
-            save_atomic(self.checkpoint_state(meters), self.path(CHECKPOINT))
+            for run in self.runs:
+                run.save_checkpoint(self.checkpoint_state(run, meters))
         self.saved_at = time.monotonic()
 
     def preempt(self, meters, signum):
         """Save this exact step (with the epoch's running sums) and stop."""
-        state = self.checkpoint_state(meters)
+        states = [self.checkpoint_state(run, meters) for run in self.runs]
         if self.world.is_main:
-            save_atomic(state, self.path(CHECKPOINT))
+            for run, state in zip(self.runs, states):
+                run.save_checkpoint(state)
+        saved = ', '.join(run.path(CHECKPOINT) for run in self.runs)
         raise Preempted(f'stopped by signal {signum} at epoch {self.epoch + 1}, batch '
-                        f'{self.step}; saved {self.path(CHECKPOINT)}; resume with '
-                        f'--resume {self.path(CHECKPOINT)}', signum)
+                        f'{self.step}; saved {saved}; resume with {self.resume_hint()}', signum)
 
     def preempt_after_training(self, train_meters, signum):
         """A signal during evaluation: save the trained epoch; resuming evaluates it."""

@@ -1,4 +1,5 @@
 """Everything a run needs before its first step: checked flags, device, world, data, model."""
+import copy
 import math
 import os
 import platform
@@ -64,6 +65,79 @@ def check_flags(args, method, world):
         raise UserError(f'--schedule milestones are 0-based epochs (>= 0), got '
                         f'{" ".join(map(str, negative))}')
     method.validate(args)
+    check_pack(args, method, world)
+
+
+def check_pack(args, method, world):
+    """--seeds: one refusal line for whatever a pack of runs cannot hold (utils/pack.py)."""
+    seeds = args.seeds
+    if not seeds:
+        return
+    refusals = [
+        (len(seeds) < 2, 'one seed is one run: pass --manualSeed'),
+        (len(set(seeds)) < len(seeds), 'each seed once'),
+        (not all(0 <= seed < 2**32 for seed in seeds), 'seeds in [0, 2**32)'),
+        (args.manualSeed is not None, 'it sets every run\'s seed: drop --manualSeed'),
+        (args.evaluate, '-e evaluates one checkpoint: drop --seeds'),
+        (args.resume not in ('', 'auto'), 'a pack continues with --resume auto (every run in its '
+                                          'own folder)'),
+        (bool(getattr(args, 'init_from', None)), 'each run starts from its own seed: drop '
+                                                 '--init-from'),
+        (world.distributed, 'a pack trains in one process: not under torchrun'),
+        (args.dataset == IMAGENET, "ImageNet's folder loaders are not packed"),
+        (args.compile, 'not with --compile (a pack is one vmapped model; use --cuda-graphs)'),
+        (args.amp == 'fp16', "fp16's gradient scaler would skip every run's step when one "
+                             'overflows: use --amp bf16'),
+        (bool(args.drop), f'--drop {args.drop}: the runs would draw their dropout masks from '
+                          'one generator, so no run could equal its run alone (--drop 0; the '
+                          "OKDDip code's VGG drops out 0.5 in branches by default)"),
+        (bool(getattr(args, 'memory_efficient', False)), '--memory-efficient recomputes inside '
+                                                         'the backward pass, which a pack cannot'),
+        (method.packable(args) is not None, method.packable(args)),
+    ]
+    for refused, why in refusals:
+        if refused:
+            raise UserError(f'--seeds: {why}')
+
+
+def member_folder(args, seed):
+    """The folder of a pack's run of `seed`: -c with {seed} filled in, or -c/seedS."""
+    base = args.checkpoint or os.path.join('checkpoints', args.dataset,
+                                           f'{args.arch}-{args.depth}')
+    if '{seed}' in base:
+        return base.replace('{seed}', str(seed))
+    return os.path.join(base, f'seed{seed}')
+
+
+def member_args(args):
+    """Each run's own flags: [args] for one run; for a pack (--seeds) a copy per seed, with
+    its seed and its folder."""
+    if not args.seeds:
+        return [args]
+    members = []
+    for seed in args.seeds:
+        member = copy.copy(args)
+        member.manualSeed, member.checkpoint = seed, member_folder(args, seed)
+        members.append(member)
+    return members
+
+
+def check_same_position(states, folders):
+    """A pack starts, or continues, as a whole: every run new, or every run's checkpoint at
+    the same epoch and batch."""
+    if len(states) < 2:
+        return
+    new = [folder for folder, state in zip(folders, states) if state is None]
+    positions = {(state['epoch'], state['step']) for state in states if state is not None}
+    if new and len(new) < len(states):
+        raise UserError(f'--seeds: {", ".join(new)} hold(s) no run to continue while the other '
+                        'runs of the pack do: a pack starts or continues as a whole (continue '
+                        'the runs apart, or start the new ones in a pack of their own)')
+    if len(positions) > 1:
+        where = ', '.join(f'{folder} at epoch {state["epoch"]} batch {state["step"]}'
+                          for folder, state in zip(folders, states))
+        raise UserError(f'--seeds: the runs stand at different points ({where}): a pack '
+                        'continues only runs that stopped together; continue them apart')
 
 
 def pick_device(args, world):
@@ -140,6 +214,8 @@ def setup(args, method):
     # nothing about the run's, so their checks are left to the run.
     device = torch.device('cpu') if args.check_only else pick_device(args, world)
     apply_fast_preset(args, device, world.distributed)
+    if args.seeds:   # a pack's convolutions take stacks of batches (5-D), which have no NHWC
+        args.channels_last = False
     check_cuda_graphs(args, device, world)
     if args.sync_bn and world.distributed and device.type != 'cuda':
         raise UserError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on the CPU")
@@ -223,7 +299,7 @@ def load_data(args, device, world, views=1, resumed=None):
 def record_data_copy(args, copy, world):
     """args.data_copy: the copy of the data this run trains on (None where only CIFAR's are
     told apart). A run continues only on the copy it started on (args.data_copy is then the
-    first command's: engine.FIRST_COMMAND); an unofficial copy is said in one line."""
+    first command's: run_state.FIRST_COMMAND); an unofficial copy is said in one line."""
     started = getattr(args, 'data_copy', None)
     if copy and started and started.get('sha256') != copy['sha256']:
         raise UserError(f'{args.data_dir!r} holds another copy of {args.dataset} (sha256 '

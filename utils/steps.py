@@ -34,13 +34,23 @@ def train_step(model, objective, optimizer, scaler, images, targets, epoch, batc
 
 class Meters:
     """Sums kept on the device (no host synchronisation per step): loss, hits (top-1 and
-    top-5 per column, shape (2, columns)), images."""
+    top-5 per column, shape (2, columns)), images. For a pack of k runs (utils/pack.py) the
+    loss, hits and the non-finite flag have a leading dimension of k, one row a run, and
+    member(i) is run i's meters (views of those rows)."""
 
-    def __init__(self, num_scores, device):
-        self.loss = torch.zeros((), dtype=torch.float64, device=device)
-        self.correct = torch.zeros(2, num_scores, dtype=torch.int64, device=device)
+    def __init__(self, num_scores, device, members=None):
+        runs = () if members is None else (members,)
+        self.loss = torch.zeros(runs, dtype=torch.float64, device=device)
+        self.correct = torch.zeros(*runs, 2, num_scores, dtype=torch.int64, device=device)
         self.count = torch.zeros((), dtype=torch.int64, device=device)
-        self.nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        self.nonfinite = torch.zeros(runs, dtype=torch.bool, device=device)
+
+    def member(self, i):
+        """Run i's meters of a pack's: views, so loading into them fills row i."""
+        view = Meters.__new__(Meters)
+        view.loss, view.correct, view.nonfinite = self.loss[i], self.correct[i], self.nonfinite[i]
+        view.count = self.count
+        return view
 
     def update(self, loss_sum, correct, count):
         self.loss += loss_sum
@@ -53,14 +63,15 @@ class Meters:
 
     def copy(self):
         """Meters holding the same sums, to reduce over the ranks while these go on."""
-        other = Meters(self.correct.shape[1], self.loss.device)
-        other.load(self.state())
+        other = Meters.__new__(Meters)
+        other.loss, other.correct, other.count, other.nonfinite = (
+            t.clone() for t in (self.loss, self.correct, self.count, self.nonfinite))
         return other
 
     def load(self, state):
         self.loss.copy_(state['loss'])
         # a checkpoint written before top-5 was counted holds the top-1 row alone
-        saved = state['correct'].view(-1, self.correct.shape[1])
+        saved = state['correct'].view(-1, self.correct.shape[-1])
         self.correct[:len(saved)].copy_(saved)
         self.count.copy_(state['count'])
 
@@ -88,18 +99,33 @@ def member_columns(names):
     return [n for n in names if n.isdigit()] or names[:1]
 
 
+def scorer(method, objective, epoch, names, packed=False):
+    """score(output, targets) -> (the loss summed over the images, the hits of every column
+    (2, columns)): what the meters count of a batch. `packed`: of a pack's stacked output and
+    targets (k, B), each with a leading dimension of k."""
+    def score(output, targets):
+        return (objective(output, targets, epoch) * len(targets),
+                method.correct(output, targets, names))
+    if not packed:
+        return score
+    from .pack import over_members   # pack.py imports this module
+    return lambda output, targets: over_members(score, output, targets)
+
+
 @torch.inference_mode()
-def evaluate(model, loader, method, objective, epoch, names, world, amp='off', stop=None):
-    """Test loss and top-1 of every column over the loader's images (all ranks' shares).
-    Returns None when `stop` (a StopRequest) is set between two batches."""
+def evaluate(model, loader, score, names, world, amp='off', stop=None, members=None):
+    """Test loss and top-1 of every column over the loader's images (all ranks' shares),
+    each batch counted by `score` (scorer()). A pack of `members` runs: a list of their
+    summaries. Returns None when `stop` (a StopRequest) is set between two batches."""
     model.eval()
-    meters = Meters(len(names), loader.device)
+    meters = Meters(len(names), loader.device, members)
     every = STOP_CHECK_EVERY if world.distributed else 1
     with autocast(amp, loader.device):
         for number, (images, targets) in enumerate(loader.batches(), 1):
-            output = model(images)
-            meters.update(objective(output, targets, epoch) * len(targets),
-                          method.correct(output, targets, names), len(targets))
+            meters.update(*score(model(images), targets), targets.shape[-1])
             if stop is not None and number % every == 0 and stop.requested(world):
                 return None
-    return meters.reduce(world).summary(names)
+    meters.reduce(world)
+    if members is None:
+        return meters.summary(names)
+    return [meters.member(i).summary(names) for i in range(members)]
