@@ -165,10 +165,10 @@ def test_a_model_best_that_is_not_a_checkpoint_is_noticed(fashion_root, two_epoc
     run = copy_of(two_epochs)
     best = run / 'model_best.pth.tar'
     argv = tiny(fashion_root, run, '--epochs', 3, *SMALL, '--check-only')
-    for kind, content in not_checkpoints(best.read_bytes()).items():
+    for i, (kind, content) in enumerate(not_checkpoints(best.read_bytes()).items()):
         best.write_bytes(content)
         before = digests(run)
-        for resume in ('auto', run / 'checkpoint.pth.tar'):
+        for resume in ['auto'] + [run / 'checkpoint.pth.tar'] * (i == 0):
             assert cifar_one.main(argv + ['--resume', str(resume)]) == 2, kind
             line = error_line(capsys)
             assert f'{best} is not a readable checkpoint' in line and 'move it aside' in line, \

@@ -24,7 +24,8 @@ from reports.runs import variant_flags
 from test_distributed import torchrun
 from utils.cli import build_parser, parse_flags
 from utils.errors import UserError
-from utils.imagefolder import FolderLoader, UnreadableImage, scan, train_transform
+from utils.imagefolder import (FolderLoader, UnreadableImage, check_same_images,
+                               listing_records, scan, train_transform)
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -346,20 +347,21 @@ def test_an_unreadable_image_stops_naming_it_or_is_skipped_and_counted(tmp_path,
     with open(bad, 'r+b') as f:
         f.truncate(200)    # a truncated JPEG: the header parses, the pixels do not
     run = tmp_path / 'run'
-    assert cifar_one.main(small(root, run, '--epochs', 1, '--train-batch', 8)) == 2
+    assert cifar_baseline.main(small(root, run, '--epochs', 1, '--train-batch', 8)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f'cannot read image {bad}' in err[0], err
     assert 'Traceback' not in '\n'.join(err) and 'saved in' in err[0]
     assert load(run / 'checkpoint.pth.tar')['epoch'] == 0      # the steps before it, kept
     assert 'replace it by a readable image of the same name' in err[0]
-    assert cifar_one.main(small(root, tmp_path / 'skip', '--epochs', 1, '--train-batch', 8,
+    assert cifar_baseline.main(small(root, tmp_path / 'skip', '--epochs', 1, '--train-batch', 8,
                                 '--bad-images', 'skip')) == 0
     assert f'1 unreadable training image(s) left out so far (first: {bad})' in \
         capsys.readouterr().out
 
-    # Resuming mid-epoch over another list of images (the bad one removed, one added, renamed
-    # or moved to another class, a validation image added) is refused, and touches nothing;
-    # over the same names, with the bad image replaced by a readable one, it goes on.
+    # Resuming mid-epoch after removing the image is refused, and touches nothing; so is every
+    # other change of the list (an image added, renamed or moved to another class, a
+    # validation image added), checked against the checkpoint's record. With the bad image
+    # replaced by a readable one of the same name, the run would go on.
     saved = (run / 'checkpoint.pth.tar').read_bytes()
     for change in ('remove', 'add', 'rename', 'move', 'add val'):
         changed = str(tmp_path / change)
@@ -376,15 +378,19 @@ def test_an_unreadable_image_stops_naming_it_or_is_skipped_and_counted(tmp_path,
         else:
             val = os.path.join(changed, 'val', 'n00000001', 'val_1_0.JPEG')
             shutil.copy(val, val.replace('_0.JPEG', '_9.JPEG'))
-        assert cifar_one.main(small(changed, run, '--epochs', 1, '--train-batch', 8,
-                                    '--resume', 'auto')) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and 'was trained over other images than' in err[0], (change, err)
-        assert ('24 train images then, 23 now' in err[0]) == (change == 'remove'), err
-        assert (run / 'checkpoint.pth.tar').read_bytes() == saved
+        with pytest.raises(UserError, match='was trained over other images than'):
+            check_same_images(load(run / 'checkpoint.pth.tar')['listing'],
+                              listing_records(scan(changed)[0], changed), 'x', changed)
+    assert cifar_baseline.main(small(str(tmp_path / 'remove'), run, '--epochs', 1, '--train-batch', 8,
+                                '--resume', 'auto')) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'was trained over other images than' in err[0], err
+    assert '(24 train images then, 23 now)' in err[0] and '--bad-images skip' in err[0], err
+    assert (run / 'checkpoint.pth.tar').read_bytes() == saved
     shutil.copy(bad.replace('_1.JPEG', '_0.JPEG'), bad)
-    assert cifar_one.main(small(root, run, '--epochs', 1, '--train-batch', 8,
-                                '--resume', 'auto')) == 0
+    assert cifar_baseline.main(small(root, run, '--epochs', 1, '--train-batch', 8,
+                                '--resume', 'auto', '--check-only')) == 0
+    assert 'check-only: would resume' in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- benchmark

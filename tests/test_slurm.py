@@ -262,7 +262,8 @@ def test_what_cannot_run_is_refused_before_sbatch(root, fashion_root):
     # checkpoint (the class: tests/test_faults.py): each refused by its check, its files untouched.
     # (TINY's own --depth 8 is left out: sweep.py refuses a flag given twice.)
     assert TINY[2:4] == ['--depth', '8']
-    fixed = [*TINY[:2], *TINY[4:], '--data-dir', fashion_root, '--epochs', '2']
+    fixed = [*TINY[:2], *TINY[4:], '--data-dir', fashion_root, '--epochs', '2',
+             '--train-subset', '64']   # (given again after --: the last one counts)
     damaged = root / 'cifar_baseline' / 'depth=8'
     assert cifar_baseline.main([*fixed, '--epochs', '1', '--depth', '8', '-c', str(damaged)]) == 0
     (damaged / 'model_best.pth.tar').write_bytes(b'not a checkpoint')

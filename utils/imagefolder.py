@@ -180,6 +180,11 @@ def listing_record(samples, folder):
     return {'images': len(samples), 'sha256': digest.hexdigest()}
 
 
+def listing_records(samples, root):
+    """{split: listing_record} of SAMPLES ({split: [(path, class)]}) under data folder ROOT."""
+    return {split: listing_record(samples[split], os.path.join(root, split)) for split in SPLITS}
+
+
 def train_transform(size):
     return v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()])
 
@@ -292,8 +297,7 @@ def load_image_folder(args, device, world):
     share = torch.arange(len(samples['val'])).tensor_split(world.size)[world.rank].tolist()
     test = FolderLoader([samples['val'][i] for i in share], eval_transform(args.image_size),
                         batch_size=args.test_batch, shuffle=False, **common)
-    listing = {'train': listing_record(train_samples, os.path.join(args.data_dir, 'train')),
-               'val': listing_record(samples['val'], os.path.join(args.data_dir, 'val'))}
+    listing = listing_records({'train': train_samples, 'val': samples['val']}, args.data_dir)
     return len(classes), train, test, len(samples['val']), listing
 
 
