@@ -410,6 +410,34 @@ def test_cuda_graphs_train_bitwise_as_the_eager_steps(script, fashion_root, tmp_
     assert 'CUDA graphs: 11 steps replayed from 2 recorded graph(s)' in proc.stdout, proc.stdout
 
 
+def without_seed(argv):
+    i = argv.index('--manualSeed')
+    return argv[:i] + argv[i + 2:]
+
+
+@requires_cuda
+def test_a_pack_on_cuda_graphs_its_steps_bitwise_and_stays_close_to_its_runs_alone(
+        fashion_root, tmp_path):
+    """--seeds 3 4 on a GPU (utils/pack.py): the graphed pack equals its eager steps to the bit
+    (deterministic kernels), and each of its runs ends within the float32 (TF32) tolerance of
+    its run trained alone on the GPU."""
+    flags = ['--epochs', 1, '--train-subset', 5 * 64, '--seeds', 3, 4]
+    eager, graphed = tmp_path / 'eager' / 'seed{seed}', tmp_path / 'graphed' / 'seed{seed}'
+    run_deterministic('cifar_one.py', without_seed(cli('cuda', fashion_root, eager, *flags)))
+    proc = run_deterministic('cifar_one.py', without_seed(
+        cli('cuda', fashion_root, graphed, *flags, '--cuda-graphs')))
+    assert 'CUDA graphs: 2 steps replayed from 1 recorded graph(s)' in proc.stdout, proc.stdout
+    for seed in (3, 4):
+        assert_same_run(tmp_path / 'eager' / f'seed{seed}' / 'checkpoint.pth.tar',
+                        tmp_path / 'graphed' / f'seed{seed}' / 'checkpoint.pth.tar')
+        alone = tmp_path / f'alone{seed}'
+        run_deterministic('cifar_one.py', cli('cuda', fashion_root, alone, '--epochs', 1,
+                                              '--train-subset', 5 * 64, '--manualSeed', seed))
+        assert_close_tensors(load(tmp_path / 'eager' / f'seed{seed}' / 'checkpoint.pth.tar')[
+            'state_dict'], load(alone / 'checkpoint.pth.tar')['state_dict'],
+            tolerance('cuda', tf32_allowed=False), f'seed {seed}, packed against alone')
+
+
 @requires_cuda
 def test_graphed_step_records_once_per_key_and_reads_new_inputs():
     from utils.graphs import GraphedStep

@@ -19,7 +19,8 @@ from .records import BEST, CHECKPOINT, RUN_ID, write_status
 from .run_folder import new_run_id
 
 # curves.png is redrawn after an epoch at most this often, and after the last epoch: drawing
-# takes about 0.3 s, as long as a whole epoch of CIFAR on a large GPU.
+# takes about 0.3 s, as long as a whole epoch of CIFAR on a large GPU (and a curve of one
+# epoch shows nothing).
 PLOT_EVERY_SECONDS = 30
 # Kept from a run's first command whatever a later one says (--resume overrides --start-epoch;
 # data_copy: setup.record_data_copy refuses to continue on another copy).
@@ -47,7 +48,7 @@ class Run:
         self.history, self.best_acc, self.saved = [], 0.0, 0
         self.partial = None          # the running sums of a checkpoint saved mid-epoch
         self.rng = None              # a packed run's RNG states, as the run alone would have them
-        self.plotted_at = -float('inf')
+        self.plotted_at = time.monotonic()   # the first curves.png: 30 s in, or at the end
 
     def path(self, name):
         return os.path.join(self.folder, name)
