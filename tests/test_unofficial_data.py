@@ -141,6 +141,23 @@ def test_a_run_says_records_and_keeps_its_copy(tmp_path, capsys):
     assert {name: (folder / name).read_bytes() for name in kept} == kept
 
 
+def test_every_run_of_a_pack_records_its_copy_and_keeps_it(tmp_path, capsys):
+    data, root = tmp_path / 'data', tmp_path / 'pack'
+    write_cifar100(str(data), num_train=32, num_test=10)
+    pack = ['-d', 'cifar100', '--data-dir', str(data), '--depth', '8', '--train-batch', '16',
+            '--seeds', '1', '2', '-c', str(root / 'seed{seed}'), FLAG]
+    assert cifar_baseline.main([*pack, '--epochs', '1']) == 0
+    out = capsys.readouterr().out
+    assert sum(line.startswith('warning:') for line in out.splitlines()) == 1
+    digest = sha256_of(data_files('cifar100', str(data)))
+    for seed in (1, 2):
+        args = json.loads((root / f'seed{seed}' / 'args.json').read_text())
+        assert args['data_copy'] == {'official': False, 'sha256': digest}
+    write_cifar100(str(data), num_train=32, num_test=10, seed=1)      # another copy
+    assert cifar_baseline.main([*pack, '--epochs', '2', '--resume', 'auto']) == 2
+    assert 'another copy of cifar100' in capsys.readouterr().err
+
+
 def test_the_flag_is_refused_where_it_means_nothing(tmp_path, capsys):
     code = cifar_baseline.main(['-d', 'fashionmnist', '--data-dir', str(tmp_path), FLAG,
                                 '-c', str(tmp_path / 'run')])

@@ -111,11 +111,11 @@ class Trainer:
             member.args.manualSeed = member.state['seed'] if member.state else (
                 member.args.manualSeed if member.args.manualSeed is not None
                 else random.randint(1, 10000))
-        args.manualSeed = self.runs[0].seed
         seed_everything(self.runs[0].seed)
 
         self.data = load_data(args, self.device, self.world, method.views(args),
-                              resumed=(state, run.resume) if state is not None else None)
+                              resumed=(state, run.resume) if state is not None else None,
+                              runs=[member.args for member in self.runs])
         if args.train_subset > len(self.data.train.labels):
             raise UserError(f'--train-subset {args.train_subset} is larger than {args.dataset}\'s '
                             f'{len(self.data.train.labels)} training images: use at most that '

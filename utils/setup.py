@@ -274,12 +274,13 @@ class Data:
     listing: dict = None  # ImageNet: what the run records of its images (imagefolder.py)
 
 
-def load_data(args, device, world, views=1, resumed=None):
+def load_data(args, device, world, views=1, resumed=None, runs=None):
     """The dataset's loaders: ImageNet's folders read by worker processes (every rank scans
     the folders itself), the others as tensors on the device. `views`: training batches of
     that many differently cropped and flipped copies of their images (KDCL's). RESUMED:
     (state, path) of the checkpoint a run continues, whose images the folders must still
-    list."""
+    list. `runs`: each run's flags, a pack's (what data copy each trains on is recorded
+    there)."""
     if args.dataset == IMAGENET:
         if views > 1:
             raise UserError(f'{views} views of each training image: the ImageNet loader gives '
@@ -288,7 +289,7 @@ def load_data(args, device, world, views=1, resumed=None):
         if resumed is not None:
             check_same_images(resumed[0].get('listing'), data.listing, resumed[1], args.data_dir)
     else:
-        data = load_tensors(args, device, world, views)
+        data = load_tensors(args, device, world, views, runs)
     last = len(data.train.labels) % args.train_batch
     if 0 < last < 2 * world.size:  # BatchNorm in training needs 2 samples (the gate: per rank)
         raise UserError(f'the last batch would hold {last} image(s) for {world.size} rank(s), '
@@ -296,28 +297,31 @@ def load_data(args, device, world, views=1, resumed=None):
     return data
 
 
-def record_data_copy(args, copy, world):
-    """args.data_copy: the copy of the data this run trains on (None where only CIFAR's are
-    told apart). A run continues only on the copy it started on (args.data_copy is then the
-    first command's: run_state.FIRST_COMMAND); an unofficial copy is said in one line."""
-    started = getattr(args, 'data_copy', None)
-    if copy and started and started.get('sha256') != copy['sha256']:
-        raise UserError(f'{args.data_dir!r} holds another copy of {args.dataset} (sha256 '
-                        f'{copy["sha256"][:12]}...) than this run started on (sha256 '
-                        f'{str(started.get("sha256"))[:12]}..., its args.json data_copy): '
-                        'continue it on that copy, or start a new run')
-    args.data_copy = copy
+def record_data_copy(runs, copy, world):
+    """Each run's args.data_copy (`runs`: the flags of each run the process trains, one but
+    for a pack): the copy of the data it trains on (None where only CIFAR's are told apart). A
+    run continues only on the copy it started on (args.data_copy is then the first command's:
+    run_state.FIRST_COMMAND); an unofficial copy is said in one line."""
+    for args in runs:
+        started = getattr(args, 'data_copy', None)
+        if copy and started and started.get('sha256') != copy['sha256']:
+            raise UserError(f'{args.data_dir!r} holds another copy of {args.dataset} (sha256 '
+                            f'{copy["sha256"][:12]}...) than this run started on (sha256 '
+                            f'{str(started.get("sha256"))[:12]}..., its args.json data_copy): '
+                            'continue it on that copy, or start a new run')
+        args.data_copy = copy
+    args = runs[0]
     if copy and not copy['official'] and world.is_main:
         print(f'warning: {args.dataset} in {args.data_dir} is not the official release: '
               f'training on it as {UNOFFICIAL_FLAG} asks (sha256 {copy["sha256"]}, recorded '
               'in args.json; report.py marks the run)', flush=True)
 
 
-def load_tensors(args, device, world, views=1):
+def load_tensors(args, device, world, views=1, runs=None):
     # Under torchrun one rank per data folder prepares or downloads it while the others wait;
     # a failure on any rank stops every rank with its message (World.in_turn).
     data = world.in_turn(lambda: load_dataset(args.dataset, args.data_dir, args.unofficial_data))
-    record_data_copy(args, data.copy, world)
+    record_data_copy(runs or [args], data.copy, world)
     if args.train_subset:
         data.train_images = data.train_images[:args.train_subset]
         data.train_labels = data.train_labels[:args.train_subset]
