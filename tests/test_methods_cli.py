@@ -72,6 +72,8 @@ def test_evaluate_prints_every_column_as_trained(trained, fashion_root, teacher,
         label = METHODS[name].label(column)
         line = next(l for l in out if l.strip().startswith(label))
         assert line.split()[-1] == f'{row[f"test_acc_{column}"]:.2f}', label
+    # the numbers form one column, whatever the labels' lengths
+    assert len({len(line) for line in out[1:]}) == 1, out
     assert not (tmp_path / 'unused').exists()
 
 

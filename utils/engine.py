@@ -77,7 +77,7 @@ def evaluate_checkpoint(args, method):
         width = max(map(len, labels.values()))
         for n, label in labels.items():
             fifth = f' {metrics[f"acc5_{n}"]:6.2f}' if top5 and n != 'mean' else ''
-            print(f'  {label:<{width}} {metrics[f"acc_{n}"]:.2f}{fifth}')
+            print(f'  {label:<{width}} {metrics[f"acc_{n}"]:6.2f}{fifth}')
     return 0
 
 
