@@ -13,10 +13,15 @@ matrix-multiply GFLOP/s measured in the same process.
     python benchmark.py --models resnet-8 --steps 2 --repeats 1   # a quick check (depth 6n+2)
     python benchmark.py --models densenet-190 one_densenet-190 --memory-efficient
     python benchmark.py --dataset imagenet --data-dir /data/imagenet --workers 8   # data vs step
+    python benchmark.py --models one_resnet-32 --fast --pack 8   # 8 runs as one pack, beside one
 Models are ARCH-DEPTH: a plain network (resnet, resnext, densenet, wrn, vgg) as the baseline
 trains it, or ONE over it (one_resnet: the seed's layout; one_resnext, one_densenet, ...),
 each with its paper's width (ResNeXt 8x64d, DenseNet-BC k = 40, WRN k = 10).
-Each model runs in its own process, so peak memory is that model's alone.
+Each model runs in its own process, so peak memory is that model's alone (with --pack, the
+pack's too). --pack K also trains K runs of the model (seeds 0 to K-1) as one pack, as
+cifar_*.py --seeds trains them (benchmarks/pack.py), its timed blocks alternating with the run
+alone's: its img/s counts every run's images, per run is that over K, and `vs solo` is the
+median over adjacent pairs of blocks of (pack img/s) / (solo img/s).
 With --dataset imagenet the models are torchvision's (resnet18, one_resnet18, resnet50, ...)
 and benchmarks/imagenet.py measures the JPEG loader against the training step instead.
 """
@@ -41,6 +46,7 @@ from torchvision import transforms
 from torchvision.datasets import VisionDataset
 
 from benchmarks import imagenet
+from benchmarks.pack import pack_refusal, pack_stepper
 from methods import METHODS
 from models import IMAGENET_NETWORKS
 from utils.atomic import write_json_atomic
@@ -139,6 +145,9 @@ def parse(argv=None):
     p.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
     p.add_argument('--matmul-size', type=int, default=4096,
                    help='n of the n x n x n matrix multiply measured as the reference')
+    p.add_argument('--pack', type=int, default=0, metavar='K',
+                   help='also measure K runs of each model trained as one pack (--seeds), '
+                        'beside the run alone (0: not)')
     p.add_argument('--json', help='also write the results here')
     p.add_argument('--one', help=argparse.SUPPRESS)  # internal: measure this model, print JSON
     args = p.parse_args(argv)
@@ -187,6 +196,8 @@ def check_args(args):
     elif torchvision:
         raise BenchmarkError(f'{torchvision[0]} is an ImageNet network: add --dataset imagenet '
                              '--data-dir DIR')
+    if args.pack and pack_refusal(args):
+        raise BenchmarkError(pack_refusal(args))
     if args.json:
         check_writable_file(args.json)
 
@@ -368,11 +379,18 @@ def measure(args, device):
                                        args.workers, device, memory_format)
         conventional = timed_blocks(step, batches, args.batch, args.steps, wait,
                                     warmup=args.warmup + prefetched, rewarm=prefetched)
-    rates, conventional_rates = [], []
+    if args.pack:
+        pack_step, pack_wait, pack_batches = pack_stepper(args, method, pack_config(args), images,
+                                                          labels, device)
+        packed = timed_blocks(pack_step, pack_batches, args.pack * args.batch, args.steps,
+                              pack_wait, warmup=args.warmup)
+    rates, conventional_rates, pack_rates = [], [], []
     for repeat in range(args.repeats):
         rates.append(next(project))
         if repeat < conventional_repeats:
             conventional_rates.append(next(conventional))
+        if args.pack:
+            pack_rates.append(next(packed))
     if conventional_repeats:
         batches.close()  # ends the worker processes
 
@@ -400,6 +418,7 @@ def measure(args, device):
     dtype = {'off': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.amp]
     reference = matmul_gflops(device, args.repeats, args.matmul_size, dtype)
     return {'model': args.one, 'train_img_s': train_rate, 'train_img_s_repeats': rates,
+            **pack_results(args.pack, rates, pack_rates),
             'conventional_img_s': conventional_rate,
             'conventional_img_s_repeats': conventional_rates,
             'vs_conventional': median(paired) if paired else None,
@@ -410,6 +429,24 @@ def measure(args, device):
             'train_gflop_per_img': flops_per_image / 1e9,
             'train_gflop_s': train_rate * flops_per_image / 1e9,
             'peak_memory_gib': peak / 2 ** 30}
+
+
+def pack_config(args):
+    """The flags of a pack's runs: the model's, in the contiguous layout (a pack's batches are
+    5-D, which has no channels_last; utils/setup.py)."""
+    return method_and_flags(args.one, channels_last=False, fast=args.fast, lr=0.01)[1]
+
+
+def pack_results(members, solo_rates, pack_rates):
+    """The pack's figures: img/s counting every run's images, per run, and against the
+    solo run's adjacent blocks (None without --pack)."""
+    if not members:
+        return {'pack': None, 'pack_train_img_s': None, 'pack_train_img_s_repeats': [],
+                'pack_per_run_img_s': None, 'pack_vs_solo': None}
+    rate = median(pack_rates)
+    return {'pack': members, 'pack_train_img_s': rate, 'pack_train_img_s_repeats': pack_rates,
+            'pack_per_run_img_s': rate / members,
+            'pack_vs_solo': median(p / s for p, s in zip(pack_rates, solo_rates))}
 
 
 # ----------------------------------------------------------------------------- the parent
@@ -467,9 +504,15 @@ def print_header(args, described):
           f'+ Normalize on PIL images, DataLoader with {args.workers} worker process(es), then '
           'the same training step, its timed blocks alternating with the project\'s; vs '
           'conventional = median over the pairs of adjacent blocks of their ratio')
+    if args.pack:
+        print(f'pack: {args.pack} runs of the model (seeds 0-{args.pack - 1}) as one stacked '
+              'model (--seeds), contiguous layout, its timed blocks alternating with the run '
+              "alone's; pack img/s counts every run's images, per run = pack img/s / "
+              f'{args.pack}; vs solo = median over the pairs of adjacent blocks of their ratio')
+    pack = f'{"pack img/s":>12}{"per run":>10}{"vs solo":>9}' if args.pack else ''
     print(f'{"model":<16}{"train img/s":>12}{"conv. img/s":>12}{"vs conventional":>16}'
           f'{"eval img/s":>11}{"eval/train":>11}{"GFLOP/img":>10}{"GFLOP/s":>9}{"matmul":>8}'
-          f'{"of matmul":>10}{"peak GiB":>9}', flush=True)
+          f'{"of matmul":>10}{"peak GiB":>9}{pack}', flush=True)
 
 
 def print_row(r):
@@ -478,7 +521,15 @@ def print_row(r):
     print(f'{r["model"]:<16}{r["train_img_s"]:>12.1f}{conventional}{r["eval_img_s"]:>11.1f}'
           f'{r["eval_over_train"]:>10.1f}x{r["train_gflop_per_img"]:>10.3f}'
           f'{r["train_gflop_s"]:>9.1f}{r["matmul_gflop_s"]:>8.1f}{r["ratio_to_matmul"]:>9.0%}'
-          f' {r["peak_memory_gib"]:>8.2f}', flush=True)
+          f' {r["peak_memory_gib"]:>8.2f}{pack_columns(r)}', flush=True)
+
+
+def pack_columns(r):
+    """The row's --pack columns: the pack's img/s, per run, and against the run alone."""
+    if not r.get('pack'):
+        return ''
+    return (f'{r["pack_train_img_s"]:>12.1f}{r["pack_per_run_img_s"]:>10.1f}'
+            f'{r["pack_vs_solo"]:>8.2f}x')
 
 
 def run(args, argv):

@@ -54,9 +54,30 @@ Executors (--executor, default auto: slurm where `srun` is on the PATH, else loc
 --time limits each job (slurm default 24 h, local none); --signal-delay seconds before it
 (default 120, at most half the limit) the job is told to save, and requeues itself.
 
---dry-run prints one line per run (what it would do, the folder, the command), checks the
-runs to start and the root as a launch would, and submits nothing. --status prints, for each
-run, its state and the epochs it completed:
+--pack (on a GPU: many small runs in one process) trains the runs of the grid that differ only
+by their seed, the manualSeed axis of --vary, as one pack per job: `python SCRIPT ... --seeds
+0 1 2 3 -c ROOT/cifar_one/.../manualSeed={seed} --resume auto`, one stacked model in one
+process on one GPU (utils/pack.py). Each run keeps its folder (the same as without --pack),
+its entry in sweep.json and its line in --status, and is skipped or continued exactly as
+without --pack; --max-parallel, --gpus-per-run and --cpus-per-run count jobs. A pack starts or
+continues as a whole, so at each launch the runs to start of one group (the same script and
+the same value of every other axis) are packed by where they stand: the runs without a
+checkpoint together, the runs whose checkpoints are at the same epoch and batch together; a
+run that stands alone runs alone, as without --pack. No run is in two jobs, and every job is
+checked with --check-only first (a pack's check checks each of its runs). Refused in one line:
+--pack without a manualSeed axis of two or more plain whole numbers, and a script whose runs
+a pack cannot hold (its check says why: dropout, DML's alternating updates, fp16, ...). When
+one run of a pack diverges, the pack stops: that run is diverged, the others failed ("stopped
+with its pack"), and a relaunch packs them again. For example, {baseline, ONE} x 4 seeds of
+ResNet-32 as two jobs, one GPU each:
+
+    python sweep.py --root checkpoints/seeds --scripts cifar_baseline.py cifar_one.py \
+        --vary manualSeed=0,1,2,3 --pack --partition gpu -- --depth 32 --epochs 300
+
+--dry-run prints one line per run (what it would do, the folder, the command; under --pack a
+packed run names its pack, and a line per pack gives its command), checks the runs to start
+and the root as a launch would, and submits nothing. --status prints, for each run, its state
+and the epochs it completed:
   done, running (lock held: host and pid; or its SLURM job starting), queued (SLURM holds
   its job: id, state and reason), preempted (stopped by a signal, checkpoint saved),
   interrupted (status.json says running but no process holds the lock, or files without a
@@ -66,8 +87,8 @@ run, its state and the epochs it completed:
   as status.json (rewritten after every epoch) or summary.csv says, whichever is further.
 The launch writes ROOT/sweep.json (the runs and their commands), so `--status --root ROOT`
 alone works; with --scripts it reports that grid instead. Job logs (the run's output, one
-file per job, ending with one line that says how the run ended) are
-ROOT/jobs/ARRAYID_TASK_0_log.out on SLURM (a grid of one run is one job: JOBID_0_log.out;
+file per job, which a pack's runs share, ending with one line that says how the run ended)
+are ROOT/jobs/ARRAYID_TASK_0_log.out on SLURM (a grid of one run is one job: JOBID_0_log.out;
 locally PID_0_log.out); ROOT/jobs/outcomes/ records how each job's run exited.
 
 Examples: the paper's comparison (24 runs), then the branch study on one GPU machine:

@@ -12,6 +12,7 @@ from .check import check_runs
 from .grid import (check_each_flag_once, check_flags_known, expand, flags_of_scripts,
                    parse_vary, split_fixed)
 from .local import run_local
+from .pack import check_packable, plan_jobs, runs_of
 from .show import print_plan, print_status
 from .slurm import (DEFAULT_TIME_MIN, REPO, check_resources, queued_jobs, slurm_available,
                     submit_slurm, undone_on_failure)
@@ -49,6 +50,10 @@ def build_parser():
     what.add_argument('--dry-run', action='store_true',
                       help='print the plan and check every run to start, submit nothing')
     what.add_argument('--status', action='store_true', help='report the state of every run')
+    p.add_argument('--pack', action='store_true',
+                   help='train the runs that differ only by their seed (--vary manualSeed=...) '
+                        'as one pack per job, one process and one GPU (cifar_*.py --seeds); '
+                        'each run keeps its folder')
     p.add_argument('--executor', choices=['auto', 'slurm', 'local'], default='auto',
                    help='auto: slurm where srun is on the PATH, else local')
     p.add_argument('--max-parallel', type=at_least(1), default=None, metavar='N',
@@ -109,6 +114,8 @@ def grid_runs(opts, fixed):
     flags_of = flags_of_scripts(opts.scripts, cwd)
     check_flags_known(axes, groups, flags_of)
     check_each_flag_once(axes, groups, flags_of)
+    if opts.pack and not opts.status:
+        check_packable(os.path.abspath(opts.root), axes, groups, flags_of)
     return expand(opts.root, opts.scripts, axes, groups, flags_of, cwd)
 
 
@@ -146,13 +153,25 @@ def in_scheduler(root, launching):
     return {name: found[job] for name, job in jobs.items() if job in found}
 
 
-def refuse_any(refusals, count, doing):
-    """Each run a script refuses, in one line; then stop, with nothing submitted."""
+def refuse_any(refusals, count, doing, what='runs'):
+    """Each run (or job) a script refuses, in one line; then stop, with nothing submitted."""
     for run, line in refusals:
         print(f'refused  {run["name"]}: {line}', file=sys.stderr)
     if refusals:
-        raise UserError(f'{len(refusals)} of {count} runs would be refused (listed above): '
+        raise UserError(f'{len(refusals)} of {count} {what} would be refused (listed above): '
                         f'{doing}')
+
+
+def counted(count, noun):
+    """'1 job', '3 jobs'."""
+    return f'{count} {noun}{"s" * (count != 1)}'
+
+
+def packs_text(jobs):
+    """'4 runs in 2 packs': how many runs of JOBS train packed, in how many packs."""
+    packs = [job for job in jobs if 'members' in job]
+    return (f'{counted(sum(len(job["members"]) for job in packs), "run")} in '
+            f'{counted(len(packs), "pack")}')
 
 
 def main(argv=None):
@@ -205,34 +224,40 @@ def run_command(opts, fixed):
         return 0
     states = [classify(run, root, queued.get(run['name'])) for run in runs]
     todo = [r for r, s in zip(runs, states) if s['state'] not in SKIPPED]
+    jobs = plan_jobs(todo) if opts.pack else todo
+    noun = 'job' if opts.pack else 'run'
     # The check and job processes import sweeps (the jobs unpickle sweeps.job.RunJob).
     os.environ['PYTHONPATH'] = os.pathsep.join(
         [REPO] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p])
     if opts.dry_run:
-        print_plan(runs, states)
-        refuse_any(check_runs(todo, os.getcwd()), len(todo), 'launching would submit nothing')
+        print_plan(runs, states, jobs)
+        refuse_any(check_runs(jobs, os.getcwd()), len(jobs), 'launching would submit nothing',
+                   f'{noun}s')
         return 0
     for run, st in zip(runs, states):
         if st['state'] in SKIPPED:
             print(f'skip ({st["state"]})  {run["name"]}' +
                   (f'  {st["message"]}' if st['state'] == 'queued' else ''))
-    print(f'{len(runs)} runs under {opts.root}: {len(todo)} to run on {executor}, '
+    packs = f' as {counted(len(jobs), "job")} ({packs_text(jobs)})' if opts.pack and jobs else ''
+    print(f'{len(runs)} runs under {opts.root}: {len(todo)} to run on {executor}{packs}, '
           f'{len(runs) - len(todo)} skipped (done, running, queued or diverged)', flush=True)
     if not todo:
         update_manifest(root, runs, executor=executor)
         return 0
-    print(f'checking the {len(todo)} runs to start (each script with --check-only)', flush=True)
-    refuse_any(check_runs(todo, os.getcwd()), len(todo), 'nothing was submitted')
+    print(f'checking the {counted(len(jobs), noun)} to start (each script with --check-only)',
+          flush=True)
+    refuse_any(check_runs(jobs, os.getcwd()), len(jobs), 'nothing was submitted', f'{noun}s')
     if executor == 'slurm':
         with undone_on_failure(root):
             update_manifest(root, runs, executor=executor)
-            jobs = submit_slurm(todo, root, opts)
+            submitted = submit_slurm(jobs, root, opts)
         update_manifest(root, [{'name': r['name'], 'job': j.job_id, 'executor': 'slurm',
-                                'log': str(j.paths.stdout)} for r, j in zip(todo, jobs)])
+                                'log': str(j.paths.stdout)}
+                               for job, j in zip(jobs, submitted) for r in runs_of(job)])
         print(f'follow with: python sweep.py --root {shlex.quote(opts.root)} --status')
         return 0
     update_manifest(root, runs, executor=executor)
-    code = run_local(todo, root, opts)
+    code = run_local(jobs, root, opts)
     states = [classify(run, root) for run in runs]
     counts = {s: sum(st['state'] == s for st in states) for s in STATES}
     print(f'{opts.root}: ' + ', '.join(f'{n} {s}' for s, n in counts.items() if n))

@@ -1,5 +1,6 @@
-"""One run as a submitit job: the entry script in a child process, stopped and requeued on
-the time-limit signal."""
+"""One job of a sweep as a submitit job: the entry script in a child process, stopped and
+requeued on the time-limit signal. A job trains one run, or under --pack the runs of a pack
+(sweeps/pack.py), whose outcome it records for each of them."""
 import os
 import shlex
 import signal
@@ -47,6 +48,7 @@ class RunJob(submitit.helpers.Checkpointable):
     def __init__(self, run, root, env=None, cwd=None, stop_timeout_s=60):
         self.argv, self.name, self.folder = run['argv'], run['name'], run['folder']
         self.outcome = outcome_path(root, run['name'])
+        self.outcomes = [outcome_path(root, name) for name in run.get('members', [run['name']])]
         self.env, self.cwd = dict(env or {}), cwd or os.getcwd()
         self.stop_timeout_s = stop_timeout_s
         self._proc = self._started = self._last = self._tee = self._stop_sent = None
@@ -58,10 +60,12 @@ class RunJob(submitit.helpers.Checkpointable):
         return state
 
     def _record(self, state, returncode, message):
-        write_json(self.outcome, {
-            'state': state, 'returncode': returncode, 'message': message,
-            'host': socket.gethostname(), 'started': self._started[0],
-            'started_ts': self._started[1], 'ended': now(), 'ended_ts': time.time()})
+        record = {'state': state, 'returncode': returncode, 'message': message,
+                  'host': socket.gethostname(), 'started': self._started[0],
+                  'started_ts': self._started[1], 'ended': now(), 'ended_ts': time.time()}
+        # a job pickled by an earlier sweep.py (requeued since) knows only its one outcome
+        for path in getattr(self, 'outcomes', [self.outcome]):
+            write_json(path, record)
 
     def __call__(self):
         self._started = (now(), time.time())

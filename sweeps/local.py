@@ -11,7 +11,8 @@ import submitit
 
 from utils.errors import UserError
 from .job import RunJob
-from .show import epochs_text, shown
+from .pack import runs_of
+from .show import epochs_text, packed, shown
 from .state import JOBS, classify, update_manifest
 
 # Time limits are per job; relaunching the sweep continues past this anyway. (submitit's
@@ -91,30 +92,34 @@ def stop(job):
         pass
 
 
-def run_local(runs, root, opts):
-    """Run RUNS through submitit's LocalExecutor, len(slots) at a time. Returns the exit
-    status: 0 if all are done, 1 if some are not, 128+N when stopped by signal N."""
+def run_local(jobs, root, opts):
+    """Run JOBS (runs, or under --pack jobs: sweeps/pack.py) through submitit's
+    LocalExecutor, len(slots) at a time. Returns the exit status: 0 if all their runs are
+    done, 1 if some are not, 128+N when stopped by signal N."""
     slots = local_slots(opts)
     executor = submitit.LocalExecutor(folder=os.path.join(root, JOBS),
                                       max_num_timeout=MAX_TIMEOUT_REQUEUES)
     executor.update_parameters(timeout_min=opts.time or NO_LIMIT_MIN, gpus_per_node=0,
                                signal_delay_s=opts.signal_delay, stderr_to_stdout=True)
-    pending, active, count, finished = list(runs), {}, len(runs), 0
+    runs = [run for job in jobs for run in runs_of(job)]
+    pending, active, count, finished = list(jobs), {}, len(runs), 0
     stopped_at = 0.0
     with StopSignals() as signals:
         while (pending and not signals.signum) or active:
             for slot in [s for s in range(len(slots)) if s not in active]:
                 if not pending or signals.signum:
                     break
-                run = pending.pop(0)
-                job = start(executor, RunJob(run, root, env=slots[slot],
+                planned = pending.pop(0)
+                job = start(executor, RunJob(planned, root, env=slots[slot],
                                              stop_timeout_s=max(10, opts.signal_delay - 10)))
-                active[slot] = (run, job, time.time())
-                update_manifest(root, [{'name': run['name'], 'job': job.job_id,
-                                        'executor': 'local', 'log': str(job.paths.stdout)}])
+                active[slot] = (planned, job, time.time())
+                update_manifest(root, [{'name': member['name'], 'job': job.job_id,
+                                        'executor': 'local', 'log': str(job.paths.stdout)}
+                                       for member in runs_of(planned)])
                 gpu = slots[slot]['CUDA_VISIBLE_DEVICES']
-                print(f'started  {run["name"]}' + (f' on GPU {gpu}' if gpu else '') +
-                      f'  (log {shown(job.paths.stdout)})', flush=True)
+                where = f' on GPU {gpu}' if gpu else ''
+                print(f'started  {planned["name"]}{packed(planned)}{where}  '
+                      f'(log {shown(job.paths.stdout)})', flush=True)
             if signals.hurry:
                 break
             if signals.signum and time.time() - stopped_at > RESEND_STOP_S:
@@ -122,14 +127,15 @@ def run_local(runs, root, opts):
                 for _, job, _ in active.values():
                     stop(job)
             time.sleep(0.5)
-            for slot, (run, job, began) in list(active.items()):
+            for slot, (planned, job, began) in list(active.items()):
                 if job.done():
                     del active[slot]
-                    finished += 1
-                    state = classify(run, root)
-                    print(f'[{finished}/{count}] {state["state"]:<11} {run["name"]}  '
-                          f'{epochs_text(state)}  {time.time() - began:.0f}s' +
-                          (f'  {state["message"]}' if state['message'] else ''), flush=True)
+                    for member in runs_of(planned):
+                        finished += 1
+                        state = classify(member, root)
+                        print(f'[{finished}/{count}] {state["state"]:<11} {member["name"]}  '
+                              f'{epochs_text(state)}  {time.time() - began:.0f}s' +
+                              (f'  {state["message"]}' if state['message'] else ''), flush=True)
     if signals.signum:
         name = signal.Signals(signals.signum).name
         how = ('not waiting for the runs any longer: they go on saving a checkpoint'

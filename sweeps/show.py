@@ -11,6 +11,11 @@ def shown(path):
     return os.path.abspath(path) if relative.startswith('..') else relative
 
 
+def packed(job):
+    """' (3 runs packed)' for a pack's job, '' for a run's."""
+    return f' ({len(job["members"])} runs packed)' if 'members' in job else ''
+
+
 def epochs_text(state):
     epoch = '-' if state['epoch'] is None else state['epoch']
     epochs = '?' if state['epochs'] is None else state['epochs']
@@ -35,13 +40,21 @@ def print_status(runs, root, queued):
     return states
 
 
-def print_plan(runs, states):
+def print_plan(runs, states, jobs=()):
+    """One line per run: skipped, or started or resumed with its command; a run of a pack
+    (--pack: JOBS) names its pack, and each pack's command follows on a line of its own."""
     todo = [r for r, s in zip(runs, states) if s['state'] not in SKIPPED]
+    packs = [job for job in jobs if 'members' in job]
+    pack_of = {name: job for job in packs for name in job['members']}
     print(f'{len(runs)} runs: {len(todo)} to run, {len(runs) - len(todo)} skipped')
     for run, st in zip(runs, states):
         if st['state'] in SKIPPED:
             print(f'skip ({st["state"]})  {run["folder"]}')
         else:
             verb = 'start' if st['state'] == 'not started' else 'resume'
-            print(f'{verb}  {run["folder"]}  {shlex.join(run["argv"])}')
+            pack = pack_of.get(run['name'])
+            how = f'in pack {pack["name"]}' if pack else shlex.join(run['argv'])
+            print(f'{verb}  {run["folder"]}  {how}')
+    for pack in packs:
+        print(f'pack  {pack["name"]}  {shlex.join(pack["argv"])}')
     return todo

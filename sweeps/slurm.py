@@ -13,7 +13,7 @@ import submitit
 
 from utils.errors import UserError
 from .job import RunJob
-from .show import shown
+from .show import packed, shown
 from .state import JOBS, MANIFEST
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -172,7 +172,8 @@ def undone_on_failure(root):
 
 
 def submit_slurm(runs, root, opts):
-    """Submit RUNS as one job array; returns the jobs (submitit.SlurmJob)."""
+    """Submit RUNS (runs, or under --pack jobs: sweeps/pack.py) as one job array; returns the
+    jobs (submitit.SlurmJob)."""
     threads = {'OMP_NUM_THREADS': str(opts.cpus_per_run or DEFAULT_CPUS)}
     try:
         # submitit prints a failed sbatch's stderr, which its error repeats: one line, below
@@ -185,6 +186,6 @@ def submit_slurm(runs, root, opts):
         raise UserError('sbatch refused the job array: ' +
                         ' '.join(str(e).split())[:300]) from None
     for run, job in zip(runs, jobs):
-        print(f'submitted {run["name"]}  job {job.job_id}  '
+        print(f'submitted {run["name"]}{packed(run)}  job {job.job_id}  '
               f'(log {shown(job.paths.stdout)})')
     return jobs

@@ -63,6 +63,32 @@ def test_tiny_run_prints_vs_conventional_and_writes_both_rates(device, tmp_path)
     assert not [f for f in os.listdir(tmp_path) if f.endswith('.tmp')]
 
 
+def test_a_pack_is_measured_beside_the_run_alone_and_the_conventional_pipeline(capsys):
+    """--pack 2: two runs of one_resnet-8 as one pack, its blocks alternating with the run
+    alone's; its img/s counts both runs' images, per run is half of it, and vs solo is the
+    median of the ratios of adjacent blocks. (The measuring process's work, in this one; the
+    table's columns from its result.)"""
+    flags = ['--models', 'one_resnet-8', *TINY[3:], '--pack', '2']
+    assert benchmark.main([*flags, '--one', 'one_resnet-8']) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row['pack'] == 2 and row['conventional_img_s'] > 0
+    solo, packed = row['train_img_s_repeats'], row['pack_train_img_s_repeats']
+    assert len(packed) == 2 and all(rate > 0 for rate in packed)
+    assert row['pack_train_img_s'] == pytest.approx(sum(packed) / 2)
+    assert row['pack_per_run_img_s'] == pytest.approx(row['pack_train_img_s'] / 2)
+    assert row['pack_vs_solo'] == pytest.approx((packed[0] / solo[0] + packed[1] / solo[1]) / 2)
+
+    benchmark.print_header(benchmark.parse(flags), 'a CPU')
+    benchmark.print_row({**row, 'eval_over_train': 1.0})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[3].startswith('pack: 2 runs of the model (seeds 0-1) as one stacked model')
+    assert lines[4].split()[-6:] == ['pack', 'img/s', 'per', 'run', 'vs', 'solo']
+    printed = lines[5].split()
+    assert float(printed[-3]) == pytest.approx(row['pack_train_img_s'], abs=0.051)
+    assert float(printed[-2]) == pytest.approx(row['pack_per_run_img_s'], abs=0.051)
+    assert printed[-1] == f'{row["pack_vs_solo"]:.2f}x'
+
+
 def test_without_the_conventional_pipeline_the_column_says_so(tmp_path):
     out = tmp_path / 'bench.json'
     proc = run_benchmark(*TINY[:2], *TINY[3:], '--conventional-repeats', 0, '--json', out)
@@ -122,6 +148,9 @@ def test_cuda_without_a_gpu_is_one_line(capsys):
     (['--batch', '1'], 'BatchNorm needs 2 images'),
     (['--steps', '0'], '--steps must be at least 1'),
     (['--conventional-repeats', '3'], 'is more than --repeats 2'),
+    (['--pack', '1'], '--pack 1: a pack holds 2 runs or more'),
+    (['--pack', '2', '--amp', 'fp16'], '--pack with --amp fp16: its gradient scaler'),
+    (['--pack', '2', '--compile'], '--pack with --compile'),
 ])
 def test_bad_requests_are_one_line(flags, message, capsys):
     status, line = refused(capsys, *flags)

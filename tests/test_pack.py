@@ -17,8 +17,10 @@ from methods import METHODS
 from utils.data import DeviceLoader
 from utils.pack import (Pack, PackLoader, member_optimizer_state, pack_train_step,
                         stack_optimizer_states)
+from utils import engine
 from utils.setup import seed_everything
 from utils.steps import train_step
+from utils.stops import EXIT_DIVERGED
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 SUBSET = ['--train-subset', 128]
@@ -227,3 +229,23 @@ def test_a_pack_whose_runs_stand_apart_is_refused(pack, fashion_root, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'as a whole' in err[0], err
     assert not (mixed / 'seed4').exists()
+
+
+def test_a_run_that_diverges_stops_its_pack_and_only_it_is_marked_diverged(
+        fashion_root, tmp_path, monkeypatch):
+    """A NaN loss of seed 4 in epoch 2 stops the pack: seed 4 is diverged (a relaunched sweep
+    leaves it), seed 3 failed with it, which a relaunch continues from its last epoch."""
+    check = engine.Trainer.check
+
+    def nan_for_seed_4(self, meters, stop):
+        if (self.epoch, self.step) == (1, 1):
+            meters.nonfinite[1] = True
+        return check(self, meters, stop)
+    monkeypatch.setattr(engine.Trainer, 'check', nan_for_seed_4)
+    assert pack_run(fashion_root, tmp_path, '--epochs', 2) == EXIT_DIVERGED
+    healthy, bad = (json.loads((tmp_path / f'seed{seed}' / 'status.json').read_text())
+                    for seed in (3, 4))
+    assert (bad['state'], bad['epoch']) == ('diverged', 1)
+    assert 'the loss of seed 4 became NaN or Inf in epoch 2' in bad['message']
+    assert (healthy['state'], healthy['epoch']) == ('failed', 1)
+    assert healthy['message'] == f'stopped with its pack: {bad["message"]}'

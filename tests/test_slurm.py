@@ -3,7 +3,8 @@ munge on this machine): a grid is one job array; a relaunch submits nothing SLUR
 skips what is done and starts what is new; `scontrol requeue` of a running run resumes it at
 its exact batch, bitwise the uninterrupted run; scancel of an array, then a relaunch, resumes
 one run and starts the other; a run no node can hold, or a value or run folder a script
-refuses, is refused before sbatch. Tiny runs (depth 8, a few hundred generated Fashion-MNIST
+refuses, is refused before sbatch; under --pack the seeds of a group train as one array task.
+Tiny runs (depth 8, a few hundred generated Fashion-MNIST
 images, one CPU).
 
 Skipped, with the reason, where no SLURM answers; with ONE_REQUIRE_SLURM=1 (set by .ci/run)
@@ -22,6 +23,8 @@ import pytest
 
 import cifar_baseline
 from conftest import ROOT, assert_same_run
+from sweep import main as sweep_main
+from test_sweep import sweep_in_this_process
 
 SWEEP = os.path.join(ROOT, 'sweep.py')
 REQUIRE = 'ONE_REQUIRE_SLURM'
@@ -283,3 +286,28 @@ def test_what_cannot_run_is_refused_before_sbatch(root, fashion_root):
     after = subprocess.run(['squeue', '--noheader', '--format', '%i'], capture_output=True,
                            text=True, check=True).stdout
     assert set(after.split()) <= set(before.split())   # nothing new (an earlier test's may end)
+
+
+def test_a_packed_group_is_one_array_task(root, fashion_root, monkeypatch, capsys):
+    """--pack: seeds 1 and 2 train in one job, one process (--seeds 1 2); each grid point's
+    folder ends done and --status reports each. (sweep.py in this process: its checks are
+    the other tests'.)"""
+    assert TINY[-2:] == ['--manualSeed', '1']          # varied here instead
+    sweep_in_this_process(monkeypatch)
+    assert sweep_main(['--root', str(root), '--scripts', 'cifar_baseline.py', *CPU, '--pack',
+                       '--vary', 'manualSeed=1,2', '--', *TINY[:-2], '--train-subset', '64',
+                       '--data-dir', fashion_root, '--epochs', '1']) == 0
+    assert 'submitted cifar_baseline/manualSeed={1,2} (2 runs packed)' in capsys.readouterr().out
+    jobs = manifest_jobs(root)
+    assert sorted(jobs) == ['cifar_baseline/manualSeed=1', 'cifar_baseline/manualSeed=2']
+    (job,) = set(jobs.values())
+    wait_until_gone([job])
+    rows = status_rows(root)
+    assert [row[:2] for row in rows.values()] == [['done', '1/1']] * 2, rows
+    log = root / 'jobs' / f'{job}_0_log.out'
+    assert '--seeds 1 2 -c' in log.read_text()
+    assert job_output(log)[-1] == 'sweep: cifar_baseline/manualSeed={1,2}: done'
+    for seed in (1, 2):
+        folder = root / 'cifar_baseline' / f'manualSeed={seed}'
+        args = json.loads((folder / 'args.json').read_text())
+        assert (args['manualSeed'], args['seeds']) == (seed, [1, 2])

@@ -263,7 +263,7 @@ class Trainer:
         try:
             self.run_epochs()
         except Diverged as e:
-            self.set_status('diverged', str(e))
+            self.set_diverged(e)
             raise
         except Preempted as e:
             self.set_status('preempted', e.args[0])
@@ -277,6 +277,18 @@ class Trainer:
         self.set_status('done')
         self.print_result()
         return 0
+
+    def set_diverged(self, error):
+        """status.json after a NaN or Inf loss: diverged for the runs whose loss it was (a
+        relaunched sweep leaves them); a pack's other runs failed, stopped with it, so that a
+        relaunch continues them from their last epoch."""
+        if not self.world.is_main:
+            return
+        for run in self.runs:
+            if error.seeds is None or run.seed in error.seeds:
+                run.set_status('diverged', str(error))
+            else:
+                run.set_status('failed', f'stopped with its pack: {error}')
 
     def resume_hint(self):
         """The command-line change that continues the runs after a stop."""
@@ -441,7 +453,8 @@ class Trainer:
         nonfinite, signum, due = self.world.all_reduce(flags,
                                                        torch.distributed.ReduceOp.MAX).tolist()
         if nonfinite:
-            raise Diverged(self.divergence(meters))
+            raise Diverged(self.divergence(meters), [run.seed for run in self.diverged(meters)]
+                           if self.packed else None)
         if signum and self.step < len(self.train_loader):
             self.preempt(meters.reduce(self.world), signum)
         if due and self.step < len(self.train_loader):
@@ -455,11 +468,15 @@ class Trainer:
             kept = [path for path in map(run.path, (CHECKPOINT, BEST)) if os.path.exists(path)]
             return (f'the loss became NaN or Inf {where}; the last good state is in '
                     f'{" and ".join(kept) or "no file (none was saved)"}')
-        bad = [run for run, nonfinite in zip(self.runs, meters.nonfinite.tolist()) if nonfinite]
+        bad = self.diverged(meters)
         return (f'the loss of seed {", ".join(str(run.seed) for run in bad)} became NaN or Inf '
                 f'{where}, which stops the pack; every run keeps the checkpoint.pth.tar of its '
                 'last epoch: continue the others with --resume auto and --seeds without '
                 f'{"it" if len(bad) == 1 else "them"}')
+
+    def diverged(self, meters):
+        """The runs of a pack whose loss became NaN or Inf."""
+        return [run for run, nonfinite in zip(self.runs, meters.nonfinite.tolist()) if nonfinite]
 
     def save_due(self):
         minutes = self.args.save_every_minutes

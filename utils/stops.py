@@ -20,7 +20,11 @@ class Preempted(Exception):
 
 
 class Diverged(Exception):
-    """The loss became NaN or Inf."""
+    """The loss became NaN or Inf: of every run, or of a pack's runs of `seeds`."""
+
+    def __init__(self, message, seeds=None):
+        super().__init__(message)
+        self.seeds = seeds
 
 
 class Terminated(BaseException):  # like KeyboardInterrupt: no `except Exception` swallows it

@@ -1,0 +1,64 @@
+"""benchmark.py --pack K: K runs of the model, seeds 0 to K-1, trained as one pack (utils/pack.py)
+as cifar_*.py --seeds trains them: each run's model built from its seed, its own loader (order,
+crops, flips) over the same images, one stacked step (utils/pack.py's pack_train_step), in the
+contiguous layout a pack takes. Its timed blocks alternate with the solo run's, so that the
+ratio of the two compares adjacent blocks."""
+import torch
+
+from utils.data import CIFAR_MEAN, CIFAR_STD, DeviceLoader
+from utils.graphs import GraphedStep
+from utils.pack import Pack, PackLoader, over_members, pack_train_step
+from utils.setup import build_model, build_optimizer, seed_everything
+from utils.steps import Meters
+
+# What --seeds refuses (utils/setup.py, check_pack) and the benchmark could be asked for.
+REFUSED = (('compile', '--compile (a pack is one vmapped model)'),
+           ('memory_efficient', "--memory-efficient (it recomputes inside the backward pass, "
+                                "which a pack cannot)"))
+
+
+def pack_refusal(args):
+    """Why --pack cannot be measured with these flags, or None."""
+    if args.pack < 2:
+        return f'--pack {args.pack}: a pack holds 2 runs or more'
+    if args.dataset == 'imagenet':
+        return "--pack: ImageNet's folder loaders are not packed"
+    if args.amp == 'fp16':
+        return ("--pack with --amp fp16: its gradient scaler would skip every run's step when "
+                'one overflows (use --amp bf16)')
+    for flag, why in REFUSED:
+        if getattr(args, flag):
+            return f'--pack with {why}'
+    return None
+
+
+def pack_stepper(args, method, config, images, labels, device):
+    """(step(x, y), wait(), the pack's batches) for benchmark.timed_blocks: a step of the
+    whole pack on a batch per run, and a wait for the device."""
+    models = []
+    for seed in range(args.pack):
+        seed_everything(seed)
+        models.append(build_model(config, method, 100, device))
+    pack = Pack(models).train()
+    objective = method.objective(config)
+    optimizer = build_optimizer(config, pack, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    names = method.columns(config)
+    meters = Meters(len(names), device, args.pack)
+    loaders = [DeviceLoader(images, labels, CIFAR_MEAN, CIFAR_STD, args.batch, shuffle=True,
+                            augment=True, seed=seed) for seed in range(args.pack)]
+
+    def train_and_count(x, y):
+        output, loss_sum = pack_train_step(pack, objective, optimizer, scaler, x, y, 40,
+                                           args.batch, args.amp)
+        return loss_sum, over_members(lambda out, target: method.correct(out, target, names),
+                                      output, y)
+    graphed = GraphedStep(train_and_count) if args.cuda_graphs else None
+
+    def step(x, y):
+        loss_sum, correct = graphed((), x, y) if graphed else train_and_count(x, y)
+        meters.update(loss_sum, correct, y.shape[-1])
+
+    def wait():
+        meters.count.item()
+    return step, wait, PackLoader(loaders).batches(epoch=1)
