@@ -73,6 +73,13 @@ class Method:
         old = {was: key for key, was in self.renamed.items() if key not in record and was in record}
         return {old.get(key, key): value for key, value in record.items()} if old else record
 
+    def upgrade_checkpoint(self, state):
+        """upgrade() of a checkpoint and of the args it records."""
+        state = self.upgrade(state)
+        if isinstance(state.get('args'), dict):
+            state = {**state, 'args': self.upgrade(state['args'])}
+        return state
+
     def add_network_flags(self, parser):
         """-a, --depth and the networks' flags (methods/networks.py)."""
         add_network_flags(parser, self.archs)
@@ -108,13 +115,6 @@ class Method:
         """The flags that make a different model or objective, under the names checkpoints
         record them by (checked on resume and evaluation)."""
         return {}
-
-    def upgrade_checkpoint(self, state):
-        """upgrade() of a checkpoint and of the args it records."""
-        state = self.upgrade(state)
-        if isinstance(state.get('args'), dict):
-            state = {**state, 'args': self.upgrade(state['args'])}
-        return state
 
     def identity(self, args):
         """What a checkpoint records of this method's model and objective beyond the network

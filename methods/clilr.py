@@ -22,7 +22,8 @@ its own rescaling; qq456cvb builds 4 heads as a 2 x 2 tree of DenseNet blocks). 
 heads split once, at the ONE branch point (stem + stages 1-2 shared, each head owns stage 3
 and a classifier): the paper's simple ILR sharing, and the layout ONE and OKDDip compare
 against. Each head alone is a plain ResNet of the same depth; the paper deploys one head.
-Over another backbone (-a resnext, densenet, wrn, vgg) the heads own its last stage.
+Over another backbone (-a resnext, densenet, wrn, vgg, okddip_vgg, okddip_densenet) the heads own
+its last stage (the OKDDip code's DenseNet: one dense block shared by every head, as that code).
 'ens' (the mean of the heads' logits) is logged beside them, as DefangChen/OKDDip's CL-ILR
 does; the CL paper reports single heads.
 

@@ -36,7 +36,10 @@ epochs 150 and 225. The published 25.65 +- 0.15 (CIFAR-100, ResNet-32) came from
 i.e. logit targets and the leader: methods/published.py keys it to --aggregate logits. Its
 ResNet-110 is a Bottleneck net of 12 blocks per stage (9n + 2 layers), ours ONE's 18 unless
 --depth-rule 9n+2; see docs/FIDELITY.md (OKDDip). Over another backbone (-a resnext, densenet,
-wrn, vgg) the branches own its last stage and the attention reads their pooled features.
+wrn, vgg, okddip_vgg) the branches own its last stage and the attention reads their pooled
+features; over the OKDDip code's DenseNet (-a okddip_densenet) the branches share one dense
+block, the attention and the leader's target run over every branch, and the leader pools
+without the final BatchNorm, as that code (models/okddip.py, docs/FIDELITY.md).
 """
 import math
 

@@ -14,8 +14,9 @@ distillation term sends no gradient into the gate or, through z_e, into the bran
   --branch-point stage1  without sharing layers: the branches start right after the stem
 
 -a one_resnet (the default) is the seed's network; over any other backbone (-a resnext,
-densenet, wrn, vgg) the same layout is models/branched.py's: branches from --branch-point
-(default: the last stage) and the gate on the trunk's output.
+densenet, wrn, vgg, and the OKDDip code's okddip_vgg and okddip_densenet, whose branches share
+one dense block as that code's) the same layout is models/branched.py's: branches from
+--branch-point (default: the last stage) and the gate on the trunk's output.
 """
 import torch.nn.functional as F
 
