@@ -146,8 +146,10 @@ class Method:
     def objective(self, args):
         """A callable (output, targets, epoch, batch_size=None) -> loss, with .rampup(epoch),
         built from the flags alone (objectives have no defaults of their own).
-        The loss may depend on the epoch only through rampup(epoch): a CUDA graph of the
-        training step is recorded once per ramp-up value (utils/graphs.py)."""
+        The loss may depend on the epoch only through rampup(epoch), and the callable also
+        takes `weight=`: that value as a 0-dim tensor, to use in its place (a CUDA graph's
+        input, which one recorded step reads afresh every epoch; utils/graphs.py); an
+        objective whose loss does not depend on the epoch ignores it."""
         raise NotImplementedError
 
     def columns(self, args):

@@ -12,7 +12,7 @@ class CrossEntropy:
     def rampup(self, epoch):
         return 0.0
 
-    def __call__(self, output, targets, epoch, batch_size=None):
+    def __call__(self, output, targets, epoch, batch_size=None, weight=None):
         """Loss summed over the batch and divided by `batch_size` (default: this batch's size,
         giving the mean; a distributed rank passes the global batch size)."""
         loss = branch_cross_entropy(as_output(output).members, targets)

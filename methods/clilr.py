@@ -66,20 +66,21 @@ class CLILRLoss:
     def rampup(self, epoch):
         return rampup_weight(epoch, self.rampup_epochs)
 
-    def __call__(self, output, targets, epoch, batch_size=None):
+    def __call__(self, output, targets, epoch, batch_size=None, weight=None):
         logits = as_output(output).members
         T, H = self.temperature, len(logits)
+        w = self.rampup(epoch) if weight is None else weight
         hard = F.cross_entropy(logits.flatten(0, 1), targets.repeat(H), reduction='sum')
         soft_target = peer_mean(logits) / T
         log_p = F.log_softmax(logits / T, dim=-1)
         if self.form == 'paper':
             q = F.softmax(soft_target.detach(), dim=-1)
             soft = -(q * log_p).sum()
-            loss = self.beta * hard + (1 - self.beta) * self.rampup(epoch) * soft
+            loss = self.beta * hard + w * ((1 - self.beta) * soft)
         else:
             log_q = F.log_softmax(soft_target, dim=-1)
             soft = (log_q.exp() * (log_q - log_p)).sum() * T * T
-            loss = hard + self.rampup(epoch) * soft
+            loss = hard + w * soft
         return loss / (batch_size or len(targets))
 
 

@@ -72,7 +72,7 @@ class DMLLoss:
         mimicry = sum(distillation_kl(logits, peer, self.temperature) for peer in peers)
         return F.cross_entropy(logits, targets, reduction='sum') + mimicry / len(peers)
 
-    def __call__(self, output, targets, epoch, batch_size=None):
+    def __call__(self, output, targets, epoch, batch_size=None, weight=None):
         logits = as_output(output).members
         loss = sum(self.member_loss(z, [p for j, p in enumerate(logits) if j != i], targets)
                    for i, z in enumerate(logits))
@@ -103,11 +103,11 @@ def fresh_logits(net, images, amp):
 
 
 def mutual_train_step(model, objective, optimizer, scaler, images, targets, epoch, batch_size,
-                      amp):
+                      amp, weight=None):
     """One step of --update simultaneous (the engine's step over sum_i L_i) or alternating
     (Algorithm 1: network by network, recomputing the updated network's prediction). Returns
     (output of the networks before their updates, loss summed over the images)."""
-    if objective.update == 'simultaneous':
+    if objective.update == 'simultaneous':   # (DML's weight is constant: `weight` unused)
         return train_step(model, objective, optimizer, scaler, images, targets, epoch,
                           batch_size, amp)
     batch_size = batch_size or len(targets)

@@ -57,7 +57,7 @@ class KDLoss:
         """The weight of the distillation term (constant), logged as w."""
         return self.alpha
 
-    def __call__(self, output, targets, epoch, batch_size=None):
+    def __call__(self, output, targets, epoch, batch_size=None, weight=None):
         """output: ModelOutput(members=student logits (1, B, C), extras={'teacher': (B, C)})."""
         student, teacher = output.members[0], output.extra('teacher')
         loss = ((1 - self.alpha) * F.cross_entropy(student, targets, reduction='sum')

@@ -85,7 +85,7 @@ class KDCLLoss:
     def teacher(self, logits, targets):
         return TARGETS[self.rule](logits.detach(), targets)
 
-    def __call__(self, output, targets, epoch, batch_size=None):
+    def __call__(self, output, targets, epoch, batch_size=None, weight=None):
         logits = as_output(output).members
         teacher = self.teacher(logits, targets)
         hard = F.cross_entropy(logits.flatten(0, 1), targets.repeat(len(logits)), reduction='sum')

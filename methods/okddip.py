@@ -85,7 +85,7 @@ class OKDDipLoss:
         log_leader = torch.logsumexp(log_q, dim=1) - math.log(len(values))
         return log_t.transpose(0, 1), log_leader
 
-    def __call__(self, output, targets, epoch, batch_size=None):
+    def __call__(self, output, targets, epoch, batch_size=None, weight=None):
         logits, log_attention = output.members, output.extra('log_attention')
         T = self.temperature
         leader, peers = logits[0], logits[1:]
@@ -93,7 +93,8 @@ class OKDDipLoss:
         log_t, log_t_leader = self.targets(values, log_attention)
         distill = (kl_sum(log_t, F.log_softmax(peers / T, dim=-1))
                    + kl_sum(log_t_leader, F.log_softmax(leader / T, dim=-1))) * T * T
-        loss = branch_cross_entropy(logits, targets) + self.rampup(epoch) * distill
+        w = self.rampup(epoch) if weight is None else weight
+        loss = branch_cross_entropy(logits, targets) + w * distill
         return loss / (batch_size or len(targets))
 
 

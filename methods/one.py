@@ -38,12 +38,13 @@ class ONELoss:
     def rampup(self, epoch):
         return rampup_weight(epoch, self.rampup_epochs) if self.distill else 0.0
 
-    def __call__(self, output, targets, epoch, batch_size=None):
+    def __call__(self, output, targets, epoch, batch_size=None, weight=None):
         logits, ensemble, _ = as_output(output)
         loss = branch_cross_entropy(logits, targets) + F.cross_entropy(ensemble, targets,
                                                                        reduction='sum')
         if self.distill:
-            loss = loss + self.rampup(epoch) * distillation_kl(logits, ensemble, self.temperature)
+            w = self.rampup(epoch) if weight is None else weight
+            loss = loss + w * distillation_kl(logits, ensemble, self.temperature)
         return loss / (batch_size or len(targets))
 
 

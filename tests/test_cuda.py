@@ -392,8 +392,8 @@ def test_compiled_training_equals_eager_and_saves_plain_weights(device, fashion_
 
 
 # 7 full batches of 64 and one of 32: 3 eager warm-up steps, then a graph recorded and replayed
-# 4 times; the short batch runs eagerly. Epoch 2 changes the LR (--schedule 1) and the ramp-up
-# weight, so its 7 full batches replay a graph of their own.
+# 4 times; the short batch runs eagerly. Epoch 2 changes the LR (--schedule 1), so its 7 full
+# batches replay a graph of their own (a new ramp-up weight alone would not need one).
 GRAPH_RUN = ['--epochs', 2, '--train-subset', 7 * 64 + 32, '--schedule', 1]
 
 
@@ -436,6 +436,19 @@ def test_a_pack_on_cuda_graphs_its_steps_bitwise_and_stays_close_to_its_runs_alo
         assert_close_tensors(load(tmp_path / 'eager' / f'seed{seed}' / 'checkpoint.pth.tar')[
             'state_dict'], load(alone / 'checkpoint.pth.tar')['state_dict'],
             tolerance('cuda', tf32_allowed=False), f'seed {seed}, packed against alone')
+
+
+@requires_cuda
+def test_one_graph_serves_every_ramp_up_weight_to_the_bit(fashion_root, tmp_path):
+    """Two epochs at one learning rate but two ramp-up weights (ONE): one graph, which reads
+    the weight from a tensor the engine sets each epoch, and the eager run's bits."""
+    flags = ['--epochs', 2, '--train-subset', 7 * 64 + 32]
+    eager, graphed = tmp_path / 'eager', tmp_path / 'graphed'
+    run_deterministic('cifar_one.py', cli('cuda', fashion_root, eager, *flags))
+    proc = run_deterministic('cifar_one.py', cli('cuda', fashion_root, graphed, *flags,
+                                                 '--cuda-graphs'))
+    assert_same_run(eager / 'checkpoint.pth.tar', graphed / 'checkpoint.pth.tar')
+    assert 'CUDA graphs: 11 steps replayed from 1 recorded graph(s)' in proc.stdout, proc.stdout
 
 
 @requires_cuda

@@ -168,3 +168,28 @@ def test_each_column_counts_the_part_of_the_output_it_names():
         column_hits(output, targets, ['1', 'features'])
     with pytest.raises(KeyError, match='no ensemble'):
         column_hits(branch2, targets, ['ens'])
+
+
+@pytest.mark.parametrize('name, flags', [
+    ('one', {}), ('clilr', {'beta': 0.3}), ('clilr', {'form': 'okddip', 'consistency_rampup': 80}),
+    ('okddip', {}), ('okddip', {'aggregate': 'logits', 'alpha': 0.7})])
+def test_a_weight_tensor_is_the_ramp_up_to_the_bit(name, flags):
+    """A graphed step reads the epoch's ramp-up weight from a float32 tensor (utils/graphs.py):
+    the loss and its gradients are those of the eager step's Python number, bit for bit."""
+    from methods import METHODS
+    args = METHODS[name].defaults(depth=8, **flags)
+    torch.manual_seed(0)
+    model = METHODS[name].build_model(args, 10)
+    images, targets = torch.randn(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    loss_fn = METHODS[name].objective(args)
+    for epoch in (0, 7, 33, 200):
+        results = []
+        for weight in (None, torch.tensor(loss_fn.rampup(epoch), dtype=torch.float32)):
+            model.zero_grad()
+            kwargs = {} if weight is None else {'weight': weight}
+            loss = loss_fn(model(images), targets, epoch, batch_size=6, **kwargs)
+            loss.backward()
+            results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+        (eager, eager_grads), (graphed, graphed_grads) = results
+        assert torch.equal(eager, graphed), epoch
+        assert all(torch.equal(a, b) for a, b in zip(eager_grads, graphed_grads)), epoch

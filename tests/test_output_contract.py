@@ -33,7 +33,7 @@ class FeaturePenalty:
     def rampup(self, epoch):
         return FEATURE_WEIGHT
 
-    def __call__(self, output, targets, epoch, batch_size=None):
+    def __call__(self, output, targets, epoch, batch_size=None, weight=None):
         features = output.extra('features')
         self.seen.append(tuple(features.shape))
         loss = (F.cross_entropy(output.members[0], targets, reduction='sum')

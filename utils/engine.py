@@ -137,6 +137,8 @@ class Trainer:
         self.train_model = self.wrap(self.model)
         self.train_step = pack_train_step if self.packed else method.train_step
         self.graphed_step = GraphedStep(self.train_and_count) if args.cuda_graphs else None
+        # the ramp-up weight as a graph reads it: set before each epoch, one graph for them all
+        self.weight = torch.zeros((), device=self.device) if args.cuda_graphs else None
         # ---- nothing above has written a file; everything below writes into the run folders
         if self.world.is_main:
             for member in self.runs:
@@ -335,6 +337,8 @@ class Trainer:
         lr = learning_rate(epoch, args.lr, args.schedule, args.gamma)
         for group in self.optimizer.param_groups:
             group['lr'] = lr
+        if self.weight is not None:
+            self.weight.fill_(self.objective.rampup(epoch))
         start = time.time()
         train_meters = self.train_epoch(stop, lr)
         self.world.broadcast_buffers(self.model)
@@ -407,9 +411,11 @@ class Trainer:
             global_size = min(args.train_batch, len(self.train_loader.labels) - step * args.train_batch)
             share = global_size / world.size
             if self.graphed_step is not None and global_size == args.train_batch:
-                # the key: all the step takes from Python that can change (utils/graphs.py)
-                key = (lr, self.objective.rampup(self.epoch), share)
-                loss_sum, correct = self.graphed_step(key, images, targets, self.epoch, share)
+                # the key: all the step takes from Python that can change (utils/graphs.py);
+                # the ramp-up weight is read from self.weight
+                key = (lr, share)
+                loss_sum, correct = self.graphed_step(key, images, targets, self.epoch, share,
+                                                      self.weight)
             else:
                 loss_sum, correct = self.train_and_count(images, targets, self.epoch, share)
             meters.update(loss_sum, correct, targets.shape[-1])
@@ -432,12 +438,13 @@ class Trainer:
                               f'{run.path(CHECKPOINT)}: resume with --resume '
                               f'{run.path(CHECKPOINT)}') from None
 
-    def train_and_count(self, images, targets, epoch, batch_size):
+    def train_and_count(self, images, targets, epoch, batch_size, weight=None):
         """One optimizer step; returns (loss summed over the images, top-1 and top-5 hits per
-        column), each with a leading dimension of k for a pack."""
+        column), each with a leading dimension of k for a pack. `weight`: the ramp-up weight
+        as a tensor (a graph's), else the objective's rampup(epoch)."""
         output, loss_sum = self.train_step(
             self.train_model, self.objective, self.optimizer, self.scaler, images, targets,
-            epoch, batch_size, self.args.amp)
+            epoch, batch_size, self.args.amp, weight)
         if self.packed:
             return loss_sum, over_members(
                 lambda out, y: self.method.correct(out, y, self.names), output, targets)

@@ -6,12 +6,15 @@ GPU launching them takes longer than running them: with default flags one_resnet
 backward, SGD update and the hit counts) and replays it with a single launch.
 
 A replay repeats what was recorded, so whatever the step takes from Python is fixed when it
-is recorded: the batch's shape, the learning rate and the objective's epoch-dependent weight
-(`objective.rampup(epoch)`, the only way an objective may depend on the epoch; see
-methods/base.py). The caller passes these as the `key`, and a new graph is recorded whenever
-the key changes (the previous one is dropped): a 300-epoch ONE run records about 80, one per
-ramp-up epoch and one per learning rate after it. The engine runs the last, smaller batch of
-an epoch eagerly (the same step, unrecorded) rather than record a graph for it.
+is recorded: the batch's shape and the learning rate. The caller passes these as the `key`,
+and a new graph is recorded whenever the key changes (the previous one is dropped). The
+objective's epoch-dependent weight (`objective.rampup(epoch)`, the only way an objective may
+depend on the epoch; see methods/base.py) is not: the engine gives the step a 0-dim tensor
+that it sets before each epoch and the objective reads, so a 300-epoch ONE run records one
+graph per learning rate (3), not one per ramp-up epoch (about 80). The engine runs the last,
+smaller batch of an epoch eagerly (the same step, unrecorded) rather than record a graph for
+it. (The learning rate stays a recorded constant: as a tensor, SGD's update would need the
+fused kernel, whose bits against the default update are not yet checked on a GPU.)
 
 The first steps of a process run eagerly on a side stream, as PyTorch's recipe for whole-
 network capture asks, so that cuDNN's autotuning, library workspaces and the optimizer's
@@ -52,7 +55,7 @@ class GraphedStep:
 
     def report(self):
         return (f'CUDA graphs: {self.replayed} steps replayed from {self.recorded} recorded '
-                'graph(s), one per learning rate and ramp-up weight')
+                'graph(s), one per learning rate')
 
     def on_side_stream(self, images, targets, *constants):
         current = torch.cuda.current_stream(images.device)

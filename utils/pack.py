@@ -127,15 +127,15 @@ def stack_optimizer_states(states):
 
 
 def pack_train_step(model, objective, optimizer, scaler, images, targets, epoch, batch_size,
-                    amp):
+                    amp, weight=None):
     """One SGD step of every member of a Pack: each member's loss on its own batch, the sum's
     gradient (each member's weights get only their own run's). Returns (the stacked output,
     each member's loss summed over its images, shape (k,))."""
-    from .steps import autocast   # steps.py imports this module
+    from .steps import autocast, objective_kwargs   # steps.py imports this module
+    kwargs = objective_kwargs(batch_size, weight)
     with autocast(amp, images.device):
         output = model(images)
-        losses = over_members(lambda out, y: objective(out, y, epoch, batch_size=batch_size),
-                              output, targets)
+        losses = over_members(lambda out, y: objective(out, y, epoch, **kwargs), output, targets)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(losses.sum()).backward()
     scaler.step(optimizer)

@@ -18,13 +18,20 @@ def autocast(amp, device):
                           cache_enabled=False)
 
 
-def train_step(model, objective, optimizer, scaler, images, targets, epoch, batch_size, amp):
+def objective_kwargs(batch_size, weight):
+    """An objective's keywords: the batch size, and the epoch's ramp-up weight as a tensor
+    where one is given (a CUDA graph's input; methods/base.py, Method.objective)."""
+    return {'batch_size': batch_size, **({} if weight is None else {'weight': weight})}
+
+
+def train_step(model, objective, optimizer, scaler, images, targets, epoch, batch_size, amp,
+               weight=None):
     """One SGD step on this rank's images. `batch_size` is the global batch over the world
     size, so DDP's gradient average is the global batch mean. Returns (output, loss summed
     over this rank's images), both left on the device."""
     with autocast(amp, images.device):
         output = model(images)
-        loss = objective(output, targets, epoch, batch_size=batch_size)
+        loss = objective(output, targets, epoch, **objective_kwargs(batch_size, weight))
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
