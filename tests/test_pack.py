@@ -249,3 +249,20 @@ def test_a_run_that_diverges_stops_its_pack_and_only_it_is_marked_diverged(
     assert 'the loss of seed 4 became NaN or Inf in epoch 2' in bad['message']
     assert (healthy['state'], healthy['epoch']) == ('failed', 1)
     assert healthy['message'] == f'stopped with its pack: {bad["message"]}'
+
+
+def test_a_pack_whose_runs_are_all_done_says_so_and_one_half_done_is_refused(
+        pack, fashion_root, tmp_path, capsys):
+    capsys.readouterr()
+    assert pack_run(fashion_root, pack, '--epochs', 2, '--resume', 'auto') == 0
+    out = capsys.readouterr().out
+    assert out.count('already trained its 2 epochs') == 2
+    half = tmp_path / 'half'
+    assert pack_run(fashion_root, half, '--epochs', 1) == 0
+    assert cifar_one.main(packed(tiny(fashion_root, half / 'seed3', '--epochs', 2, '--resume',
+                                      'auto', *SUBSET))) == 0
+    capsys.readouterr()
+    assert pack_run(fashion_root, half, '--epochs', 2, '--resume', 'auto') == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'seed(s) 3 have trained all their epochs' in err[0], err
+    assert '--seeds 4' in err[0]

@@ -95,8 +95,7 @@ class Trainer:
         self.args, self.method = args, method
         self.objective = method.objective(args)
         self.world, self.device = setup(args, method)
-        self.runs = [Run(run_args, method, RunFolder.from_args(run_args))
-                     for run_args in member_args(args)]
+        self.runs = build_runs(args, method)
         self.packed = bool(args.seeds)
         check_same_position([run.state for run in self.runs], [run.folder for run in self.runs])
         state = self.runs[0].state
@@ -510,6 +509,26 @@ class Trainer:
     def preempt_after_training(self, train_meters, signum):
         """A signal during evaluation: save the trained epoch; resuming evaluates it."""
         self.preempt(train_meters, signum)
+
+
+def build_runs(args, method):
+    """The Run of each run the command trains (one, or a pack's), every one checked before
+    anything is written. AlreadyDone when every run has trained all its epochs; a pack with
+    some done and some not is refused (it continues as a whole)."""
+    runs, done = [], []
+    for run_args in member_args(args):
+        try:
+            runs.append(Run(run_args, method, RunFolder.from_args(run_args)))
+        except AlreadyDone as e:
+            done.append((run_args, e.args[0]))
+    if done and not runs:
+        raise AlreadyDone('\n'.join(line for _, line in done))
+    if done:
+        left = ' '.join(str(run.seed) for run in runs)
+        raise UserError(f'--seeds: seed(s) {" ".join(str(a.manualSeed) for a, _ in done)} have '
+                        'trained all their epochs while the others have not: a pack continues '
+                        f'as a whole; continue the others with --seeds {left}')
+    return runs
 
 
 def train(args, method):
