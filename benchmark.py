@@ -196,8 +196,11 @@ def check_args(args):
     elif torchvision:
         raise BenchmarkError(f'{torchvision[0]} is an ImageNet network: add --dataset imagenet '
                              '--data-dir DIR')
-    if args.pack and pack_refusal(args):
-        raise BenchmarkError(pack_refusal(args))
+    if args.pack:
+        refusal = pack_refusal(args, [(model, *pack_method_and_flags(args, model))
+                                      for model in args.models])
+        if refusal:
+            raise BenchmarkError(refusal)
     if args.json:
         check_writable_file(args.json)
 
@@ -431,10 +434,17 @@ def measure(args, device):
             'peak_memory_gib': peak / 2 ** 30}
 
 
+def pack_method_and_flags(args, model):
+    """(method, the flags of a pack's runs of `model`): the model's, with the benchmark's
+    options, in the contiguous layout (a pack's batches are 5-D, which have no channels_last;
+    utils/setup.py)."""
+    memory = {'memory_efficient': True} if args.memory_efficient and 'densenet' in model else {}
+    return method_and_flags(model, channels_last=False, fast=args.fast, lr=0.01, amp=args.amp,
+                            compile=args.compile, **memory)
+
+
 def pack_config(args):
-    """The flags of a pack's runs: the model's, in the contiguous layout (a pack's batches are
-    5-D, which has no channels_last; utils/setup.py)."""
-    return method_and_flags(args.one, channels_last=False, fast=args.fast, lr=0.01)[1]
+    return pack_method_and_flags(args, args.one)[1]
 
 
 def pack_results(members, solo_rates, pack_rates):

@@ -6,29 +6,25 @@ ratio of the two compares adjacent blocks."""
 import torch
 
 from utils.data import CIFAR_MEAN, CIFAR_STD, DeviceLoader
+from utils.distributed import World
+from utils.errors import UserError
 from utils.graphs import GraphedStep
 from utils.pack import Pack, PackLoader, over_members, pack_train_step
-from utils.setup import build_model, build_optimizer, seed_everything
+from utils.setup import build_model, build_optimizer, check_pack, seed_everything
 from utils.steps import Meters
 
-# What --seeds refuses (utils/setup.py, check_pack) and the benchmark could be asked for.
-REFUSED = (('compile', '--compile (a pack is one vmapped model)'),
-           ('memory_efficient', "--memory-efficient (it recomputes inside the backward pass, "
-                                "which a pack cannot)"))
-
-
-def pack_refusal(args):
-    """Why --pack cannot be measured with these flags, or None."""
+def pack_refusal(args, configs):
+    """Why --pack cannot be measured with these flags, or None: what cifar_*.py --seeds refuses
+    (utils/setup.py's check_pack) for any model's flags (`configs`: [(model, method, flags)],
+    the flags with the benchmark's own options set)."""
     if args.pack < 2:
         return f'--pack {args.pack}: a pack holds 2 runs or more'
-    if args.dataset == 'imagenet':
-        return "--pack: ImageNet's folder loaders are not packed"
-    if args.amp == 'fp16':
-        return ("--pack with --amp fp16: its gradient scaler would skip every run's step when "
-                'one overflows (use --amp bf16)')
-    for flag, why in REFUSED:
-        if getattr(args, flag):
-            return f'--pack with {why}'
+    for model, method, config in configs:
+        config.seeds = list(range(args.pack))
+        try:
+            check_pack(config, method, World())
+        except UserError as e:
+            return f'--pack with {model}: {str(e).removeprefix("--seeds: ")}'
     return None
 
 

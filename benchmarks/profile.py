@@ -24,9 +24,9 @@ from torch.profiler import ProfilerActivity, profile
 # (kind, pattern over a kernel's or operator's name, lower case), the first match wins.
 KINDS = (
     ('optimizer', r'sgd|multi_tensor|foreach'),
+    ('batchnorm', r'batch_norm|batchnorm|bn_fw|bn_bw|bn_|welford'),   # before cudnn's convs
     ('convolution backward', r'conv.*(backward|bwd|dgrad|wgrad)|(dgrad|wgrad)'),
     ('convolution', r'conv|implicit_gemm|cudnn|winograd|xmma|sm\d+_xmma|gemm'),
-    ('batchnorm', r'batch_norm|batchnorm|bn_|welford'),
     ('loss and softmax', r'log_softmax|softmax|nll|cross_entropy|kl_div'),
     ('augmentation and copies', r'index|gather|scatter|pad|copy|memcpy|memset|cat|stack|'
                                 r'permute|contiguous|fill'),

@@ -149,8 +149,9 @@ def test_cuda_without_a_gpu_is_one_line(capsys):
     (['--steps', '0'], '--steps must be at least 1'),
     (['--conventional-repeats', '3'], 'is more than --repeats 2'),
     (['--pack', '1'], '--pack 1: a pack holds 2 runs or more'),
-    (['--pack', '2', '--amp', 'fp16'], '--pack with --amp fp16: its gradient scaler'),
-    (['--pack', '2', '--compile'], '--pack with --compile'),
+    (['--pack', '2', '--amp', 'fp16'], "fp16's gradient scaler would skip every run's"),
+    (['--pack', '2', '--compile'], 'not with --compile'),
+    (['--pack', '2', '--models', 'one_okddip_vgg-11'], 'dropout masks'),
 ])
 def test_bad_requests_are_one_line(flags, message, capsys):
     status, line = refused(capsys, *flags)

@@ -4,6 +4,7 @@ same mathematics (equal in float64; in float32 within rounding), and an ordinary
 that -e, export, report.py and --resume treat as a run trained alone."""
 import copy
 import json
+import os
 
 import pytest
 import torch
@@ -203,7 +204,6 @@ def test_every_method_packs_or_refuses_in_one_line(name, fashion_root, teacher, 
 
 
 @pytest.mark.parametrize('flags, named', [
-    (['--seeds', 3], 'one seed is one run'),
     (['--seeds', 3, 3], 'each seed once'),
     (['--seeds', 3, 4, '--manualSeed', 1], 'drop --manualSeed'),   # beside the tiny run's
     (['--seeds', 3, 4, '-a', 'wrn', '--depth', 10, '--widen-factor', 1, '--drop', 0.3],
@@ -218,6 +218,21 @@ def test_what_a_pack_cannot_hold_is_refused_in_one_line(flags, named, fashion_ro
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and named in err[0], err
     assert not (tmp_path / 'p').exists()
+
+
+def test_one_seed_is_one_run_in_its_folder_and_a_seed_template_needs_seeds(
+        fashion_root, tmp_path, capsys):
+    """What a stopped pack's advice says (--seeds with the seeds left) works for one seed too:
+    an ordinary run in that seed's folder; -c with {seed} but no --seeds is refused."""
+    assert cifar_one.main(packed(tiny(fashion_root, tmp_path / 'seed{seed}', '--seeds', 4,
+                                      '--epochs', 1, *SUBSET))) == 0
+    state = load(tmp_path / 'seed4' / 'checkpoint.pth.tar')
+    assert (state['seed'], state['epoch'], state['args']['channels_last']) == (4, 1, True)
+    capsys.readouterr()
+    assert cifar_one.main(tiny(fashion_root, tmp_path / 'x{seed}', '--epochs', 1)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and '--seeds fills in {seed}' in err[0], err
+    assert not (tmp_path / 'x{seed}').exists()
 
 
 def test_a_pack_whose_runs_stand_apart_is_refused(pack, fashion_root, tmp_path, capsys):
@@ -266,3 +281,64 @@ def test_a_pack_whose_runs_are_all_done_says_so_and_one_half_done_is_refused(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'seed(s) 3 have trained all their epochs' in err[0], err
     assert '--seeds 4' in err[0]
+
+
+def test_a_pack_writes_no_run_before_every_folder_is_its(fashion_root, tmp_path, capsys):
+    """One run's folder held by another process: the pack stops in one line before writing a
+    file into any run's folder."""
+    from utils.runlock import hold_run_lock
+    with hold_run_lock(str(tmp_path / 'seed4')):
+        assert pack_run(fashion_root, tmp_path, '--epochs', 1) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert not any(name.endswith(('.json', '.tar')) for name in os.listdir(tmp_path / 'seed3'))
+
+
+def test_a_save_that_fails_for_one_run_leaves_every_run_at_its_last_epoch(
+        fashion_root, tmp_path, monkeypatch, capsys):
+    """Epoch 2's files of seed 4 cannot be written (a full disk, say): neither run moves to
+    epoch 2, so the pack continues as a whole."""
+    import utils.run_state
+    real = utils.run_state.checkpoint_writer
+
+    def failing(state):
+        if state['seed'] == 4 and state['epoch'] == 2:
+            def write(f):
+                raise OSError(28, 'No space left on device')
+            return write
+        return real(state)
+    assert pack_run(fashion_root, tmp_path, '--epochs', 1) == 0
+    monkeypatch.setattr(utils.run_state, 'checkpoint_writer', failing)
+    assert pack_run(fashion_root, tmp_path, '--epochs', 2, '--resume', 'auto') == 2
+    assert 'No space left' in capsys.readouterr().err
+    for seed in (3, 4):
+        assert load(tmp_path / f'seed{seed}' / 'checkpoint.pth.tar')['epoch'] == 1
+        status = json.loads((tmp_path / f'seed{seed}' / 'status.json').read_text())
+        assert status['epoch'] == 1
+    monkeypatch.setattr(utils.run_state, 'checkpoint_writer', real)
+    assert pack_run(fashion_root, tmp_path, '--epochs', 2, '--resume', 'auto') == 0
+
+
+def test_a_pack_stopped_mid_epoch_resumes_to_the_bits_of_one_never_stopped(
+        pack, fashion_root, tmp_path, monkeypatch):
+    """SIGTERM after the first step of epoch 2: every run saves that exact step; the pack
+    continued with --resume auto ends where the uninterrupted pack did, bit for bit."""
+    import signal
+    from utils.engine import Trainer
+    real, steps = Trainer.train_and_count, []
+
+    def count_and_stop(self, *args, **kwargs):
+        steps.append(None)
+        if len(steps) == 3:          # epoch 1 is 2 steps of 64 of the 128 images
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(Trainer, 'train_and_count', count_and_stop)
+    assert pack_run(fashion_root, tmp_path, '--epochs', 2) == 128 + signal.SIGTERM
+    for seed in (3, 4):
+        state = load(tmp_path / f'seed{seed}' / 'checkpoint.pth.tar')
+        assert (state['epoch'], state['step']) == (1, 1)
+    monkeypatch.setattr(Trainer, 'train_and_count', real)
+    assert pack_run(fashion_root, tmp_path, '--epochs', 2, '--resume', 'auto') == 0
+    for seed in (3, 4):
+        assert_same_run(pack / f'seed{seed}' / 'checkpoint.pth.tar',
+                        tmp_path / f'seed{seed}' / 'checkpoint.pth.tar')

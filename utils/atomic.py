@@ -60,7 +60,7 @@ def write_all_atomic(writes):
     written first, then they are renamed in order. A failure to write any of them (a full
     disk) leaves every PATH as it was, so files that must agree (a checkpoint and the logs of
     its epochs) never disagree after one."""
-    written = []
+    written, renamed = [], []
     try:
         for path, write in writes:
             tmp = temporary_name(path)
@@ -71,6 +71,7 @@ def write_all_atomic(writes):
                 os.fsync(f.fileno())
         for tmp, path in written:
             os.replace(tmp, path)
+            renamed.append(path)
     except BaseException as e:
         for tmp, _ in written:
             try:
@@ -78,8 +79,11 @@ def write_all_atomic(writes):
             except OSError:
                 pass
         if isinstance(e, (OSError, RuntimeError)):
-            raise UserError(f'could not write {path}: {_reason(e)}; the previous file there is '
-                            'untouched') from None
+            # a rename that fails after others (rare: the data is on disk by then) breaks the
+            # all-or-none: say which files are new
+            kept = ('the previous file there is untouched' if not renamed else
+                    f'{", ".join(renamed)} already hold(s) the new content')
+            raise UserError(f'could not write {path}: {_reason(e)}; {kept}') from None
         raise
     for folder in sorted({os.path.dirname(path) for _, path in written}):
         _fsync_folder(folder)

@@ -101,7 +101,8 @@ def build_parser(description, method):
                    help='train one run per seed as one pack: one stacked model in one process '
                         "(utils/pack.py), each run in its own folder, -c's {seed} filled in "
                         '(default: -c/seedS); every run equals the run its seed trains alone. '
-                        'In the contiguous layout, one process, no dropout (docs/SPEED.md)')
+                        'In the contiguous layout, one process, no dropout (docs/SPEED.md). One '
+                        'seed: one run, in its folder')
     p.add_argument('-e', '--evaluate', action='store_true',
                    help='only evaluate the --resume checkpoint on the test set')
     p.add_argument('--gpu-id', default=None, type=str, help='CUDA device index to use')

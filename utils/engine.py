@@ -14,6 +14,7 @@ import torch
 from progress.bar import Bar
 from torch.nn.parallel import DistributedDataParallel
 
+from .atomic import write_all_atomic
 from .checkpoint import check_identity, load_checkpoint, rng_states, set_rng_states
 from .cli import build_parser, parse_flags
 from .distributed import wait_for_rank_0, world_from_env
@@ -96,7 +97,7 @@ class Trainer:
         self.objective = method.objective(args)
         self.world, self.device = setup(args, method)
         self.runs = build_runs(args, method)
-        self.packed = bool(args.seeds)
+        self.packed = len(self.runs) > 1
         check_same_position([run.state for run in self.runs], [run.folder for run in self.runs])
         state = self.runs[0].state
         run = self.runs[0].where
@@ -139,7 +140,9 @@ class Trainer:
         # the ramp-up weight as a graph reads it: set before each epoch, one graph for them all
         self.weight = torch.zeros((), device=self.device) if args.cuda_graphs else None
         # ---- nothing above has written a file; everything below writes into the run folders
-        if self.world.is_main:
+        if self.world.is_main:   # every folder locked and checked before any is written
+            for member in self.runs:
+                member.where.lock(resources, member.state, args.overwrite, args.rewind)
             for member in self.runs:
                 self.take_folder(member, resources)
 
@@ -202,7 +205,7 @@ class Trainer:
         model_best.pth.tar of the state continued from."""
         if run.history:
             is_best = run.is_best_so_far(self.step)
-            self.save_epoch(run, is_best and not os.path.exists(run.path(BEST)))
+            self.save_epoch([run], [is_best and not os.path.exists(run.path(BEST))])
         else:
             run.save_checkpoint(self.checkpoint_state(run))
 
@@ -345,17 +348,20 @@ class Trainer:
         tests = evaluate(self.model, self.test_loader,
                          scorer(self.method, self.objective, epoch, self.names, self.packed),
                          self.names, self.world, args.amp, stop, members)
-        if tests is None:
-            self.preempt_after_training(train_meters, stop.signum)
+        if tests is None:   # a signal during evaluation: the trained epoch, evaluated on resume
+            self.preempt(train_meters, stop.signum)
         self.report_skipped()
         seconds = round(time.time() - start, 3)
         self.epoch, self.step = epoch + 1, 0
+        rows, best = [], []
         for i, run in enumerate(self.runs):
             train = (train_meters.member(i) if self.packed else train_meters).summary(self.names)
-            row = self.epoch_row(epoch, lr, train, tests[i] if self.packed else tests, seconds)
-            is_best = run.record(row)
-            if self.world.is_main:
-                self.save_epoch(run, is_best)
+            rows.append(self.epoch_row(epoch, lr, train, tests[i] if self.packed else tests,
+                                       seconds))
+            best.append(run.record(rows[-1]))
+        if self.world.is_main:
+            self.save_epoch(self.runs, best)
+            for run, row in zip(self.runs, rows):
                 run.set_status('running')  # now with this epoch done
                 print(self.prefix(run) + epoch_line(row, self.names, args.epochs, self.top5),
                       flush=True)
@@ -376,9 +382,23 @@ class Trainer:
                 print(f'--bad-images skip: {len(loader.skipped)} unreadable {split} image(s) '
                       f'left out so far (first: {loader.skipped[0]})', flush=True)
 
-    def save_epoch(self, run, is_best):
-        run.save_epoch(self.checkpoint_state(run), is_best, self.top5)
+    def save_epoch(self, runs, best):
+        """The epoch's files of every run, all or none (a full disk leaves every run at its
+        last epoch, so a pack still continues as a whole)."""
+        files, done = [], []
+        for run, is_best in zip(runs, best):
+            run_files, saved = run.epoch_files(self.checkpoint_state(run), is_best, self.top5)
+            files += run_files
+            done.append(saved)
+        write_all_atomic(files)
+        for saved in done:
+            saved()
         self.saved_at = time.monotonic()
+
+    def save_checkpoints(self, meters=None):
+        """Each run's checkpoint.pth.tar at this exact step, all or none."""
+        write_all_atomic([run.checkpoint_file(self.checkpoint_state(run, meters))
+                          for run in self.runs])
 
     def train_epoch(self, stop, lr):
         """Train over the rest of the epoch; returns its meters, summed over the ranks."""
@@ -492,23 +512,17 @@ class Trainer:
         """--save-every-minutes: this exact step (with the epoch's running sums, summed over
         the ranks) into each run's checkpoint, as a preemption saves it; training goes on."""
         if self.world.is_main:
-            for run in self.runs:
-                run.save_checkpoint(self.checkpoint_state(run, meters))
+            self.save_checkpoints(meters)
         self.saved_at = time.monotonic()
 
     def preempt(self, meters, signum):
         """Save this exact step (with the epoch's running sums) and stop."""
-        states = [self.checkpoint_state(run, meters) for run in self.runs]
         if self.world.is_main:
-            for run, state in zip(self.runs, states):
-                run.save_checkpoint(state)
+            self.save_checkpoints(meters)
         saved = ', '.join(run.path(CHECKPOINT) for run in self.runs)
         raise Preempted(f'stopped by signal {signum} at epoch {self.epoch + 1}, batch '
                         f'{self.step}; saved {saved}; resume with {self.resume_hint()}', signum)
 
-    def preempt_after_training(self, train_meters, signum):
-        """A signal during evaluation: save the trained epoch; resuming evaluates it."""
-        self.preempt(train_meters, signum)
 
 
 def build_runs(args, method):

@@ -51,6 +51,7 @@ class RunFolder:
     def __init__(self, folder, resume=None, init_from=None):
         self.folder, self.resume, self.init_from = folder, resume, init_from
         self.resume_fingerprint = fingerprint(resume) if resume else None
+        self.locked = False
 
     @classmethod
     def from_args(cls, args):
@@ -95,19 +96,34 @@ class RunFolder:
             raise AlreadyDone(f'{self.folder}: the run has already trained its {epochs} epochs; '
                               'nothing to do (no file was touched)')
 
-    def take(self, resources, state, overwrite, rewind):
-        """Rank 0, just before the first write: lock the folder (released with `resources`),
-        decide again under the lock what happens to the files already there and do it.
-        Returns (the line saying what was done or None, the files a rewind moved aside)."""
+    def lock(self, resources, state, overwrite, rewind):
+        """Rank 0, before the first write: lock the folder (released with `resources`) and
+        decide again under the lock whether the files already there may be kept, moved aside
+        or continued; nothing is changed yet. (A pack locks every run's folder before it
+        writes into any.)"""
         check_writable(self.folder)
         resources.enter_context(hold_run_lock(self.folder))
+        self.locked = True
         if self.resume and fingerprint(self.resume) != self.resume_fingerprint:
             raise UserError(f'{self.resume!r} changed while this run was starting (another '
                             'run wrote it); start again to continue from its new state')
+        if state is None:
+            present, trained = existing_run(self.folder)
+            if trained and not overwrite:
+                raise UserError(_holds_a_run(self.folder, present))
+        else:
+            run_id_to_continue(self, state)   # refuses another run's files, now under the lock
+            files_to_rewind(self, state, rewind)
+
+    def take(self, resources, state, overwrite, rewind):
+        """Rank 0, just before the first write: lock the folder (lock(), unless it is held
+        already) and do what the files already there call for. Returns (the line saying what
+        was done or None, the files a rewind moved aside)."""
+        if not self.locked:
+            self.lock(resources, state, overwrite, rewind)
         remove_temporaries(self.folder)
         if state is None:
             return make_room(self.folder, overwrite), []
-        run_id_to_continue(self, state)  # refuses another run's files, now under the lock
         stale = files_to_rewind(self, state, rewind)
         if not stale:
             return None, []

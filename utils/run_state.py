@@ -9,7 +9,6 @@ trained by itself.
 import os
 import time
 
-from .atomic import write_all_atomic
 from .checkpoint import (FORMAT_VERSION, TRAINING, check_identity, check_keys, checkpoint_writer,
                          load_checkpoint, rng_states, save_atomic)
 from .cli import changed_flags
@@ -112,6 +111,10 @@ class Run:
     def save_checkpoint(self, state):
         save_atomic(state, self.path(CHECKPOINT))
 
+    def checkpoint_file(self, state):
+        """(path, writer) of checkpoint.pth.tar holding `state`."""
+        return self.path(CHECKPOINT), checkpoint_writer(state)
+
     def record(self, row):
         """Append an epoch's row; returns whether column 1's test accuracy is the best yet."""
         self.history.append(row)
@@ -128,21 +131,25 @@ class Run:
         return (step == 0 and bool(accs) and accs[-1] == self.best_acc
                 and max(accs[:-1], default=-1.0) < self.best_acc)
 
-    def save_epoch(self, state, is_best, top5):
-        """The epoch's files, all or none (a full disk leaves every file as it was): the best
-        model first, then the checkpoint, then the logs, so that a crash between the renames
-        only repeats an epoch."""
+    def epoch_files(self, state, is_best, top5):
+        """(path, writer) of the epoch's files, to be written all or none
+        (utils/atomic.write_all_atomic): the best model first, then the checkpoint, then the
+        logs, so that a crash between the renames only repeats an epoch; and what to do once
+        they are written."""
         args, names = self.args, self.method.columns(self.args)
         title = f'{self.method.title}: {args.arch}-{args.depth} on {args.dataset}'
         plot = (state['epoch'] >= args.epochs
                 or time.monotonic() - self.plotted_at >= PLOT_EVERY_SECONDS)
-        write_all_atomic([(self.path(name), checkpoint_writer(state))
-                          for name in ([BEST] if is_best else []) + [CHECKPOINT]]
-                         + run_files(self.folder, self.history, names, title, plot, top5))
+        files = ([(self.path(name), checkpoint_writer(state))
+                  for name in ([BEST] if is_best else []) + [CHECKPOINT]]
+                 + run_files(self.folder, self.history, names, title, plot, top5))
+        return files, lambda: self.saved_epoch(plot)
+
+    def saved_epoch(self, plotted):
         self.saved = len(self.history)
-        if plot:
+        if plotted:
             self.plotted_at = time.monotonic()
-        if args.tensorboard:
+        if self.args.tensorboard:
             from .tensorboard_log import write_tensorboard  # tensorboard is slow to import
             write_tensorboard(self.folder, self.history)
 

@@ -72,9 +72,11 @@ def check_pack(args, method, world):
     """--seeds: one refusal line for whatever a pack of runs cannot hold (utils/pack.py)."""
     seeds = args.seeds
     if not seeds:
+        if args.checkpoint and '{seed}' in args.checkpoint:
+            raise UserError(f'-c {args.checkpoint}: --seeds fills in {{seed}}; pass --seeds, '
+                            'or a folder without {seed}')
         return
     refusals = [
-        (len(seeds) < 2, 'one seed is one run: pass --manualSeed'),
         (len(set(seeds)) < len(seeds), 'each seed once'),
         (not all(0 <= seed < 2**32 for seed in seeds), 'seeds in [0, 2**32)'),
         (args.manualSeed is not None, 'it sets every run\'s seed: drop --manualSeed'),
@@ -83,6 +85,17 @@ def check_pack(args, method, world):
                                           'own folder)'),
         (bool(getattr(args, 'init_from', None)), 'each run starts from its own seed: drop '
                                                  '--init-from'),
+    ]
+    if len(seeds) > 1:    # one seed is one run, in its folder: no pack
+        refusals += pack_refusals(args, method, world)
+    for refused, why in refusals:
+        if refused:
+            raise UserError(f'--seeds: {why}')
+
+
+def pack_refusals(args, method, world):
+    """[(refused, why)] for what a pack of runs cannot hold (utils/pack.py)."""
+    return [
         (world.distributed, 'a pack trains in one process: not under torchrun'),
         (args.dataset == IMAGENET, "ImageNet's folder loaders are not packed"),
         (args.compile, 'not with --compile (a pack is one vmapped model; use --cuda-graphs)'),
@@ -95,9 +108,6 @@ def check_pack(args, method, world):
                                                          'the backward pass, which a pack cannot'),
         (method.packable(args) is not None, method.packable(args)),
     ]
-    for refused, why in refusals:
-        if refused:
-            raise UserError(f'--seeds: {why}')
 
 
 def member_folder(args, seed):
@@ -214,8 +224,8 @@ def setup(args, method):
     # nothing about the run's, so their checks are left to the run.
     device = torch.device('cpu') if args.check_only else pick_device(args, world)
     apply_fast_preset(args, device, world.distributed)
-    if args.seeds:   # a pack's convolutions take stacks of batches (5-D), which have no NHWC
-        args.channels_last = False
+    if args.seeds and len(args.seeds) > 1:   # a pack's convolutions take stacks of batches
+        args.channels_last = False           # (5-D), which have no NHWC layout
     check_cuda_graphs(args, device, world)
     if args.sync_bn and world.distributed and device.type != 'cuda':
         raise UserError("--sync-bn needs CUDA: PyTorch's SyncBatchNorm does not run on the CPU")
