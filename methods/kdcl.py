@@ -42,6 +42,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
+from models.cohort import mean_logits
 from models.output import as_output
 from utils.errors import UserError
 from utils.imagefolder import IMAGENET
@@ -64,11 +65,8 @@ def minlogit_target(logits, targets):
     return (logits - true).min(0).values
 
 
-def mean_target(logits, targets):
-    return logits.mean(0)
-
-
-TARGETS = {'naive': naive_target, 'minlogit': minlogit_target, 'mean': mean_target}
+TARGETS = {'naive': naive_target, 'minlogit': minlogit_target,
+           'mean': lambda logits, targets: mean_logits(logits)}
 
 
 class KDCLLoss:

@@ -8,7 +8,7 @@ It differs from the project's VGG (models/vgg.py) in three ways, and nowhere els
     zero biases;
   - dropout in that head: --drop, 0 by default (train.py's --dropout), 0.5 in the branches of
     ONE, CL-ILR and OKDDip (vgg_one.py's nn.Dropout(), vgg_GL.py's dropout=0.5), where the
-    branch default comes from the network registry (models/__init__.py).
+    branch default comes from the network registry (models/registry.py).
 VGG-16 has 15,299,748 parameters for 100 classes (the project's VGG-16: 14,770,212). The
 authors' code builds VGG-16 and VGG-19; VGG-11 and 13 follow the same rules.
 

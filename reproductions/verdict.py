@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from methods.base import describe_value
 from methods.published import reference_setup
 from reports.groups import method_label
-from reports.runs import SCHEDULE_KEYS, hashable, same_value
+from reports.runs import OFFICIAL, SCHEDULE_KEYS, hashable, same_value
 
 TOLERANCE = 1.0   # points of top-1 error
 MIN_SEEDS = 2
@@ -111,7 +111,20 @@ def judge(results, asked, finished):
     if not gains:
         return Verdict(NOT_JUDGED, 'methods/published.py has no number for a method beside the '
                        'baseline in this row')
+    copy = data_copy_note(results)
     failed = [check.failure() for check in column_checks(results) + gains if not check.passed]
     if failed:
-        return Verdict(NOT_REPRODUCED, f'more than {TOLERANCE:.1f} point off: ' + '; '.join(failed))
-    return Verdict(REPRODUCED, f'every number within {TOLERANCE:.1f} point of the published')
+        return Verdict(NOT_REPRODUCED, f'more than {TOLERANCE:.1f} point off: '
+                       + '; '.join(failed) + copy)
+    return Verdict(REPRODUCED, f'every number within {TOLERANCE:.1f} point of the published'
+                   + copy)
+
+
+def data_copy_note(results):
+    """Where the runs trained on a copy of the data other than the official release (its
+    pixels may differ: CIFAR-10 rebuilt from JPEGs), the verdict says so."""
+    copies = sorted({run.data_copy for result in results for run in result.runs} - {OFFICIAL})
+    if not copies:
+        return ''
+    return (f', on an unofficial copy of the data (sha256 {", ".join(c[:12] for c in copies)}'
+            '...; docs/REPRODUCE.md)')

@@ -3,6 +3,7 @@ model. Each run of a pack equals the run its seed trains alone: the same batches
 same mathematics (equal in float64; in float32 within rounding), and an ordinary run folder
 that -e, export, report.py and --resume treat as a run trained alone."""
 import copy
+import csv
 import json
 import os
 
@@ -171,7 +172,9 @@ def test_every_run_of_a_pack_is_an_ordinary_run(pack, fashion_root, tmp_path, ca
         assert export_branch.main([str(folder / 'checkpoint.pth.tar'), '-o',
                                    str(tmp_path / f'b{seed}.pth.tar')]) == 0
     assert report.main([str(pack), '--out', str(tmp_path / 'report'), '--no-plots']) == 0
-    assert '| 2 |' in capsys.readouterr().out       # the two seeds, averaged
+    with open(tmp_path / 'report' / 'table_last.csv', newline='') as f:
+        rows = list(csv.DictReader(f))
+    assert {(row['n'], row['seeds']) for row in rows} == {('2', '3;4')}   # averaged as two runs
 
 
 def test_a_pack_resumes_as_a_whole_bitwise_and_a_run_of_it_alone(pack, fashion_root, tmp_path):

@@ -152,13 +152,16 @@ def test_the_same_command_continues_and_collects_again(tiny_table, capsys):
 
 # ----------------------------------------------------------------------------- verdicts
 
-def write_run(folder, method, seed, errors, epochs=300, dataset='cifar100'):
+def write_run(folder, method, seed, errors, epochs=300, dataset='cifar100', copy=None):
     """A finished run as the engine writes it: the method's published settings, ResNet-32 on
-    DATASET, and its last epoch's errors ({'1': ..., 'ens': ...})."""
+    DATASET (an unofficial COPY of it: its sha256), and its last epoch's errors ({'1': ...,
+    'ens': ...})."""
     os.makedirs(folder)
     args = published.reference_setup(method)
     args.update(method=method, dataset=dataset, depth=32, epochs=epochs, manualSeed=seed,
                 run_id=f'run-{method}-{seed}')
+    if copy:
+        args['data_copy'] = {'official': False, 'sha256': copy}
     (folder / 'args.json').write_text(json.dumps(args))
     columns = [f'test_acc_{m}' for m in errors]
     lines = ['epoch,' + ','.join(columns)] + [
@@ -166,7 +169,7 @@ def write_run(folder, method, seed, errors, epochs=300, dataset='cifar100'):
     (folder / 'summary.csv').write_text('\n'.join(lines) + '\n')
 
 
-def results_folder(root, baseline, one, extra_states=(), dataset='cifar100'):
+def results_folder(root, baseline, one, extra_states=(), dataset='cifar100', copy=None):
     """results/one-DATASET with the ResNet-32 row's runs: BASELINE [error per seed], ONE
     [(branch 1, ensemble) per seed], and runs.json (plus EXTRA_STATES: unfinished runs)."""
     folder = root / f'one-{dataset}'
@@ -176,7 +179,7 @@ def results_folder(root, baseline, one, extra_states=(), dataset='cifar100'):
         for seed, value in enumerate(values):
             errors = {'1': value} if method == 'baseline' else {'1': value[0], 'ens': value[1]}
             name = f'resnet-32/{stem}/manualSeed={seed}'
-            write_run(folder / 'runs' / name, method, seed, errors, dataset=dataset)
+            write_run(folder / 'runs' / name, method, seed, errors, dataset=dataset, copy=copy)
             entries.append({'run': name, 'row': 'resnet-32', 'state': 'done'})
     entries += [{'run': f'resnet-32/x/{i}', 'row': 'resnet-32', 'state': s}
                 for i, s in enumerate(extra_states)]
@@ -209,6 +212,15 @@ def test_each_verdict_as_the_issue_defines_it(case, tmp_path, capsys):
     if case == 'reproduced':
         assert '| ONE | 2 | 26.70 ± 0.28 | 26.61 [1] | +0.09 | yes |' in out
         assert '| gain of ONE over the baseline | | 4.50 | 4.57 | -0.07 | yes |' in out
+
+
+def test_a_verdict_on_an_unofficial_copy_of_the_data_says_so(tmp_path, capsys):
+    results = results_folder(tmp_path, [31.0, 31.4], [(26.5, 24.4), (26.9, 24.8)],
+                             copy='ab' * 32)
+    code, out, err = reproduce(capsys, 'one-cifar100', '--show', '--results', results)
+    assert code == 0, err
+    assert ('**reproduced** | every number within 1.0 point of the published, on an unofficial '
+            'copy of the data (sha256 abababababab...') in out
 
 
 def test_a_row_without_a_published_baseline_is_not_judged(tmp_path, capsys):

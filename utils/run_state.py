@@ -115,19 +115,22 @@ class Run:
         """(path, writer) of checkpoint.pth.tar holding `state`."""
         return self.path(CHECKPOINT), checkpoint_writer(state)
 
+    @property
+    def best_key(self):
+        """The history's column that model_best.pth.tar follows: column 1's test accuracy."""
+        return f'test_acc_{self.method.columns(self.args)[0]}'
+
     def record(self, row):
         """Append an epoch's row; returns whether column 1's test accuracy is the best yet."""
         self.history.append(row)
-        key = f'test_acc_{self.method.columns(self.args)[0]}'
-        is_best = row[key] > self.best_acc
-        self.best_acc = max(self.best_acc, row[key])
+        is_best = row[self.best_key] > self.best_acc
+        self.best_acc = max(self.best_acc, row[self.best_key])
         return is_best
 
     def is_best_so_far(self, step):
         """Whether the state continued from (at batch `step`) is the run's best so far: what
         a --rewind rewrites model_best.pth.tar from."""
-        key = f'test_acc_{self.method.columns(self.args)[0]}'
-        accs = [row[key] for row in self.history]
+        accs = [row[self.best_key] for row in self.history]
         return (step == 0 and bool(accs) and accs[-1] == self.best_acc
                 and max(accs[:-1], default=-1.0) < self.best_acc)
 
