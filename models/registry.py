@@ -24,7 +24,7 @@ __all__ = ['Network', 'NETWORKS', 'CIFAR_NETWORKS', 'IMAGENET_NETWORKS']
 
 @dataclass(frozen=True)
 class Network:
-    build: Callable           # (depth=..., num_classes=..., **its keywords) -> backbone.py's contract
+    build: Callable           # (depth=, num_classes=, **its keywords) -> backbone.py's contract
     title: str                # how tables name it, before its depth ('ResNet' -> 'ResNet-32')
     default: str              # the network that unset flags give, for --depth's help
     tiny: dict                # its smallest form (constructor keywords): what the tests train

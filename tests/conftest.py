@@ -35,6 +35,12 @@ def tiny(data_root, folder, *extra):
     return TINY + ['--data-dir', data_root, '-c', str(folder), *map(str, extra)]
 
 
+def without_seed(argv):
+    """A tiny run's flags without its --manualSeed (for --seeds, which sets each run's)."""
+    i = argv.index('--manualSeed')
+    return argv[:i] + argv[i + 2:]
+
+
 def load(path):
     return torch.load(path, map_location='cpu', weights_only=True)
 

@@ -38,7 +38,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, assert_same_run, load, objective, run_script, tiny
+from conftest import ROOT, assert_same_run, load, objective, run_script, tiny, without_seed
 from fakedata import random_images
 from methods import METHODS
 from utils.checkpoint import save_atomic
@@ -408,11 +408,6 @@ def test_cuda_graphs_train_bitwise_as_the_eager_steps(script, fashion_root, tmp_
     assert_same_run(eager / 'checkpoint.pth.tar', graphed / 'checkpoint.pth.tar')
     # epoch 1: 3 warm-up steps, 4 replayed; epoch 2: a new graph, 7 replayed
     assert 'CUDA graphs: 11 steps replayed from 2 recorded graph(s)' in proc.stdout, proc.stdout
-
-
-def without_seed(argv):
-    i = argv.index('--manualSeed')
-    return argv[:i] + argv[i + 2:]
 
 
 @requires_cuda

@@ -29,9 +29,10 @@ def test_every_entry_script_is_cifar_one_py_but_for_its_name():
     assert len(template.splitlines()) == lines
     for name, method in METHODS.items():
         script = open(os.path.join(ROOT, f'cifar_{name}.py')).read()
+        title = 'the baseline' if name == 'baseline' else method.title
         expected = (template.replace("METHODS['one']", f"METHODS['{name}']")
                     .replace('cifar_one.py', f'cifar_{name}.py')
                     .replace('methods/one.py', f'methods/{name}.py')
-                    .replace('Train ONE:', f'Train {method.title if name != "baseline" else "the baseline"}:'))
+                    .replace('Train ONE:', f'Train {title}:'))
         assert script == expected, name
         assert method.usage.strip(), name        # its --help text

@@ -13,7 +13,7 @@ import torch
 import cifar_one
 import export_branch
 import report
-from conftest import assert_same_run, entry, load, needs_teacher, tiny
+from conftest import assert_same_run, entry, load, needs_teacher, tiny, without_seed
 from test_cuda import FP32, assert_close_tensors
 from methods import METHODS
 from utils.data import DeviceLoader
@@ -122,15 +122,9 @@ def test_each_member_gets_the_batches_of_its_run_alone():
 
 # ----------------------------------------------------------------------------- the command line
 
-def packed(argv):
-    """A tiny run's flags for a pack: --seeds instead of its --manualSeed."""
-    i = argv.index('--manualSeed')
-    return argv[:i] + argv[i + 2:]
-
-
 def pack_run(fashion_root, folder, *flags, script=cifar_one):
-    return script.main(packed(tiny(fashion_root, folder / 'seed{seed}', '--seeds', 3, 4, *SUBSET,
-                                   *flags)))
+    return script.main(without_seed(tiny(fashion_root, folder / 'seed{seed}', '--seeds', 3, 4,
+                                         *SUBSET, *flags)))
 
 
 @pytest.fixture(scope='module')
@@ -185,7 +179,7 @@ def test_a_pack_resumes_as_a_whole_bitwise_and_a_run_of_it_alone(pack, fashion_r
         assert_same_run(pack / f'seed{seed}' / 'checkpoint.pth.tar',
                         split / f'seed{seed}' / 'checkpoint.pth.tar')
     # a run of the pack continues alone from its folder
-    assert cifar_one.main(packed(tiny(fashion_root, split / 'seed4', '--epochs', 3,
+    assert cifar_one.main(without_seed(tiny(fashion_root, split / 'seed4', '--epochs', 3,
                                       '--resume', 'auto', *SUBSET))) == 0
     assert load(split / 'seed4' / 'checkpoint.pth.tar')['epoch'] == 3
 
@@ -217,7 +211,7 @@ def test_every_method_packs_or_refuses_in_one_line(name, fashion_root, teacher, 
 def test_what_a_pack_cannot_hold_is_refused_in_one_line(flags, named, fashion_root, tmp_path,
                                                          capsys):
     argv = tiny(fashion_root, tmp_path / 'p' / 'seed{seed}', *flags)
-    assert cifar_one.main(argv if '--manualSeed' in flags else packed(argv)) == 2
+    assert cifar_one.main(argv if '--manualSeed' in flags else without_seed(argv)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and named in err[0], err
     assert not (tmp_path / 'p').exists()
@@ -227,7 +221,7 @@ def test_one_seed_is_one_run_in_its_folder_and_a_seed_template_needs_seeds(
         fashion_root, tmp_path, capsys):
     """What a stopped pack's advice says (--seeds with the seeds left) works for one seed too:
     an ordinary run in that seed's folder; -c with {seed} but no --seeds is refused."""
-    assert cifar_one.main(packed(tiny(fashion_root, tmp_path / 'seed{seed}', '--seeds', 4,
+    assert cifar_one.main(without_seed(tiny(fashion_root, tmp_path / 'seed{seed}', '--seeds', 4,
                                       '--epochs', 1, *SUBSET))) == 0
     state = load(tmp_path / 'seed4' / 'checkpoint.pth.tar')
     assert (state['seed'], state['epoch'], state['args']['channels_last']) == (4, 1, True)
@@ -277,7 +271,7 @@ def test_a_pack_whose_runs_are_all_done_says_so_and_one_half_done_is_refused(
     assert out.count('already trained its 2 epochs') == 2
     half = tmp_path / 'half'
     assert pack_run(fashion_root, half, '--epochs', 1) == 0
-    assert cifar_one.main(packed(tiny(fashion_root, half / 'seed3', '--epochs', 2, '--resume',
+    assert cifar_one.main(without_seed(tiny(fashion_root, half / 'seed3', '--epochs', 2, '--resume',
                                       'auto', *SUBSET))) == 0
     capsys.readouterr()
     assert pack_run(fashion_root, half, '--epochs', 2, '--resume', 'auto') == 2

@@ -101,7 +101,8 @@ class Trainer:
         check_same_position([run.state for run in self.runs], [run.folder for run in self.runs])
         state = self.runs[0].state
         run = self.runs[0].where
-        source = method.upgrade_checkpoint(load_checkpoint(run.init_from)) if run.init_from else None
+        source = (method.upgrade_checkpoint(load_checkpoint(run.init_from)) if run.init_from
+                  else None)
         if source is not None:
             check_identity(source, run.init_from, identity(args, method), method.identity_assumed)
         if state is None and args.start_epoch >= args.epochs:
