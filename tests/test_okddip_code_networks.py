@@ -4,7 +4,7 @@ them, and each layout's structure written out (the shared dense block, the OKDDi
 skips the final BatchNorm, the VGG's MLP head and branch dropout). Their logits were compared
 with the authors' model files on the same weights (docs/FIDELITY.md, "The OKDDip code's
 networks"); that code is not part of this repository: its outputs on this project's weights are
-(tests/data/okddip_code_outputs.pt), and the structure and counts are pinned besides."""
+(tests/fixtures/okddip_code_outputs.pt), and the structure and counts are pinned besides."""
 import os
 
 import pytest
@@ -153,11 +153,11 @@ def test_a_run_as_the_okddip_code_trains_meets_its_table(method, arch, dataset, 
     assert not lookup(method, variant_flags(method, plain)[0], arch, args['depth'], dataset, '1')
 
 
-# The authors' models' outputs on this project's weights (tests/data/okddip_code_outputs.pt:
+# The authors' models' outputs on this project's weights (tests/fixtures/okddip_code_outputs.pt:
 # DefangChen/OKDDip c6a05de's model files, instantiated once, given the weights of the models
 # built below and run on the inputs below, eval mode then train mode with dropout off; the
 # script that made it is described in the file's 'source').
-FIXTURE = torch.load(os.path.join(ROOT, 'tests', 'data', 'okddip_code_outputs.pt'),
+FIXTURE = torch.load(os.path.join(ROOT, 'tests', 'fixtures', 'okddip_code_outputs.pt'),
                      weights_only=True)
 
 
