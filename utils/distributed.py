@@ -80,6 +80,18 @@ class World:
             self._raise_if_any_failed(error)
         return result
 
+    def together(self, work):
+        """work() on every rank at once; a UserError on any rank is raised on every rank (the
+        lowest failing rank's message) before any rank goes on, so that no rank leaves while
+        another still connects or waits (ImageNet's folders, which each rank scans itself)."""
+        result, error = None, None
+        try:
+            result = work()
+        except UserError as e:
+            error = str(e)
+        self._raise_if_any_failed(error)
+        return result
+
     def _raise_if_any_failed(self, error):
         errors = [error]
         if self.distributed:

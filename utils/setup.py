@@ -295,7 +295,7 @@ def load_data(args, device, world, views=1, resumed=None, runs=None):
         if views > 1:
             raise UserError(f'{views} views of each training image: the ImageNet loader gives '
                             'one (for KDCL: --no-icl)')
-        data = Data(*load_image_folder(args, device, world))
+        data = Data(*world.together(lambda: load_image_folder(args, device, world)))
         if resumed is not None:
             check_same_images(resumed[0].get('listing'), data.listing, resumed[1], args.data_dir)
     else:
