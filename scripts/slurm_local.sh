@@ -10,8 +10,10 @@
 #                                   (those recorded in $ONE_SLURM_DIR/started), nothing else
 #   scripts/slurm_local.sh status   what `start` started and whether SLURM answers
 #
-# If a SLURM already answers (`sinfo`), `start` starts nothing and `stop` stops nothing. A
-# /etc/slurm/slurm.conf that this script did not write is never replaced.
+# If a SLURM already answers (`sinfo`), `start` starts nothing and `stop` stops nothing. If an
+# earlier `start` is recorded but its cluster no longer answers (the machine rebooted, CI was
+# killed), `start` first stops what of it still runs. A /etc/slurm/slurm.conf that this script
+# did not write is never replaced.
 #
 # A requeued job waits AuthInfo=cred_expire seconds before it may start again (SLURM's default
 # is 120 s). The tests requeue on purpose, so this cluster uses 10 s, and the schedulers pass
@@ -125,7 +127,12 @@ wait_idle() {
 start() {
   local began=$SECONDS
   if answers; then say "a SLURM already answers here; nothing started"; sinfo; return; fi
-  [ -s "$STARTED" ] && die "$STARTED lists daemons of an earlier start: run '$0 stop' first"
+  if [ -s "$STARTED" ]; then
+    # an earlier start whose cluster no longer answers (a crash, a killed CI, a rebooted
+    # machine): stop whatever of it still runs, then start afresh
+    say "$STARTED lists daemons of an earlier start that no longer answers: stopping them"
+    stop
+  fi
   install_packages
   write_config
   rm -rf "$STATE/ctld" "$STATE/spool" && mkdir -p "$STATE/ctld" "$STATE/spool"
