@@ -255,7 +255,7 @@ class Trainer:
         shared = {'num_classes': self.data.num_classes, 'epoch': self.epoch, 'step': self.step,
                   'scaler': self.scaler.state_dict() if self.scaler.is_enabled() else None,
                   'listing': self.data.listing}
-        own = None if meters is None else (meters.member(i) if self.packed else meters)
+        own = None if meters is None else meters.member(i)
         return run.checkpoint_state(shared, self.model_state(i), own)
 
     def set_status(self, state, message=''):
@@ -356,7 +356,7 @@ class Trainer:
         self.epoch, self.step = epoch + 1, 0
         rows, best = [], []
         for i, run in enumerate(self.runs):
-            train = (train_meters.member(i) if self.packed else train_meters).summary(self.names)
+            train = train_meters.member(i).summary(self.names)
             rows.append(self.epoch_row(epoch, lr, train, tests[i] if self.packed else tests,
                                        seconds))
             best.append(run.record(rows[-1]))
@@ -408,7 +408,7 @@ class Trainer:
         meters = Meters(len(self.names), device, len(self.runs) if self.packed else None)
         for i, run in enumerate(self.runs):
             if run.partial is not None:
-                (meters.member(i) if self.packed else meters).load(run.partial)
+                meters.member(i).load(run.partial)
                 run.partial = None
         # Reading device values stalls a GPU's queue, so on CUDA check flags every few steps.
         check_every = 25 if device.type == 'cuda' else 1

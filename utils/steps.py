@@ -43,9 +43,10 @@ class Meters:
     """Sums kept on the device (no host synchronisation per step): loss, hits (top-1 and
     top-5 per column, shape (2, columns)), images. For a pack of k runs (utils/pack.py) the
     loss, hits and the non-finite flag have a leading dimension of k, one row a run, and
-    member(i) is run i's meters (views of those rows)."""
+    member(i) is run i's meters (views of those rows); a single run's member(0) is itself."""
 
     def __init__(self, num_scores, device, members=None):
+        self.members = members
         runs = () if members is None else (members,)
         self.loss = torch.zeros(runs, dtype=torch.float64, device=device)
         self.correct = torch.zeros(*runs, 2, num_scores, dtype=torch.int64, device=device)
@@ -54,7 +55,10 @@ class Meters:
 
     def member(self, i):
         """Run i's meters of a pack's: views, so loading into them fills row i."""
+        if self.members is None:
+            return self
         view = Meters.__new__(Meters)
+        view.members = None
         view.loss, view.correct, view.nonfinite = self.loss[i], self.correct[i], self.nonfinite[i]
         view.count = self.count
         return view
@@ -71,6 +75,7 @@ class Meters:
     def copy(self):
         """Meters holding the same sums, to reduce over the ranks while these go on."""
         other = Meters.__new__(Meters)
+        other.members = self.members
         other.loss, other.correct, other.count, other.nonfinite = (
             t.clone() for t in (self.loss, self.correct, self.count, self.nonfinite))
         return other
