@@ -46,6 +46,7 @@ from torchvision import transforms
 from torchvision.datasets import VisionDataset
 
 from benchmarks import imagenet
+from benchmarks.names import method_and_flags
 from benchmarks.pack import pack_refusal, pack_stepper
 from methods import METHODS
 from models import IMAGENET_NETWORKS
@@ -71,19 +72,6 @@ class BenchmarkError(UserError):
 
 def cpu_count():
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-
-
-def method_and_flags(name, **flags):
-    """'one_resnext-29' -> (ONE, its flags for ResNeXt-29 with the paper's width); a plain
-    name is the baseline's network. torchvision's networks have no depth: 'one_resnet18'
-    (with the ImageNet recipe's flags)."""
-    arch, _, depth = name.rpartition('-') if '-' in name else (name, '', '')
-    method = METHODS['one' if arch.startswith('one_') else 'baseline']
-    if arch.startswith('one_') and arch != 'one_resnet':
-        arch = arch[len('one_'):]
-    if arch in IMAGENET_NETWORKS:
-        return method, method.defaults(dataset='imagenet', arch=arch, **flags)
-    return method, method.defaults(arch=arch, depth=int(depth), **flags)
 
 
 def model_name(text):
