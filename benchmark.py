@@ -47,7 +47,8 @@ from torchvision.datasets import VisionDataset
 
 from benchmarks import imagenet
 from benchmarks.names import method_and_flags
-from benchmarks.pack import pack_refusal, pack_stepper
+from benchmarks.pack import (pack_config, pack_method_and_flags, pack_refusal, pack_results,
+                             pack_stepper)
 from methods import METHODS
 from models import IMAGENET_NETWORKS
 from utils.atomic import write_json_atomic
@@ -420,31 +421,6 @@ def measure(args, device):
             'train_gflop_per_img': flops_per_image / 1e9,
             'train_gflop_s': train_rate * flops_per_image / 1e9,
             'peak_memory_gib': peak / 2 ** 30}
-
-
-def pack_method_and_flags(args, model):
-    """(method, the flags of a pack's runs of `model`): the model's, with the benchmark's
-    options, in the contiguous layout (a pack's batches are 5-D, which have no channels_last;
-    utils/setup.py)."""
-    memory = {'memory_efficient': True} if args.memory_efficient and 'densenet' in model else {}
-    return method_and_flags(model, channels_last=False, fast=args.fast, lr=0.01, amp=args.amp,
-                            compile=args.compile, **memory)
-
-
-def pack_config(args):
-    return pack_method_and_flags(args, args.one)[1]
-
-
-def pack_results(members, solo_rates, pack_rates):
-    """The pack's figures: img/s counting every run's images, per run, and against the
-    solo run's adjacent blocks (None without --pack)."""
-    if not members:
-        return {'pack': None, 'pack_train_img_s': None, 'pack_train_img_s_repeats': [],
-                'pack_per_run_img_s': None, 'pack_vs_solo': None}
-    rate = median(pack_rates)
-    return {'pack': members, 'pack_train_img_s': rate, 'pack_train_img_s_repeats': pack_rates,
-            'pack_per_run_img_s': rate / members,
-            'pack_vs_solo': median(p / s for p, s in zip(pack_rates, solo_rates))}
 
 
 # ----------------------------------------------------------------------------- the parent
