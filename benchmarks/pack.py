@@ -46,7 +46,7 @@ def pack_refusal(args, configs):
 
 
 def pack_stepper(args, method, config, images, labels, device):
-    """(step(x, y), wait(), the pack's batches) for benchmark.timed_blocks: a step of the
+    """(step(x, y), wait(), the pack's batches) for cifar.py's timed_blocks: a step of the
     whole pack on a batch per run, and a wait for the device."""
     models = []
     for seed in range(args.pack):
