@@ -114,46 +114,22 @@ def timed_blocks(step, batches, batch, steps, wait, warmup, rewarm=0):
         yield batch * steps / (time.perf_counter() - start)
 
 
-def measure(args, device):
-    if device.type == 'cuda':
-        torch.backends.cudnn.benchmark = True  # as utils.setup.setup does for training
-    apply_fast_preset(args, device)
-    # the method's own defaults (ONE: 3 branches, T = 3, ramp-up 80); lr 0.01 keeps the
-    # synthetic data's steps small
-    densenet = 'densenet' in args.one
-    memory = {'memory_efficient': True} if args.memory_efficient and densenet else {}
-    method, config = method_and_flags(args.one, channels_last=args.channels_last,
-                                      fast=args.fast, lr=0.01, **memory)
-    model = build_model(config, method, 100, device)
-    objective = method.objective(config)
-    optimizer = build_optimizer(config, model, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == 'fp16')
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-
-    # One synthetic CIFAR-like set for both pipelines: HWC uint8 as CIFAR10.data holds it.
-    steps = args.warmup + args.steps * args.repeats
-    # The two pipelines' blocks alternate, so that a drift of the machine's speed hits both.
-    # The batches the workers prepared meanwhile (prefetch_factor 2 each) are used untimed.
-    prefetched = 2 * args.workers
-    conventional_repeats = args.conventional_repeats
-    conventional_steps = (args.warmup + prefetched + args.steps * conventional_repeats
-                          + prefetched * (conventional_repeats - 1)) if conventional_repeats else 0
+def synthetic_cifar(count):
+    """`count` random CIFAR-like images and labels, HWC uint8 as CIFAR10.data holds them."""
     rng = np.random.default_rng(0)
-    count = args.batch * max(steps, conventional_steps)
-    data = rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
-    targets = rng.integers(0, 100, count)
-    images = torch.from_numpy(data[:args.batch * steps]).permute(0, 3, 1, 2).contiguous().to(device)
-    labels = torch.from_numpy(targets[:args.batch * steps]).to(device)
-    loader = DeviceLoader(images, labels, CIFAR_MEAN, CIFAR_STD, args.batch, shuffle=True,
-                          augment=True, memory_format=memory_format)
-    names = method.columns(config)
-    meters = Meters(len(names), device)
+    return rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8), rng.integers(0, 100, count)
 
-    x, y = next(loader.batches())
+
+def flops_per_image(args, model, objective, optimizer, scaler, x, y):
+    """Training FLOPs per image of one real step on (x, y), counted as it runs."""
     with FlopCounterMode(display=False) as counter:
         train_step(model, objective, optimizer, scaler, x, y, 40, args.batch, args.amp)
-    flops_per_image = counter.get_total_flops() / args.batch
+    return counter.get_total_flops() / args.batch
 
+
+def stepper(args, device, method, model, objective, optimizer, scaler, meters, names):
+    """(step(x, y), wait()) for timed_blocks: the engine's training step as --compile and
+    --cuda-graphs run it, counted into `meters`, and a wait for the device."""
     train_model = model
     if args.compile:
         train_model = torch.compile(model, mode=None if args.compile_mode == 'default'
@@ -178,7 +154,64 @@ def measure(args, device):
 
     def wait():
         meters.count.item()  # waits for the device
+    return step, wait
 
+
+def evaluation_rates(args, model, method, objective, names, test):
+    """Images/s of evaluate() over the `test` loader, once per repeat, after one untimed."""
+    evaluate(model, test, scorer(method, objective, 40, names), names, World(), args.amp)
+    rates = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        evaluate(model, test, scorer(method, objective, 40, names), names, World(), args.amp)
+        rates.append(args.test_batch * args.steps / (time.perf_counter() - start))
+    return rates
+
+
+def peak_memory(device):
+    """Bytes: the most the device held for tensors (CUDA), or this process's peak RSS."""
+    if device.type == 'cuda':
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure(args, device):
+    """The model --one names, measured: what benchmark.py prints as its row (and --json)."""
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True  # as utils.setup.setup does for training
+    apply_fast_preset(args, device)
+    # the method's own defaults (ONE: 3 branches, T = 3, ramp-up 80); lr 0.01 keeps the
+    # synthetic data's steps small
+    densenet = 'densenet' in args.one
+    memory = {'memory_efficient': True} if args.memory_efficient and densenet else {}
+    method, config = method_and_flags(args.one, channels_last=args.channels_last,
+                                      fast=args.fast, lr=0.01, **memory)
+    model = build_model(config, method, 100, device)
+    objective = method.objective(config)
+    optimizer = build_optimizer(config, model, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == 'fp16')
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+
+    # One synthetic CIFAR-like set for both pipelines.
+    steps = args.warmup + args.steps * args.repeats
+    # The two pipelines' blocks alternate, so that a drift of the machine's speed hits both.
+    # The batches the workers prepared meanwhile (prefetch_factor 2 each) are used untimed.
+    prefetched = 2 * args.workers
+    conventional_repeats = args.conventional_repeats
+    conventional_steps = (args.warmup + prefetched + args.steps * conventional_repeats
+                          + prefetched * (conventional_repeats - 1)) if conventional_repeats else 0
+    data, targets = synthetic_cifar(args.batch * max(steps, conventional_steps))
+    images = torch.from_numpy(data[:args.batch * steps]).permute(0, 3, 1, 2).contiguous()
+    images = images.to(device)
+    labels = torch.from_numpy(targets[:args.batch * steps]).to(device)
+    loader = DeviceLoader(images, labels, CIFAR_MEAN, CIFAR_STD, args.batch, shuffle=True,
+                          augment=True, memory_format=memory_format)
+    names = method.columns(config)
+    meters = Meters(len(names), device)
+
+    flops = flops_per_image(args, model, objective, optimizer, scaler, *next(loader.batches()))
+    step, wait = stepper(args, device, method, model, objective, optimizer, scaler, meters,
+                         names)
     project = timed_blocks(step, loader.batches(epoch=1), args.batch, args.steps, wait,
                            warmup=args.warmup)
     if conventional_repeats:
@@ -202,20 +235,12 @@ def measure(args, device):
     if conventional_repeats:
         batches.close()  # ends the worker processes
 
-    test = DeviceLoader(images[:args.test_batch * args.steps], labels[:args.test_batch * args.steps],
-                        CIFAR_MEAN, CIFAR_STD, args.test_batch, shuffle=False, augment=False,
-                        memory_format=memory_format)
-    evaluate(model, test, scorer(method, objective, 40, names), names, World(), args.amp)  # warm-up
-    eval_rates = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        evaluate(model, test, scorer(method, objective, 40, names), names, World(), args.amp)
-        eval_rates.append(args.test_batch * args.steps / (time.perf_counter() - start))
+    test_images = args.test_batch * args.steps
+    test = DeviceLoader(images[:test_images], labels[:test_images], CIFAR_MEAN, CIFAR_STD,
+                        args.test_batch, shuffle=False, augment=False, memory_format=memory_format)
+    eval_rates = evaluation_rates(args, model, method, objective, names, test)
 
-    if device.type == 'cuda':
-        peak = torch.cuda.max_memory_allocated(device)
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_memory(device)
     train_rate = median(rates)
     conventional_rate = median(conventional_rates) if conventional_rates else None
     # Each conventional block against the project's block just before it, then the median.
@@ -233,7 +258,7 @@ def measure(args, device):
             'conventional_workers': args.workers,
             'eval_img_s': median(eval_rates),
             'matmul_gflop_s': reference, 'matmul_dtype': str(dtype).replace('torch.', ''),
-            'ratio_to_matmul': train_rate * flops_per_image / 1e9 / reference,
-            'train_gflop_per_img': flops_per_image / 1e9,
-            'train_gflop_s': train_rate * flops_per_image / 1e9,
+            'ratio_to_matmul': train_rate * flops / 1e9 / reference,
+            'train_gflop_per_img': flops / 1e9,
+            'train_gflop_s': train_rate * flops / 1e9,
             'peak_memory_gib': peak / 2 ** 30}
