@@ -102,7 +102,7 @@ def synthetic_batches(device, batch, channels_last, count=2048):
 
 def profile_model(name, args, device):
     """The breakdown of one model's training step and evaluation batch."""
-    from benchmark import method_and_flags   # benchmark.py, the entry, names the models
+    from benchmarks.names import method_and_flags
     from utils.graphs import GraphedStep
     from utils.setup import build_model, build_optimizer
     from utils.steps import autocast, train_step

@@ -14,6 +14,7 @@ from torchvision import datasets
 
 import benchmark
 import gpu_check
+from benchmarks import cifar
 from conftest import ROOT
 
 NO_GPU = 'no CUDA GPU on this machine'
@@ -189,8 +190,8 @@ def test_conventional_dataset_serves_items_like_torchvision_cifar10():
     items under the same random state: the conventional pipeline is the original's."""
     rng = np.random.default_rng(0)
     data = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
-    dataset = benchmark.InMemoryCIFAR(data, [1, 2, 3, 4, 5, 6],
-                                      transform=benchmark.conventional_transform())
+    dataset = cifar.InMemoryCIFAR(data, [1, 2, 3, 4, 5, 6],
+                                  transform=cifar.conventional_transform())
     for i in range(len(dataset)):
         torch.manual_seed(i)
         ours = dataset[i]
@@ -198,9 +199,9 @@ def test_conventional_dataset_serves_items_like_torchvision_cifar10():
         theirs = datasets.CIFAR10.__getitem__(dataset, i)
         assert torch.equal(ours[0], theirs[0]) and ours[1] == theirs[1]
         assert ours[0].shape == (3, 32, 32) and ours[0].dtype == torch.float32
-    plain = benchmark.InMemoryCIFAR(data, [0] * 6)
+    plain = cifar.InMemoryCIFAR(data, [0] * 6)
     assert np.array_equal(np.asarray(plain[2][0]), data[2])
-    names = [type(t).__name__ for t in benchmark.conventional_transform().transforms]
+    names = [type(t).__name__ for t in cifar.conventional_transform().transforms]
     assert names == ['RandomCrop', 'RandomHorizontalFlip', 'ToTensor', 'Normalize']
 
 
