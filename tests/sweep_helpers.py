@@ -11,10 +11,9 @@ import sys
 
 import sweep
 from conftest import ROOT
-from methods import METHODS
+from reproductions.columns import script_flags
 from sweeps import cli, grid
 from sweeps.check import check_one
-from utils.cli import build_parser
 
 SWEEP = os.path.join(ROOT, 'sweep.py')
 TINY = ['-d', 'fashionmnist', '--depth', '8', '--train-batch', '64', '--test-batch', '100',
@@ -93,11 +92,8 @@ def checks_in_this_process(jobs, cwd):
 
 def sweep_in_this_process(monkeypatch):
     """sweep.main without the processes it starts before submitting: each script's --help
-    read from its parser, each job checked by its script's main()."""
-    def help_flags(script, cwd):
-        name = os.path.splitext(os.path.basename(script))[0].replace('cifar_', '')
-        return grid.flags_of_help(build_parser('', METHODS[name]).format_help())
-    monkeypatch.setattr(grid, 'help_flags', help_flags)
+    read from its parser (as reproduce.py reads it), each job checked by its script's main()."""
+    monkeypatch.setattr(grid, 'help_flags', lambda script, cwd: script_flags(script))
     monkeypatch.setattr(cli, 'check_runs', checks_in_this_process)
     monkeypatch.setenv('PYTHONPATH', os.environ.get('PYTHONPATH', ''))   # restored after
     monkeypatch.setattr(sys, 'argv', list(sys.argv))                     # check_one sets it

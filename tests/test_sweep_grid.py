@@ -72,7 +72,7 @@ def test_a_flag_given_twice_is_refused(tmp_path, monkeypatch, capsys):
     (--vary depth=8 -- --depth 14 built --depth 14 --depth 8, the last silently winning). Given
     twice after --, it is the user's own command line, passed on as it is."""
     parser = build_parser('', METHODS['one'])
-    flags = grid.flags_of_help(parser.format_help())
+    flags = grid.parser_flags(parser)
     options = [a.option_strings for a in parser._actions if a.option_strings and a.nargs != 0
                and a.dest not in ('help', 'checkpoint', 'resume', 'init_from')]
     assert ['-d', '--dataset'] in options and ['--weight-decay', '--wd'] in options
