@@ -4,13 +4,14 @@ command parsed by its script's parser, and the published numbers report.py will 
 import os
 from dataclasses import dataclass
 from functools import lru_cache
+from types import MappingProxyType
 
 from methods import METHODS
 from methods.networks import backbone_of, network_name
 from methods.published import lookup, reference_setup
 from reports.groups import method_label
 from reports.runs import MEMBERS, variant_flags
-from sweeps.grid import expand, parse_vary, split_fixed
+from sweeps.grid import expand, parse_vary, parser_flags, split_fixed
 from utils.cli import build_parser, parse_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,10 +25,11 @@ def method_of(script):
 
 @lru_cache(maxsize=None)
 def script_flags(script):
-    """The flags a script's --help lists, from its parser (what sweeps.grid.help_flags reads
-    from the script's output). argparse lists a parser's flags nowhere public."""
-    parser = build_parser('', method_of(script))
-    return frozenset(o for action in parser._actions for o in action.option_strings)
+    """The flags sweep.py reads from SCRIPT's --help (sweeps.grid.help_flags), each mapped to
+    the option it names, from the parser the script builds (no process run): read-only, as
+    it is cached."""
+    method = method_of(script)
+    return MappingProxyType(parser_flags(build_parser(method.usage, method)))
 
 
 def part_root(runs_root, table, row, part):

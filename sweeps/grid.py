@@ -65,7 +65,7 @@ def safe(text):
 
 def help_flags(script, cwd):
     """The flags SCRIPT's --help lists, each mapped to the option it names (its first long
-    spelling: '-d' and '--dataset' to '--dataset')."""
+    spelling: '-d' and '--dataset' to '--dataset'). Any script: it is run with --help."""
     proc = subprocess.run([sys.executable, script, '--help'], cwd=cwd, capture_output=True,
                           text=True, timeout=300)
     if proc.returncode != 0:
@@ -74,7 +74,16 @@ def help_flags(script, cwd):
     return flags_of_help(proc.stdout)
 
 
+def parser_flags(parser):
+    """What help_flags reads from the --help of a script that parses its flags with PARSER,
+    without running the script: the same help text, formatted in this process. For the
+    scripts whose parser can be built here (reproductions/ plans its sweeps with it)."""
+    return flags_of_help(parser.format_help())
+
+
 def flags_of_help(text):
+    """A --help text's flags: argparse's option lines map each spelling to the option it
+    names; any other word that looks like a flag (one the help text mentions) to itself."""
     flags = {flag: flag for flag in re.findall(r'(?<![\w-])(--?[A-Za-z][\w-]*)', text)}
     for line in text.splitlines():   # argparse's option lines: '  -d {...}, --dataset {...}  help'
         if line.startswith('  -'):

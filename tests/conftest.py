@@ -119,3 +119,21 @@ def teacher(fashion_root, tmp_path_factory):
     run = tmp_path_factory.mktemp('teacher') / 'baseline'
     assert cifar_baseline.main(tiny(fashion_root, run, '--epochs', 1, '--train-subset', 256)) == 0
     return str(run / 'checkpoint.pth.tar')
+
+
+# ----------------------------------------------------------------------------- sweep.py
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """sweep.main in this process on a FakeSlurm (tests/sweep_helpers.py), the scripts' flags
+    given (no --help run) and every run passing its check."""
+    from sweep_helpers import FLAGS, FakeSlurm
+    from sweeps import cli, grid
+    folder = tmp_path / 'bin'
+    folder.mkdir()
+    monkeypatch.setenv('PATH', f'{folder}{os.pathsep}{os.environ["PATH"]}')
+    monkeypatch.setenv('PYTHONPATH', os.environ.get('PYTHONPATH', ''))   # restored after
+    monkeypatch.setattr(grid, 'help_flags', lambda script, cwd: FLAGS[script])
+    monkeypatch.setattr(cli, 'check_runs', lambda runs, cwd: [])
+    monkeypatch.chdir(ROOT)
+    return FakeSlurm(folder)

@@ -19,9 +19,9 @@ from fakedata import write_cifar100
 from methods import published
 from reproductions import cli
 from reproductions.collect import copy_run
-from reproductions.columns import method_of
-from utils.cli import build_parser
+from reproductions.columns import method_of, script_flags
 from sweeps.check import check_one
+from sweeps.grid import help_flags   # the real one: fast_sweeps patches sweeps.grid's
 from utils.errors import UserError
 
 TINY_RUN = ['--', '--epochs', '1', '--train-subset', '32']
@@ -43,18 +43,10 @@ def checks_in_this_process(runs, cwd):
     return refusals
 
 
-def help_options(script):
-    """What sweeps.grid.help_flags reads from a script's --help (each flag and the option it
-    names: its first long spelling), from the script's parser."""
-    actions = build_parser('', method_of(script))._actions
-    return {flag: next((o for o in action.option_strings if o.startswith('--')), flag)
-            for action in actions for flag in action.option_strings}
-
-
 @pytest.fixture(scope='module')
 def fast_sweeps():
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sweeps.grid, 'help_flags', lambda script, cwd: help_options(script))
+        patch.setattr(sweeps.grid, 'help_flags', lambda script, cwd: script_flags(script))
         patch.setattr(sweeps.cli, 'check_runs', checks_in_this_process)
         patch.setenv('PYTHONPATH', os.environ.get('PYTHONPATH', ''))
         yield
@@ -278,3 +270,12 @@ def test_collecting_never_replaces_another_run(tmp_path):
 
 def test_a_script_names_its_method():
     assert method_of(os.path.join(ROOT, 'cifar_okddip.py')).name == 'okddip'
+
+
+def test_a_script_s_flags_are_read_as_sweep_py_reads_its_help(monkeypatch):
+    """reproduce.py plans a part's runs from each script's parser (script_flags), sweep.py
+    expands them from the script's --help: the same flags, each naming the same option, so
+    the runs planned are the runs launched."""
+    monkeypatch.setenv('COLUMNS', '100')   # both help texts wrapped at one width
+    in_process = script_flags.__wrapped__(os.path.join(ROOT, 'cifar_one.py'))   # not cached
+    assert dict(in_process) == help_flags('cifar_one.py', ROOT)

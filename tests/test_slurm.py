@@ -24,7 +24,7 @@ import pytest
 import cifar_baseline
 from conftest import ROOT, assert_same_run
 from sweep import main as sweep_main
-from test_sweep import sweep_in_this_process
+from sweep_helpers import sweep_in_this_process
 
 SWEEP = os.path.join(ROOT, 'sweep.py')
 REQUIRE = 'ONE_REQUIRE_SLURM'
