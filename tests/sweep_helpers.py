@@ -80,13 +80,16 @@ class FakeSlurm:
 
 def checks_in_this_process(jobs, cwd):
     """sweeps.check's work (each job's script with --check-only) without a process per
-    script: [(job, its refusal line)]."""
-    refusals = []
-    for job in jobs:
-        script = importlib.import_module(os.path.splitext(os.path.basename(job['script']))[0])
-        code, line = check_one(script.main, job['script'], job['argv'][2:])
-        if code:
-            refusals.append((job, line))
+    script: [(job, its refusal line)]. sys.argv, which check_one sets, is restored."""
+    refusals, argv = [], list(sys.argv)
+    try:
+        for job in jobs:
+            script = importlib.import_module(os.path.splitext(os.path.basename(job['script']))[0])
+            code, line = check_one(script.main, job['script'], job['argv'][2:])
+            if code:
+                refusals.append((job, line))
+    finally:
+        sys.argv = argv
     return refusals
 
 
@@ -96,5 +99,4 @@ def sweep_in_this_process(monkeypatch):
     monkeypatch.setattr(grid, 'help_flags', lambda script, cwd: script_flags(script))
     monkeypatch.setattr(cli, 'check_runs', checks_in_this_process)
     monkeypatch.setenv('PYTHONPATH', os.environ.get('PYTHONPATH', ''))   # restored after
-    monkeypatch.setattr(sys, 'argv', list(sys.argv))                     # check_one sets it
     monkeypatch.chdir(ROOT)

@@ -7,7 +7,6 @@ import csv
 import hashlib
 import json
 import os
-import sys
 
 import pytest
 
@@ -20,27 +19,11 @@ from methods import published
 from reproductions import cli
 from reproductions.collect import copy_run
 from reproductions.columns import method_of, script_flags
-from sweeps.check import check_one
+from sweep_helpers import checks_in_this_process
 from sweeps.grid import help_flags   # the real one: fast_sweeps patches sweeps.grid's
 from utils.errors import UserError
 
 TINY_RUN = ['--', '--epochs', '1', '--train-subset', '32']
-
-
-def checks_in_this_process(runs, cwd):
-    """sweeps.check's job (each run's script with --check-only) without a process per script."""
-    import importlib
-    refusals, argv = [], list(sys.argv)
-    try:
-        for run in runs:
-            name = os.path.splitext(os.path.basename(run['script']))[0]
-            main = importlib.import_module(name).main
-            code, line = check_one(main, run['script'], run['argv'][2:])
-            if code:
-                refusals.append((run, line))
-    finally:
-        sys.argv = argv
-    return refusals
 
 
 @pytest.fixture(scope='module')
