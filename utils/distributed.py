@@ -71,24 +71,27 @@ class World:
         result = None
         turns = (self.rank == 0, self.local_rank == 0 and self.rank != 0, self.local_rank != 0)
         for mine in turns if self.distributed else (True,):
-            error = None
             if mine:
-                try:
-                    result = work()
-                except UserError as e:
-                    error = str(e)
-            self._raise_if_any_failed(error)
+                result = self._all_or_none(work)
+            else:
+                self._all_or_none(None)   # waits for this turn's ranks
         return result
 
     def together(self, work):
         """work() on every rank at once; a UserError on any rank is raised on every rank (the
         lowest failing rank's message) before any rank goes on, so that no rank leaves while
         another still connects or waits (ImageNet's folders, which each rank scans itself)."""
+        return self._all_or_none(work)
+
+    def _all_or_none(self, work):
+        """work() on the ranks that give one (None: this rank only waits), then a UserError
+        raised on every rank if any of them failed; else work's result (None where none)."""
         result, error = None, None
-        try:
-            result = work()
-        except UserError as e:
-            error = str(e)
+        if work is not None:
+            try:
+                result = work()
+            except UserError as e:
+                error = str(e)
         self._raise_if_any_failed(error)
         return result
 
