@@ -4,7 +4,6 @@ An entry script names a method (methods/): its flags, model, objective and accur
 columns. Everything else, the loop, evaluation, checkpoints, logs, signals and torchrun, is
 here and the same for every method.
 """
-import copy
 import os
 import random
 import time
@@ -167,12 +166,8 @@ class Trainer:
         if not self.packed:
             train.seed = self.runs[0].seed
             return train, test
-        members = []
-        for run in self.runs:
-            member = copy.copy(train)
-            member.seed = run.seed
-            members.append(member)
-        return PackLoader(members), SharedBatches(test, len(self.runs))
+        return (PackLoader(train, [run.seed for run in self.runs]),
+                SharedBatches(test, len(self.runs)))
 
     def init_weights(self, source, path):
         """--init-from: a new run from another checkpoint's weights only."""

@@ -144,22 +144,21 @@ def pack_train_step(model, objective, optimizer, scaler, images, targets, epoch,
 
 
 class PackLoader:
-    """The training batches of k runs, each from its own run's loader (its seed: its order,
-    crops and flips), stacked: images (k, B, ...), labels (k, B)."""
+    """The training batches of k runs, each run's as its seed's loader alone gives them (its
+    order, crops and flips), built at once by one DeviceLoader (seeds_batches) and stacked:
+    images (k, B, ...), labels (k, B)."""
 
     skipped = ()
 
-    def __init__(self, loaders):
-        self.loaders = loaders
-        self.labels, self.device = loaders[0].labels, loaders[0].device
+    def __init__(self, loader, seeds):
+        self.loader, self.seeds = loader, list(seeds)
+        self.labels, self.device = loader.labels, loader.device
 
     def __len__(self):
-        return len(self.loaders[0])
+        return len(self.loader)
 
     def batches(self, epoch=0, start=0):
-        for pairs in zip(*(loader.batches(epoch, start) for loader in self.loaders)):
-            images, labels = zip(*pairs)
-            yield torch.stack(images), torch.stack(labels)
+        return self.loader.seeds_batches(self.seeds, epoch, start)
 
 
 class SharedBatches:
