@@ -24,6 +24,8 @@ import torch.nn as nn
 from torch.func import functional_call, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from .steps import autocast, objective_kwargs
+
 __all__ = ['Pack', 'PackLoader', 'SharedBatches', 'over_members', 'pack_train_step',
            'member_optimizer_state', 'stack_optimizer_states']
 
@@ -131,7 +133,6 @@ def pack_train_step(model, objective, optimizer, scaler, images, targets, epoch,
     """One SGD step of every member of a Pack: each member's loss on its own batch, the sum's
     gradient (each member's weights get only their own run's). Returns (the stacked output,
     each member's loss summed over its images, shape (k,))."""
-    from .steps import autocast, objective_kwargs   # steps.py imports this module
     kwargs = objective_kwargs(batch_size, weight)
     with autocast(amp, images.device):
         output = model(images)
