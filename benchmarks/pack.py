@@ -58,8 +58,8 @@ def pack_stepper(args, method, config, images, labels, device):
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     names = method.columns(config)
     meters = Meters(len(names), device, args.pack)
-    loaders = [DeviceLoader(images, labels, CIFAR_MEAN, CIFAR_STD, args.batch, shuffle=True,
-                            augment=True, seed=seed) for seed in range(args.pack)]
+    loader = DeviceLoader(images, labels, CIFAR_MEAN, CIFAR_STD, args.batch, shuffle=True,
+                          augment=True)
 
     def train_and_count(x, y):
         output, loss_sum = pack_train_step(pack, objective, optimizer, scaler, x, y, 40,
@@ -74,7 +74,7 @@ def pack_stepper(args, method, config, images, labels, device):
 
     def wait():
         meters.count.item()
-    return step, wait, PackLoader(loaders).batches(epoch=1)
+    return step, wait, PackLoader(loader, range(args.pack)).batches(epoch=1)
 
 
 def pack_results(members, solo_rates, pack_rates):

@@ -72,7 +72,8 @@ def test_evaluation_changes_nothing_and_counts_like_a_direct_computation(data):
     test = DeviceLoader(*data, CIFAR_MEAN, CIFAR_STD, 25, shuffle=False, augment=False,
                         memory_format=torch.channels_last)
     names = ['1', '2', '3', 'ens']
-    metrics = evaluate(model, test, scorer(METHODS['one'], objective('one'), 0, names), names, World())
+    score = scorer(METHODS['one'], objective('one'), 0, names)
+    metrics = evaluate(model, test, score, names, World())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with torch.no_grad():
         hits = sum(column_hits(model(x), y, names) for x, y in test.batches())

@@ -105,14 +105,15 @@ def test_members_load_and_give_back_their_states_exactly():
                            states[i]['state'][0]['momentum_buffer']) for i in range(3))
 
 
-def test_each_member_gets_the_batches_of_its_run_alone():
+@pytest.mark.parametrize('views', [1, 2])
+def test_each_member_gets_the_batches_of_its_run_alone(views):
     images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(40)
 
     def loader(seed):
         return DeviceLoader(images, labels, (0.5,) * 3, (0.2,) * 3, 16, shuffle=True,
-                            augment=True, seed=seed)
-    pack = PackLoader([loader(3), loader(8)])
+                            augment=True, seed=seed, views=views)
+    pack = PackLoader(loader(0), [3, 8])
     for epoch in (0, 4):
         for (x, y), *alone in zip(pack.batches(epoch, 1), loader(3).batches(epoch, 1),
                                   loader(8).batches(epoch, 1)):

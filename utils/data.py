@@ -271,25 +271,32 @@ class DeviceLoader:
 
     def batches(self, epoch=0, start=0):
         """Yield (images, labels) of this rank for global batches start, start+1, ..."""
+        for images, labels in self.seeds_batches([self.seed], epoch, start):
+            yield images[0], labels[0]
+
+    def seeds_batches(self, seeds, epoch=0, start=0):
+        """batches() of this loader under each seed of SEEDS (a pack's runs: each its own
+        order, crops and flips), built at once and stacked: images (k, B, ...), labels (k, B);
+        every member's exactly what the loader of its seed alone gives."""
         device = self.images.device
-        plan = epoch_plan(len(self.labels), self.seed, epoch, self.shuffle, self.augment,
-                          self.views)
-        order, offsets, flips = (None if t is None else t.to(device) for t in plan)
-        for first in range(start * self.batch_size, len(order), self.batch_size):
-            positions = torch.arange(first, min(first + self.batch_size, len(order)), device=device)
+        plans = [epoch_plan(len(self.labels), seed, epoch, self.shuffle, self.augment,
+                            self.views) for seed in seeds]
+        order = torch.stack([plan[0] for plan in plans]).to(device)            # (k, N)
+        if self.augment:
+            offsets = torch.stack([plan[1] for plan in plans]).to(device)      # (k, V, N, 2)
+            flips = torch.stack([plan[2] for plan in plans]).to(device)        # (k, V, N)
+        members, count = order.shape
+        for first in range(start * self.batch_size, count, self.batch_size):
+            positions = torch.arange(first, min(first + self.batch_size, count), device=device)
             positions = positions.tensor_split(self.world_size)[self.rank]
-            index = order[positions]
-            images = self.images[index]
+            index = order[:, positions]                                        # (k, B)
+            # every view's copy of every member's images, in (k, V, B) order
+            images = self.images[index[:, None].expand(-1, self.views, -1).flatten()]
             if self.augment:
-                views = [crop_and_flip(images, offsets[v, positions], flips[v, positions])
-                         for v in range(self.views)]
-                images = views[0] if self.views == 1 else torch.cat(views)
-            elif self.views > 1:
-                images = images.repeat(self.views, 1, 1, 1)
-            images = self.normalize(images)
-            if self.views > 1:
-                images = images.unflatten(0, (self.views, -1))
-            yield images, self.labels[index]
+                images = crop_and_flip(images, offsets[:, :, positions].flatten(0, 2),
+                                       flips[:, :, positions].flatten())
+            images = self.normalize(images).unflatten(0, (members, self.views, -1))
+            yield images if self.views > 1 else images.squeeze(1), self.labels[index]
 
 
 def rank_share(images, labels, rank, world_size):

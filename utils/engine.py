@@ -4,7 +4,6 @@ An entry script names a method (methods/): its flags, model, objective and accur
 columns. Everything else, the loop, evaluation, checkpoints, logs, signals and torchrun, is
 here and the same for every method.
 """
-import copy
 import os
 import random
 import time
@@ -145,7 +144,7 @@ class Trainer:
             for member in self.runs:
                 member.where.lock(resources, member.state, args.overwrite, args.rewind)
             for member in self.runs:
-                self.take_folder(member, resources)
+                self.take_folder(member)
 
     def build_models(self):
         """The model: for a pack, each run's built from its own seed exactly as the run alone
@@ -167,12 +166,8 @@ class Trainer:
         if not self.packed:
             train.seed = self.runs[0].seed
             return train, test
-        members = []
-        for run in self.runs:
-            member = copy.copy(train)
-            member.seed = run.seed
-            members.append(member)
-        return PackLoader(members), SharedBatches(test, len(self.runs))
+        return (PackLoader(train, [run.seed for run in self.runs]),
+                SharedBatches(test, len(self.runs)))
 
     def init_weights(self, source, path):
         """--init-from: a new run from another checkpoint's weights only."""
@@ -184,9 +179,9 @@ class Trainer:
         self.args.init_from = os.path.abspath(path)
         self.args.init_from_epoch = source['epoch']
 
-    def take_folder(self, run, resources):
-        """Rank 0: take a run's folder and write its first files."""
-        stale = run.take(resources)
+    def take_folder(self, run):
+        """Rank 0: take a run's folder (locked) and write its first files."""
+        stale = run.take()
         if run.state is None:  # proves the folder takes a checkpoint before any work is done
             run.save_checkpoint(self.checkpoint_state(run))
             if run.where.init_from:

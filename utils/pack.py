@@ -24,6 +24,8 @@ import torch.nn as nn
 from torch.func import functional_call, vmap
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
+from .steps import autocast, objective_kwargs
+
 __all__ = ['Pack', 'PackLoader', 'SharedBatches', 'over_members', 'pack_train_step',
            'member_optimizer_state', 'stack_optimizer_states']
 
@@ -131,7 +133,6 @@ def pack_train_step(model, objective, optimizer, scaler, images, targets, epoch,
     """One SGD step of every member of a Pack: each member's loss on its own batch, the sum's
     gradient (each member's weights get only their own run's). Returns (the stacked output,
     each member's loss summed over its images, shape (k,))."""
-    from .steps import autocast, objective_kwargs   # steps.py imports this module
     kwargs = objective_kwargs(batch_size, weight)
     with autocast(amp, images.device):
         output = model(images)
@@ -144,22 +145,21 @@ def pack_train_step(model, objective, optimizer, scaler, images, targets, epoch,
 
 
 class PackLoader:
-    """The training batches of k runs, each from its own run's loader (its seed: its order,
-    crops and flips), stacked: images (k, B, ...), labels (k, B)."""
+    """The training batches of k runs, each run's as its seed's loader alone gives them (its
+    order, crops and flips), built at once by one DeviceLoader (seeds_batches) and stacked:
+    images (k, B, ...), labels (k, B)."""
 
     skipped = ()
 
-    def __init__(self, loaders):
-        self.loaders = loaders
-        self.labels, self.device = loaders[0].labels, loaders[0].device
+    def __init__(self, loader, seeds):
+        self.loader, self.seeds = loader, list(seeds)
+        self.labels, self.device = loader.labels, loader.device
 
     def __len__(self):
-        return len(self.loaders[0])
+        return len(self.loader)
 
     def batches(self, epoch=0, start=0):
-        for pairs in zip(*(loader.batches(epoch, start) for loader in self.loaders)):
-            images, labels = zip(*pairs)
-            yield torch.stack(images), torch.stack(labels)
+        return self.loader.seeds_batches(self.seeds, epoch, start)
 
 
 class SharedBatches:

@@ -51,7 +51,7 @@ class RunFolder:
     def __init__(self, folder, resume=None, init_from=None):
         self.folder, self.resume, self.init_from = folder, resume, init_from
         self.resume_fingerprint = fingerprint(resume) if resume else None
-        self.locked = False
+        self.stale = []   # what lock() found a --rewind must move aside
 
     @classmethod
     def from_args(cls, args):
@@ -103,7 +103,6 @@ class RunFolder:
         writes into any.)"""
         check_writable(self.folder)
         resources.enter_context(hold_run_lock(self.folder))
-        self.locked = True
         if self.resume and fingerprint(self.resume) != self.resume_fingerprint:
             raise UserError(f'{self.resume!r} changed while this run was starting (another '
                             'run wrote it); start again to continue from its new state')
@@ -113,18 +112,16 @@ class RunFolder:
                 raise UserError(_holds_a_run(self.folder, present))
         else:
             run_id_to_continue(self, state)   # refuses another run's files, now under the lock
-            files_to_rewind(self, state, rewind)
+            self.stale = files_to_rewind(self, state, rewind)
 
-    def take(self, resources, state, overwrite, rewind):
-        """Rank 0, just before the first write: lock the folder (lock(), unless it is held
-        already) and do what the files already there call for. Returns (the line saying what
-        was done or None, the files a rewind moved aside)."""
-        if not self.locked:
-            self.lock(resources, state, overwrite, rewind)
+    def take(self, state, overwrite):
+        """Rank 0, just before the first write, the folder locked (lock()): do what the files
+        already there call for. Returns (the line saying what was done or None, the files a
+        rewind moved aside)."""
         remove_temporaries(self.folder)
         if state is None:
             return make_room(self.folder, overwrite), []
-        stale = files_to_rewind(self, state, rewind)
+        stale = self.stale
         if not stale:
             return None, []
         return (f'--rewind: {self.folder} steps back to {describe_position(state)} of '

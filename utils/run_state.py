@@ -97,12 +97,11 @@ class Run:
                 **shared, **model_state, 'meters': meters.state() if meters is not None else None,
                 'history': self.history, 'rng': self.rng or rng_states(), 'args': vars(self.args)}
 
-    def take(self, resources):
-        """Rank 0, just before the first write: take the run folder (RunFolder.take: the lock,
-        the files already there), say what was done, write args.json. Returns the files a
-        --rewind moved aside."""
-        note, stale = self.where.take(resources, self.state, self.args.overwrite,
-                                      self.args.rewind)
+    def take(self):
+        """Rank 0, just before the first write, its folder locked: take the run folder
+        (RunFolder.take: the files already there), say what was done, write args.json.
+        Returns the files a --rewind moved aside."""
+        note, stale = self.where.take(self.state, self.args.overwrite)
         if note:
             print(note, flush=True)
         write_args(self.folder, self.args)

@@ -95,6 +95,7 @@ def check_pack(args, method, world):
 
 def pack_refusals(args, method, world):
     """[(refused, why)] for what a pack of runs cannot hold (utils/pack.py)."""
+    methods_own = method.packable(args)   # the method's reason, or None
     return [
         (world.distributed, 'a pack trains in one process: not under torchrun'),
         (args.dataset == IMAGENET, "ImageNet's folder loaders are not packed"),
@@ -106,7 +107,7 @@ def pack_refusals(args, method, world):
                           "OKDDip code's VGG drops out 0.5 in branches by default)"),
         (bool(getattr(args, 'memory_efficient', False)), '--memory-efficient recomputes inside '
                                                          'the backward pass, which a pack cannot'),
-        (method.packable(args) is not None, method.packable(args)),
+        (methods_own is not None, methods_own),
     ]
 
 
