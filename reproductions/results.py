@@ -14,7 +14,7 @@ from utils.atomic import write_text_atomic
 from utils.errors import UserError
 from .collect import RECORD, RUNS, read_record, results_folder
 from .columns import row_plan
-from .verdict import MIN_SEEDS, TOLERANCE, column_check, gain_checks, is_baseline, judge, label
+from .verdict import MIN_SEEDS, TOLERANCE, column_check, gain_checks, is_baseline, judge
 
 README, COMPARISON, REPORT = 'README.md', 'comparison.csv', 'report.csv'
 DEFINITION = (
@@ -101,7 +101,7 @@ def comparison_lines(outcome, numbers):
         check = column_check(result)
         published = (f'{fmt(check.published)} [{numbers[source_label(check.source)]}]'
                      if check else '-')
-        lines.append(f'| {label(result)} | {result.n} | {mean_text(result)} | {published} | '
+        lines.append(f'| {result.label} | {result.n} | {mean_text(result)} | {published} | '
                      f'{fmt(check.diff, signed=True) if check else "-"} | '
                      f'{yes_no(check.passed) if check else "-"} |')
     baseline = next((r for r in outcome.results if is_baseline(r) and r.published), None)
@@ -170,7 +170,7 @@ def comparison_csv(table, outcomes):
                   'verdict': outcome.verdict.state, 'reason': outcome.verdict.reason}
         for result in outcome.results:
             check = column_check(result)
-            writer.writerow({**common, 'what': label(result), 'n': result.n,
+            writer.writerow({**common, 'what': result.label, 'n': result.n,
                              'mean': round(result.mean, 4),
                              'std': '' if result.std is None else round(result.std, 4),
                              'published': check.published if check else '',
