@@ -12,15 +12,13 @@ import os
 import pytest
 
 import report
-import sweeps.cli
-import sweeps.grid
 from conftest import ROOT
 from fakedata import write_cifar100
 from methods import published
 from reproductions import cli
 from reproductions.collect import copy_run
 from reproductions.columns import method_of, script_flags
-from sweep_helpers import checks_in_this_process
+from sweep_helpers import sweep_in_this_process
 from sweeps.grid import help_flags   # the real one: fast_sweeps patches sweeps.grid's
 from utils import atomic
 from utils.errors import UserError
@@ -31,9 +29,7 @@ TINY_RUN = ['--', '--epochs', '1', '--train-subset', '32']
 @pytest.fixture(scope='module')
 def fast_sweeps():
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sweeps.grid, 'help_flags', lambda script, cwd: script_flags(script))
-        patch.setattr(sweeps.cli, 'check_runs', checks_in_this_process)
-        patch.setenv('PYTHONPATH', os.environ.get('PYTHONPATH', ''))
+        sweep_in_this_process(patch)
         yield
 
 
