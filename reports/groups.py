@@ -95,6 +95,12 @@ class Result:
     top5_errors: list = None   # at the same epochs; None unless every run recorded top-5
 
     @property
+    def label(self):
+        """What tables call this network: 'ONE', 'ONE-E (m=2)'."""
+        run = self.runs[0]
+        return method_label(self.key[0], self.member, run.variant + run.unchecked)
+
+    @property
     def n(self):
         return len(self.errors)
 

@@ -3,14 +3,12 @@ import io
 import math
 
 from methods.networks import network_name
-from .groups import method_label
 from .tables import BEST_LABEL
 
 
 def plot_label(result):
-    method, arch, depth, dataset, _ = result.key
-    run = result.runs[0]
-    return f'{network_name(arch, depth)} {method_label(method, result.member, run.variant + run.unchecked)}'
+    _, arch, depth, _, _ = result.key
+    return f'{network_name(arch, depth)} {result.label}'
 
 
 def by_dataset(results):

@@ -6,7 +6,7 @@ import json
 from methods import METHODS
 from methods.networks import network_name
 from methods.published import IMAGENET_EPOCHS, PUBLISHED_EPOCHS
-from .groups import describe_copy, describe_schedule, method_label
+from .groups import describe_copy, describe_schedule
 from .runs import OFFICIAL
 
 BEST_LABEL = 'best epoch, selected on the test set'
@@ -101,14 +101,13 @@ def markdown(results, skipped, best, mixed):
 
 
 def markdown_cells(result, numbers, mixed, top5=False, data=False):
-    method, arch, depth, dataset, _ = result.key
+    _, arch, depth, dataset, _ = result.key
     run, first = result.runs[0], (result.published or [None])[0]
     note = result_note(result)
     others = [f'also {fmt_published(e)} [{numbers[source_label(e)]}]'
               for e in result.published[1:]]
     cells = [dataset, network_name(arch, depth),
-             method_label(method, result.member, run.variant + run.unchecked),
-             str(result.n), fmt(result.mean), fmt(result.std),
+             result.label, str(result.n), fmt(result.mean), fmt(result.std),
              fmt_published(first) if first else '', fmt(result.diff, signed=True) if first else '',
              f'[{numbers[source_label(first)]}]' if first else '',
              '; '.join(filter(None, [note] + others))]
@@ -136,7 +135,7 @@ def csv_row(result, best):
     return {
         'dataset': dataset, 'network': network_name(arch, depth), 'arch': arch, 'depth': depth,
         'method': method, 'member': result.member,
-        'label': method_label(method, result.member, run.variant + run.unchecked),
+        'label': result.label,
         'variant': json.dumps(dict(run.variant + run.unchecked)),
         'n': result.n, 'seeds': ';'.join(str(r.seed) for r in result.runs),
         'selection': BEST_LABEL if best else 'last epoch',

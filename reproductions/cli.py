@@ -6,7 +6,7 @@ import shlex
 import sys
 
 import reproductions
-from sweeps.cli import split_argv
+from sweeps.cli import at_least, split_argv
 from sweeps.state import now
 from utils.errors import Parser, UserError, one_line_errors
 from .collect import RECORD, any_finished, collect, results_folder, write_record
@@ -19,11 +19,9 @@ RUNS_ROOT, RESULTS_ROOT = os.path.join('checkpoints', 'reproduce'), 'results'
 
 
 def seed(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a whole number, got {text!r}') from None
-    if not 0 <= value < 2**32:
+    """An argparse type: a seed the scripts take, in [0, 2**32)."""
+    value = at_least(0)(text)
+    if value >= 2**32:
         raise argparse.ArgumentTypeError(f'must be in [0, 2**32), got {value}')
     return value
 

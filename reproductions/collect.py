@@ -3,10 +3,11 @@ small files with its final checkpoint's digest (never the checkpoint), and the s
 run the sweeps hold (runs.json). Runs already there stay: a results folder may hold runs
 collected on another machine."""
 import hashlib
+import json
 import os
 
 from sweeps.state import classify, runs_of_manifest
-from utils.atomic import write_atomic, write_json_atomic
+from utils.atomic import write_all_atomic, write_json_atomic
 from utils.errors import UserError
 from utils.records import ARGS, CHECKPOINT, LOG, RUN_ID, SUMMARY, read_json_record
 from .columns import part_root
@@ -70,14 +71,18 @@ def copy_run(source, target):
             os.path.join(target, PROVENANCE)):
         return   # collected before, and the run has not changed since
     try:
-        os.makedirs(target, exist_ok=True)
+        files = {}
         for name in COPIED:
             with open(os.path.join(source, name), 'rb') as f:
-                data = f.read()
-            write_atomic(os.path.join(target, name), lambda out: out.write(data))
-        write_json_atomic(os.path.join(target, PROVENANCE), provenance(source, args))
+                files[name] = f.read()
+        files[PROVENANCE] = (json.dumps(provenance(source, args), indent=2) + '\n').encode()
+        os.makedirs(target, exist_ok=True)
     except OSError as e:
         raise UserError(f'cannot collect {source} into {target}: {e.strerror or e}') from None
+    # all or none: a summary.csv updated without its provenance.json would pass the test
+    # above ever after, keeping the digest of an earlier checkpoint
+    write_all_atomic([(os.path.join(target, name), lambda out, data=data: out.write(data))
+                      for name, data in files.items()])
 
 
 def same_file(source, target, name):

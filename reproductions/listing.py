@@ -4,15 +4,20 @@ from .columns import row_plan
 from .tables import TABLES
 
 
-def row_line(row, plan, numbers):
-    scripts = ', '.join(f'{script} {epochs}' for script, epochs in plan.epochs.items())
-    published = ', '.join(
+def published_text(columns, numbers):
+    """'baseline 31.18 [1], ONE 26.61 [1], ONE-E -': each column's first published number and
+    its footnote, numbering in NUMBERS ({source label: number}) the sources not yet there."""
+    return ', '.join(
         f'{column.label} {fmt_published(column.published[0])} '
         f'[{numbers.setdefault(source_label(column.published[0]), len(numbers) + 1)}]'
-        if column.published else f'{column.label} -' for column in plan.columns)
+        if column.published else f'{column.label} -' for column in columns)
+
+
+def row_line(row, plan, numbers):
+    scripts = ', '.join(f'{script} {epochs}' for script, epochs in plan.epochs.items())
     return [f'  --rows {row.name}: {plan.columns[0].network}, {plan.runs_per_seed} runs per '
             f'seed (epochs: {scripts})',
-            f'    published top-1 error %: {published}']
+            f'    published top-1 error %: {published_text(plan.columns, numbers)}']
 
 
 def listing():

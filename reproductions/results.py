@@ -14,7 +14,8 @@ from utils.atomic import write_text_atomic
 from utils.errors import UserError
 from .collect import RECORD, RUNS, read_record, results_folder
 from .columns import row_plan
-from .verdict import MIN_SEEDS, TOLERANCE, column_check, gain_checks, is_baseline, judge, label
+from .listing import published_text
+from .verdict import MIN_SEEDS, TOLERANCE, column_check, gain_checks, is_baseline, judge
 
 README, COMPARISON, REPORT = 'README.md', 'comparison.csv', 'report.csv'
 DEFINITION = (
@@ -86,13 +87,6 @@ def mean_text(result):
     return fmt(result.mean) + (f' ± {result.std:.2f}' if result.std is not None else '')
 
 
-def awaited(outcome, numbers):
-    """The published numbers a row without finished runs will be compared with."""
-    return ', '.join(f'{c.label} {fmt(c.published[0].error)} '
-                     f'[{numbers[source_label(c.published[0])]}]' if c.published
-                     else f'{c.label} -' for c in outcome.plan.columns)
-
-
 def comparison_lines(outcome, numbers):
     """A row's Markdown table: every column, ours beside the published, then the gains."""
     lines = ['| | n | top-1 error %, mean ± std | published | ours - published | '
@@ -101,7 +95,7 @@ def comparison_lines(outcome, numbers):
         check = column_check(result)
         published = (f'{fmt(check.published)} [{numbers[source_label(check.source)]}]'
                      if check else '-')
-        lines.append(f'| {label(result)} | {result.n} | {mean_text(result)} | {published} | '
+        lines.append(f'| {result.label} | {result.n} | {mean_text(result)} | {published} | '
                      f'{fmt(check.diff, signed=True) if check else "-"} | '
                      f'{yes_no(check.passed) if check else "-"} |')
     baseline = next((r for r in outcome.results if is_baseline(r) and r.published), None)
@@ -140,7 +134,8 @@ def readme(table, record, outcomes):
         else:
             done = (f'{outcome.finished} of {outcome.asked} runs finished.' if outcome.asked
                     else 'Not run yet.')
-            lines += [f'{done} Published top-1 error %: {awaited(outcome, numbers)}.']
+            lines += [f'{done} Published top-1 error %: '
+                      f'{published_text(outcome.plan.columns, numbers)}.']
     lines += ['', 'Sources:'] + [f'- [{i}] {label}' for label, i in numbers.items()]
     if results:
         mixed = len({(r.runs[0].schedule, r.runs[0].data) for r in results}) > 1
@@ -170,7 +165,7 @@ def comparison_csv(table, outcomes):
                   'verdict': outcome.verdict.state, 'reason': outcome.verdict.reason}
         for result in outcome.results:
             check = column_check(result)
-            writer.writerow({**common, 'what': label(result), 'n': result.n,
+            writer.writerow({**common, 'what': result.label, 'n': result.n,
                              'mean': round(result.mean, 4),
                              'std': '' if result.std is None else round(result.std, 4),
                              'published': check.published if check else '',

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from methods.base import describe_value
 from methods.published import reference_setup
-from reports.groups import method_label
 from reports.runs import OFFICIAL, SCHEDULE_KEYS, hashable, same_value
 
 TOLERANCE = 1.0   # points of top-1 error
@@ -44,11 +43,6 @@ class Verdict:
     reason: str
 
 
-def label(result):
-    run = result.runs[0]
-    return method_label(result.key[0], result.member, run.variant + run.unchecked)
-
-
 def is_baseline(result):
     return result.key[0] == 'baseline' and result.member == '1' and not result.key[4]
 
@@ -57,7 +51,7 @@ def column_check(result):
     """A column's mean against its first published entry; None where nothing is published."""
     if not result.published:
         return None
-    return Check(label(result), result.mean, result.published[0].error, result.published[0])
+    return Check(result.label, result.mean, result.published[0].error, result.published[0])
 
 
 def column_checks(results):
@@ -67,7 +61,7 @@ def column_checks(results):
 def gain_checks(results, baseline):
     """The gain of each method's deployed network (member 1) over the baseline, ours against
     the published one, where both numbers are published."""
-    return [Check(f'gain of {label(r)} over the baseline', baseline.mean - r.mean,
+    return [Check(f'gain of {r.label} over the baseline', baseline.mean - r.mean,
                   baseline.published[0].error - r.published[0].error)
             for r in results if r.member == '1' and not is_baseline(r) and r.published]
 
@@ -101,7 +95,7 @@ def judge(results, asked, finished):
     differences = protocol_differences(results)
     if differences:
         return Verdict(NOT_JUDGED, 'trained otherwise than published: ' + ', '.join(differences))
-    few = [f'{label(r)} has {r.n}' for r in results if r.n < MIN_SEEDS]
+    few = [f'{r.label} has {r.n}' for r in results if r.n < MIN_SEEDS]
     if few:
         return Verdict(INCOMPLETE, f'{", ".join(few)} seed(s); a verdict needs {MIN_SEEDS}')
     baseline = next((r for r in results if is_baseline(r)), None)

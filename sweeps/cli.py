@@ -12,7 +12,7 @@ from .check import check_runs
 from .grid import (check_each_flag_once, check_flags_known, expand, flags_of_scripts,
                    parse_vary, split_fixed)
 from .local import run_local
-from .pack import check_packable, plan_jobs, runs_of
+from .pack import check_packable, is_pack, plan_jobs, runs_of
 from .show import print_plan, print_status
 from .slurm import (DEFAULT_TIME_MIN, REPO, check_resources, queued_jobs, slurm_available,
                     submit_slurm, undone_on_failure)
@@ -169,8 +169,8 @@ def counted(count, noun):
 
 def packs_text(jobs):
     """'4 runs in 2 packs': how many runs of JOBS train packed, in how many packs."""
-    packs = [job for job in jobs if 'members' in job]
-    return (f'{counted(sum(len(job["members"]) for job in packs), "run")} in '
+    packs = [job for job in jobs if is_pack(job)]
+    return (f'{counted(sum(len(job["runs"]) for job in packs), "run")} in '
             f'{counted(len(packs), "pack")}')
 
 

@@ -12,6 +12,7 @@ import time
 
 import submitit
 
+from .pack import runs_of
 from .state import now, outcome_path, write_json
 
 # exit statuses of a run stopped by a signal: the engine saved its exact batch first
@@ -47,8 +48,7 @@ class RunJob(submitit.helpers.Checkpointable):
 
     def __init__(self, run, root, env=None, cwd=None, stop_timeout_s=60):
         self.argv, self.name, self.folder = run['argv'], run['name'], run['folder']
-        self.outcome = outcome_path(root, run['name'])
-        self.outcomes = [outcome_path(root, name) for name in run.get('members', [run['name']])]
+        self.outcomes = [outcome_path(root, member['name']) for member in runs_of(run)]
         self.env, self.cwd = dict(env or {}), cwd or os.getcwd()
         self.stop_timeout_s = stop_timeout_s
         self._proc = self._started = self._last = self._tee = self._stop_sent = None
@@ -64,7 +64,7 @@ class RunJob(submitit.helpers.Checkpointable):
                   'host': socket.gethostname(), 'started': self._started[0],
                   'started_ts': self._started[1], 'ended': now(), 'ended_ts': time.time()}
         # a job pickled by an earlier sweep.py (requeued since) knows only its one outcome
-        for path in getattr(self, 'outcomes', [self.outcome]):
+        for path in self.outcomes if hasattr(self, 'outcomes') else [self.outcome]:
             write_json(path, record)
 
     def __call__(self):

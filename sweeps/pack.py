@@ -99,7 +99,7 @@ def pack_job(runs):
     argv[at:at + 2] = ['--seeds', *seeds, '-c', folder]
     name = group_name(first).replace(TEMPLATE, '{' + ','.join(seeds) + '}')
     return {'name': name, 'folder': folder, 'script': first['script'], 'argv': argv,
-            'epochs': first['epochs'], 'members': [run['name'] for run in runs], 'runs': runs}
+            'epochs': first['epochs'], 'runs': runs}
 
 
 def plan_jobs(todo):
@@ -119,3 +119,7 @@ def plan_jobs(todo):
 def runs_of(job):
     """The grid points a job trains: a pack's runs, or the run itself."""
     return job.get('runs', [job])
+
+
+def is_pack(job):
+    return 'runs' in job

@@ -2,6 +2,7 @@
 import os
 import shlex
 
+from .pack import is_pack
 from .state import SKIPPED, STATES, classify
 
 
@@ -13,7 +14,7 @@ def shown(path):
 
 def packed(job):
     """' (3 runs packed)' for a pack's job, '' for a run's."""
-    return f' ({len(job["members"])} runs packed)' if 'members' in job else ''
+    return f' ({len(job["runs"])} runs packed)' if is_pack(job) else ''
 
 
 def epochs_text(state):
@@ -44,8 +45,8 @@ def print_plan(runs, states, jobs=()):
     """One line per run: skipped, or started or resumed with its command; a run of a pack
     (--pack: JOBS) names its pack, and each pack's command follows on a line of its own."""
     todo = [r for r, s in zip(runs, states) if s['state'] not in SKIPPED]
-    packs = [job for job in jobs if 'members' in job]
-    pack_of = {name: job for job in packs for name in job['members']}
+    packs = [job for job in jobs if is_pack(job)]
+    pack_of = {run['name']: job for job in packs for run in job['runs']}
     print(f'{len(runs)} runs: {len(todo)} to run, {len(runs) - len(todo)} skipped')
     for run, st in zip(runs, states):
         if st['state'] in SKIPPED:

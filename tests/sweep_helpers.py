@@ -93,7 +93,7 @@ def checks_in_this_process(jobs, cwd):
     return refusals
 
 
-def sweep_in_this_process(monkeypatch):
+def sweep_in_this_process(monkeypatch):   # a test's monkeypatch, or a MonkeyPatch.context()
     """sweep.main without the processes it starts before submitting: each script's --help
     read from its parser (as reproduce.py reads it), each job checked by its script's main()."""
     monkeypatch.setattr(grid, 'help_flags', lambda script, cwd: script_flags(script))

@@ -4,6 +4,7 @@ a relaunch that continues; the verdicts on hand-made results folders; the listin
 errors. The sweeps' --help and --check-only run in this process (their own functions, over
 the same parsers) to keep the test short; the runs are real processes."""
 import csv
+import errno
 import hashlib
 import json
 import os
@@ -11,16 +12,15 @@ import os
 import pytest
 
 import report
-import sweeps.cli
-import sweeps.grid
 from conftest import ROOT
 from fakedata import write_cifar100
 from methods import published
 from reproductions import cli
 from reproductions.collect import copy_run
 from reproductions.columns import method_of, script_flags
-from sweep_helpers import checks_in_this_process
+from sweep_helpers import sweep_in_this_process
 from sweeps.grid import help_flags   # the real one: fast_sweeps patches sweeps.grid's
+from utils import atomic
 from utils.errors import UserError
 
 TINY_RUN = ['--', '--epochs', '1', '--train-subset', '32']
@@ -29,9 +29,7 @@ TINY_RUN = ['--', '--epochs', '1', '--train-subset', '32']
 @pytest.fixture(scope='module')
 def fast_sweeps():
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sweeps.grid, 'help_flags', lambda script, cwd: script_flags(script))
-        patch.setattr(sweeps.cli, 'check_runs', checks_in_this_process)
-        patch.setenv('PYTHONPATH', os.environ.get('PYTHONPATH', ''))
+        sweep_in_this_process(patch)
         yield
 
 
@@ -249,6 +247,35 @@ def test_collecting_never_replaces_another_run(tmp_path):
     with pytest.raises(UserError, match='holds another run'):
         copy_run(str(source), str(target))
     assert json.loads((target / 'args.json').read_text())['manualSeed'] == 1
+
+
+def test_a_run_is_collected_all_or_none(tmp_path, monkeypatch):
+    """A run collected, trained further, then collected onto a full disk: nothing of the new
+    copy is kept, so the next collection copies it whole (a summary.csv updated without its
+    provenance.json kept the earlier checkpoint's digest ever after)."""
+    source, target = tmp_path / 'source', tmp_path / 'target'
+    write_run(source, 'baseline', 0, {'1': 31.0}, epochs=2)
+    (source / 'log.txt').write_text('x')
+    (source / 'checkpoint.pth.tar').write_bytes(b'epoch 2')
+    copy_run(str(source), str(target))
+    kept = {p.name: p.read_bytes() for p in target.iterdir()}
+    with open(source / 'summary.csv', 'a') as f:
+        f.write('3,69.0\n')
+    (source / 'checkpoint.pth.tar').write_bytes(b'epoch 3')
+
+    def full_disk(path, *args, **kwargs):
+        if os.path.basename(path).startswith('provenance.json.'):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return open(path, *args, **kwargs)
+    monkeypatch.setattr(atomic, 'open', full_disk, raising=False)
+    with pytest.raises(UserError, match='No space left on device'):
+        copy_run(str(source), str(target))
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == kept
+    monkeypatch.undo()
+    copy_run(str(source), str(target))
+    assert (target / 'summary.csv').read_bytes() == (source / 'summary.csv').read_bytes()
+    assert json.loads((target / 'provenance.json').read_text())['checkpoint_sha256'] == \
+        hashlib.sha256(b'epoch 3').hexdigest()
 
 
 def test_a_script_names_its_method():
