@@ -56,15 +56,17 @@ def test_their_densenet_40_12_is_ours_on_the_same_weights(train):
     torch.testing.assert_close(theirs(x), ours(x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize('method', ['one', 'clilr'])
-def test_their_densenet_branches_run_one_shared_block(method):
+@pytest.mark.parametrize('method, extra_runs', [('one', 0), ('clilr', 0), ('okddip', 1)])
+def test_their_densenet_branches_run_one_shared_block(method, extra_runs):
+    """The block runs once per branch, as the authors' code, and OKDDip's once more for the
+    leader (densenet_GL.py runs block 3 again for it): its BatchNorm statistics move as theirs."""
     model, args = build(method, 'okddip_densenet', 10, meta=False, depth=10, growth_rate=4)
     block = model.branches[0].stage3
     assert all(branch.stage3 is block for branch in model.branches)
     assert 'stage2.transition.conv.weight' in model.state_dict()       # transition 2: the trunk
     model.train()(torch.randn(4, 3, 32, 32))
     tracked = block.block.layers[0].norm1.num_batches_tracked
-    assert tracked.item() == args.num_branches        # once per branch, as the authors' code
+    assert tracked.item() == args.num_branches + extra_runs
 
 
 def test_their_densenet_okddip_leader_skips_the_final_norm_and_attends_over_every_branch():
