@@ -36,6 +36,17 @@ def test_parameter_counts_are_the_authors_codes(method, arch, count):
     assert num_params(build(method, arch)[0]) == count
 
 
+# The project's own networks beside them (docs/FIDELITY.md's last column): `vgg`, and
+# `densenet` at 40-12, whose branched layouts give every branch its own dense block.
+@pytest.mark.parametrize('method, arch, count', [
+    ('baseline', 'vgg', 14_770_212), ('baseline', 'densenet', 188_092),
+    ('one', 'densenet', 347_829), ('clilr', 'densenet', 427_144),
+    ('okddip', 'densenet', 431_368)])
+def test_the_projects_own_networks_counts_beside_theirs(method, arch, count):
+    flags = {'depth': 40, 'growth_rate': 12} if arch == 'densenet' else {}
+    assert num_params(build(method, arch, **flags)[0]) == count
+
+
 def test_their_densenet_bc_100_40_has_a_24_channel_first_convolution():
     with torch.device('meta'):
         assert num_params(okddip_densenet(100, 40, num_classes=100)) == 8_107_136
