@@ -136,6 +136,3 @@ weight decay 5e-4. Rules: naive (the lowest-loss network, per sample), minlogit,
 
     def objective(self, args):
         return KDCLLoss(temperature=args.temperature, weight=args.weight, rule=args.rule)
-
-    def label(self, column):
-        return f'student {column}' if column.isdigit() else super().label(column)
