@@ -17,7 +17,7 @@ from utils.errors import Parser, UserError, one_line_errors
 
 def export(path, member, out=None, overwrite=False):
     """Write member `member` (1-based) of checkpoint `path` as a plain network's checkpoint
-    into `out` (default: ARCH_branchK.pth.tar beside `path`); returns (state, out)."""
+    into `out` (default: ARCH_branchK.pth.tar beside `path`); returns (what it wrote, out)."""
     state = load_checkpoint(path)
     method = METHODS.get(state.get('method'))
     if method is None:
@@ -30,14 +30,15 @@ def export(path, member, out=None, overwrite=False):
     plain = method.deployable(state, member)
     network = {**{key: state[key] for key in NETWORK_FLAGS if key in state},
                **method.deployed_keywords(state, member)}
-    save_atomic({'format': FORMAT_VERSION, 'method': 'baseline', 'arch': arch,
-                 'depth': state['depth'],
-                 'dataset': state['dataset'], 'num_branches': 1, **network,
-                 'num_classes': state['num_classes'], 'epoch': state['epoch'],
-                 'state_dict': plain,
-                 'exported_from': {'checkpoint': os.path.abspath(path), 'method': method.name,
-                                   'member': member, 'run_id': state.get('run_id')}}, out)
-    return state, out
+    exported = {'format': FORMAT_VERSION, 'method': 'baseline', 'arch': arch,
+                'depth': state['depth'],
+                'dataset': state['dataset'], 'num_branches': 1, **network,
+                'num_classes': state['num_classes'], 'epoch': state['epoch'],
+                'state_dict': plain,
+                'exported_from': {'checkpoint': os.path.abspath(path), 'method': method.name,
+                                  'member': member, 'run_id': state.get('run_id')}}
+    save_atomic(exported, out)
+    return exported, out
 
 
 def main(argv=None):
@@ -67,10 +68,10 @@ def evaluation_command(exported, out):
 
 
 def export_and_say(args):
-    state, out = export(args.checkpoint, args.member, args.out, args.overwrite)
-    print(f'wrote {out}: {backbone_of(state["arch"])}-{state["depth"]} on {state["dataset"]} '
-          f'from member {args.member} of {args.checkpoint} (epoch {state["epoch"]}); '
-          f'evaluate it with: {evaluation_command(load_checkpoint(out), out)}')
+    exported, out = export(args.checkpoint, args.member, args.out, args.overwrite)
+    print(f'wrote {out}: {exported["arch"]}-{exported["depth"]} on {exported["dataset"]} '
+          f'from member {args.member} of {args.checkpoint} (epoch {exported["epoch"]}); '
+          f'evaluate it with: {evaluation_command(exported, out)}')
     return 0
 
 

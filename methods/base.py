@@ -185,7 +185,6 @@ class Method:
         return {}
 
 
-
 def member_columns_and_ensemble(count):
     return [str(i) for i in range(1, count + 1)] + ['ens']
 
@@ -239,11 +238,10 @@ class CohortMethod(Method):
     count_key = 'num_nets'
     renamed = {'num_nets': 'num_branches'}   # DML's runs before 2026-12 recorded num_branches
     ensemble = 'mean_probability'
-    default_nets = 2
 
     def add_flags(self, parser):
         parser.add_argument('--num-nets', '--num-branches', type=num_nets, metavar='M',
-                            default=self.default_nets, help='m, the number of networks')
+                            default=2, help='m, the number of networks')
 
     def build_model(self, args, num_classes):
         return Cohort(lambda: build_plain(args, num_classes), args.num_nets,

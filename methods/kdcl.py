@@ -46,7 +46,7 @@ from models.cohort import mean_logits
 from models.output import as_output
 from utils.errors import UserError
 from utils.imagefolder import IMAGENET
-from utils.losses import distillation_kl
+from utils.losses import branch_cross_entropy, distillation_kl
 from .base import CohortMethod, check_temperature, require
 
 RULES = ('naive', 'minlogit', 'mean')
@@ -86,8 +86,8 @@ class KDCLLoss:
     def __call__(self, output, targets, epoch, batch_size=None, weight=None):
         logits = as_output(output).members
         teacher = self.teacher(logits, targets)
-        hard = F.cross_entropy(logits.flatten(0, 1), targets.repeat(len(logits)), reduction='sum')
-        loss = hard + self.weight * distillation_kl(logits, teacher, self.temperature)
+        soft = distillation_kl(logits, teacher, self.temperature)
+        loss = branch_cross_entropy(logits, targets) + self.weight * soft
         return loss / (batch_size or len(targets))
 
 
@@ -136,6 +136,3 @@ weight decay 5e-4. Rules: naive (the lowest-loss network, per sample), minlogit,
 
     def objective(self, args):
         return KDCLLoss(temperature=args.temperature, weight=args.weight, rule=args.rule)
-
-    def label(self, column):
-        return f'student {column}' if column.isdigit() else super().label(column)

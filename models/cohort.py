@@ -39,7 +39,7 @@ class Cohort(nn.Module):
 
     def forward(self, x):
         views = x if x.dim() == 5 else [x] * len(self.nets)
-        return self.combine([net(view) for net, view in zip(self.nets, views)])
+        return self.combine([net(view) for net, view in zip(self.nets, views, strict=True)])
 
     def combine(self, logits):
         logits = torch.stack(logits)

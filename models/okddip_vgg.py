@@ -23,6 +23,7 @@ from .vgg import CONVS_PER_STAGE, WIDTHS
 
 __all__ = ['okddip_vgg', 'OKDDipVGG']
 
+
 def conv_stage(inplanes, planes, convs):
     layers = []
     for i in range(convs):

@@ -3,11 +3,9 @@ refusals, ONE's branches over every stage of every backbone, the seed's ONE ResN
 in the generic branched model, and DenseNet's memory-efficient blocks."""
 import pytest
 import torch
-import torch.nn as nn
 
 from models import (CIFAR_NETWORKS, NETWORKS, branch_points, branch_state_dict, branched, densenet,
-                    one_resnet,
-                    resnet, resnext, vgg, wrn)
+                    one_resnet, resnet, resnext, vgg, wrn)
 from models.vgg import CONVS_PER_STAGE, WIDTHS
 from test_models import num_params, perturb_batchnorm
 

@@ -96,6 +96,19 @@ def test_each_network_takes_its_own_view_and_evaluation_gives_all_the_same():
     assert torch.equal(cohort(views[1]).members, views[1].flatten(1).expand(3, 2, 3))
 
 
+def test_the_ensemble_column_is_the_mean_of_the_students_logits():
+    """KDCL's 'ens' (label-free, unlike naive and minlogit): the logit mean, where DML's
+    cohort reports the mean probability."""
+    method = METHODS['kdcl']
+    torch.manual_seed(0)
+    model = method.build_model(method.defaults(depth=8), 10).eval()
+    with torch.no_grad():
+        out = model(torch.randn(4, 3, 32, 32))
+    assert out.members.shape == (2, 4, 10)
+    torch.testing.assert_close(out.ensemble, out.members.mean(0), rtol=0, atol=0)
+    assert method.columns(method.defaults()) == ['1', '2', 'ens']
+
+
 def test_icl_is_off_on_imagenet_and_refused_there_when_asked_for():
     method = METHODS['kdcl']
     assert method.defaults(dataset='imagenet').icl is False
